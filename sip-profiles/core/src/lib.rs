@@ -1,0 +1,13 @@
+//! Sans-IO SIP core shared by the proxy and the UA.
+//!
+//! I/O contract: nothing in this crate opens a socket, spawns a task or reads a clock.
+//! Messages come in as bytes and leave as bytes; time is an argument (`now`) and every
+//! engine says when it next wants to be woken (`poll_timeout`).
+//!
+//! - [`message`]: raw-first SIP message layer (RFC 3261 §7, §20, §25): received bytes are
+//!   kept, typed views are decoded on demand, forwarding is the received bytes plus edits.
+//! - [`transaction`]: the four RFC 3261 §17 transaction state machines with RFC 6026's
+//!   Accepted state, timers as data.
+
+pub mod message;
+pub mod transaction;
