@@ -8,6 +8,9 @@
 //!   kept, typed views are decoded on demand, forwarding is the received bytes plus edits.
 //! - [`transaction`]: the four RFC 3261 §17 transaction state machines with RFC 6026's
 //!   Accepted state, timers as data.
+//! - [`transport`]: the values exchanged with the transport shell (received bytes,
+//!   transmits).
 
 pub mod message;
 pub mod transaction;
+pub mod transport;

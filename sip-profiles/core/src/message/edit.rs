@@ -135,7 +135,11 @@ impl<'a> Forward<'a> {
                 }
                 HeaderName::MaxForwards if self.max_forwards.is_some() => {
                     if !seen_mf {
-                        put_num(out, "Max-Forwards", u32::from(self.max_forwards.unwrap_or(0)));
+                        put_num(
+                            out,
+                            "Max-Forwards",
+                            u32::from(self.max_forwards.unwrap_or(0)),
+                        );
                     }
                     seen_mf = true;
                 }
@@ -237,7 +241,15 @@ pub struct ResponseBuilder<'a> {
 
 impl<'a> ResponseBuilder<'a> {
     pub fn new(req: &'a Message, status: u16, reason: &'a str) -> Self {
-        Self { req, status, reason, to_tag: None, top_via: None, headers: Vec::new(), body: None }
+        Self {
+            req,
+            status,
+            reason,
+            to_tag: None,
+            top_via: None,
+            headers: Vec::new(),
+            body: None,
+        }
     }
 
     /// Tag to add to To when the request's To has none (§8.2.6.2; not on 100).

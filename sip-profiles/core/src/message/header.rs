@@ -38,6 +38,40 @@ pub enum HeaderName {
     Other,
 }
 
+/// Long names, lowercase, most frequent first.
+const TABLE: &[(&[u8], HeaderName)] = &[
+    (b"via", HeaderName::Via),
+    (b"from", HeaderName::From),
+    (b"to", HeaderName::To),
+    (b"call-id", HeaderName::CallId),
+    (b"cseq", HeaderName::CSeq),
+    (b"contact", HeaderName::Contact),
+    (b"content-length", HeaderName::ContentLength),
+    (b"max-forwards", HeaderName::MaxForwards),
+    (b"route", HeaderName::Route),
+    (b"record-route", HeaderName::RecordRoute),
+    (b"expires", HeaderName::Expires),
+    (b"content-type", HeaderName::ContentType),
+    (b"authorization", HeaderName::Authorization),
+    (b"proxy-authorization", HeaderName::ProxyAuthorization),
+    (b"www-authenticate", HeaderName::WwwAuthenticate),
+    (b"proxy-authenticate", HeaderName::ProxyAuthenticate),
+    (b"user-agent", HeaderName::UserAgent),
+    (b"server", HeaderName::Server),
+    (b"allow", HeaderName::Allow),
+    (b"supported", HeaderName::Supported),
+    (b"require", HeaderName::Require),
+    (b"proxy-require", HeaderName::ProxyRequire),
+    (b"unsupported", HeaderName::Unsupported),
+    (b"min-expires", HeaderName::MinExpires),
+    (b"path", HeaderName::Path),
+    (b"accept", HeaderName::Accept),
+    (b"event", HeaderName::Event),
+    (b"subject", HeaderName::Subject),
+    (b"refer-to", HeaderName::ReferTo),
+    (b"content-encoding", HeaderName::ContentEncoding),
+];
+
 impl HeaderName {
     /// Classifies a raw header name, case-insensitively, compact forms included.
     pub fn from_bytes(name: &[u8]) -> Self {
@@ -58,38 +92,6 @@ impl HeaderName {
                 _ => Self::Other,
             };
         }
-        const TABLE: &[(&[u8], HeaderName)] = &[
-            (b"via", HeaderName::Via),
-            (b"from", HeaderName::From),
-            (b"to", HeaderName::To),
-            (b"call-id", HeaderName::CallId),
-            (b"cseq", HeaderName::CSeq),
-            (b"contact", HeaderName::Contact),
-            (b"content-length", HeaderName::ContentLength),
-            (b"max-forwards", HeaderName::MaxForwards),
-            (b"route", HeaderName::Route),
-            (b"record-route", HeaderName::RecordRoute),
-            (b"expires", HeaderName::Expires),
-            (b"content-type", HeaderName::ContentType),
-            (b"authorization", HeaderName::Authorization),
-            (b"proxy-authorization", HeaderName::ProxyAuthorization),
-            (b"www-authenticate", HeaderName::WwwAuthenticate),
-            (b"proxy-authenticate", HeaderName::ProxyAuthenticate),
-            (b"user-agent", HeaderName::UserAgent),
-            (b"server", HeaderName::Server),
-            (b"allow", HeaderName::Allow),
-            (b"supported", HeaderName::Supported),
-            (b"require", HeaderName::Require),
-            (b"proxy-require", HeaderName::ProxyRequire),
-            (b"unsupported", HeaderName::Unsupported),
-            (b"min-expires", HeaderName::MinExpires),
-            (b"path", HeaderName::Path),
-            (b"accept", HeaderName::Accept),
-            (b"event", HeaderName::Event),
-            (b"subject", HeaderName::Subject),
-            (b"refer-to", HeaderName::ReferTo),
-            (b"content-encoding", HeaderName::ContentEncoding),
-        ];
         TABLE
             .iter()
             .find(|(n, _)| eq_ignore_case(n, name))
@@ -250,8 +252,7 @@ mod tests {
 
     #[test]
     fn commas_respect_quotes_and_brackets() {
-        let v: Vec<_> =
-            split_commas(b"\"a,b\" <sip:x@y;p=1,2>;q=1 , <sip:z@w>").collect();
+        let v: Vec<_> = split_commas(b"\"a,b\" <sip:x@y;p=1,2>;q=1 , <sip:z@w>").collect();
         assert_eq!(v, vec![&b"\"a,b\" <sip:x@y;p=1,2>;q=1"[..], b"<sip:z@w>"]);
     }
 

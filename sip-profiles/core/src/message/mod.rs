@@ -158,7 +158,9 @@ pub fn stream_frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
 
 /// Number of leading CR/LF bytes (keep-alive pings on a stream, RFC 5626 §3.5.1).
 pub fn skip_keepalives(buf: &[u8]) -> usize {
-    buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
 }
 
 fn parse_content_length(value: &[u8]) -> Result<usize, ParseError> {
@@ -369,7 +371,10 @@ impl Message {
     }
 
     pub fn top_via(&self) -> Result<Via<'_>, ParseError> {
-        let v = self.list(HeaderName::Via).next().ok_or(ParseError::MissingHeader("Via"))?;
+        let v = self
+            .list(HeaderName::Via)
+            .next()
+            .ok_or(ParseError::MissingHeader("Via"))?;
         Via::parse(v)
     }
 
@@ -379,17 +384,23 @@ impl Message {
     }
 
     pub fn cseq(&self) -> Result<CSeq, ParseError> {
-        let v = self.header(HeaderName::CSeq).ok_or(ParseError::MissingHeader("CSeq"))?;
+        let v = self
+            .header(HeaderName::CSeq)
+            .ok_or(ParseError::MissingHeader("CSeq"))?;
         CSeq::parse(v, &self.data)
     }
 
     pub fn from(&self) -> Result<NameAddr<'_>, ParseError> {
-        let v = self.header(HeaderName::From).ok_or(ParseError::MissingHeader("From"))?;
+        let v = self
+            .header(HeaderName::From)
+            .ok_or(ParseError::MissingHeader("From"))?;
         NameAddr::parse(v).ok_or(ParseError::BadHeader("From"))
     }
 
     pub fn to(&self) -> Result<NameAddr<'_>, ParseError> {
-        let v = self.header(HeaderName::To).ok_or(ParseError::MissingHeader("To"))?;
+        let v = self
+            .header(HeaderName::To)
+            .ok_or(ParseError::MissingHeader("To"))?;
         NameAddr::parse(v).ok_or(ParseError::BadHeader("To"))
     }
 
@@ -411,7 +422,9 @@ impl Message {
             return Err(ParseError::BadHeader("Max-Forwards"));
         }
         let n = v.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
-        u8::try_from(n).map(Some).map_err(|_| ParseError::BadHeader("Max-Forwards"))
+        u8::try_from(n)
+            .map(Some)
+            .map_err(|_| ParseError::BadHeader("Max-Forwards"))
     }
 
     /// Expires header (RFC 3261 §20.19) as seconds, if present and numeric.
@@ -419,7 +432,9 @@ impl Message {
         let Some(v) = self.header(HeaderName::Expires) else {
             return Ok(None);
         };
-        parse_u32(trim(v)).map(Some).ok_or(ParseError::BadHeader("Expires"))
+        parse_u32(trim(v))
+            .map(Some)
+            .ok_or(ParseError::BadHeader("Expires"))
     }
 
     /// The checks a proxy or registrar makes before acting (RFC 3261 §8.2, §16.3):
@@ -427,7 +442,9 @@ impl Message {
     /// Max-Forwards in range, a topmost Via with a sent-by.
     pub fn validate(&self) -> Result<(), ParseError> {
         let cseq = self.cseq()?;
-        self.call_id().filter(|c| !c.is_empty()).ok_or(ParseError::MissingHeader("Call-ID"))?;
+        self.call_id()
+            .filter(|c| !c.is_empty())
+            .ok_or(ParseError::MissingHeader("Call-ID"))?;
         let from = self.from()?;
         let to = self.to()?;
         if SipUri::parse(from.uri).is_none() && !is_absolute_uri(from.uri) {
@@ -472,7 +489,9 @@ fn is_absolute_uri(u: &[u8]) -> bool {
     match memchr::memchr(b':', u) {
         Some(i) if i > 0 => {
             u[0].is_ascii_alphabetic()
-                && u[..i].iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+                && u[..i]
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
                 && !u[i + 1..].iter().any(|&b| is_lws(b))
         }
         _ => false,
@@ -506,7 +525,10 @@ fn parse_start_line(data: &Bytes, line: &[u8]) -> Result<StartLine, ParseError> 
         }
         let reason_start = offset(data, rest) + (code_end + 1).min(rest.len());
         let reason_end = offset(data, line) + line.len();
-        return Ok(StartLine::Response { code, reason: reason_start as u32..reason_end as u32 });
+        return Ok(StartLine::Response {
+            code,
+            reason: reason_start as u32..reason_end as u32,
+        });
     }
     // Request-Line = Method SP Request-URI SP SIP-Version (§7.1): single SPs, no LWS.
     let mut parts = line.split(|&b| b == b' ');
@@ -526,7 +548,10 @@ fn parse_start_line(data: &Bytes, line: &[u8]) -> Result<StartLine, ParseError> 
         return Err(ParseError::BadRequestUri);
     }
     let start = offset(data, uri);
-    Ok(StartLine::Request { method, uri: start as u32..(start + uri.len()) as u32 })
+    Ok(StartLine::Request {
+        method,
+        uri: start as u32..(start + uri.len()) as u32,
+    })
 }
 
 #[cfg(test)]

@@ -28,11 +28,20 @@ fn invite_decodes() {
     assert_eq!(m.method(), Some(&Method::Invite));
     assert_eq!(m.request_uri(), Some(&b"sip:bob@biloxi.com"[..]));
     assert_eq!(m.call_id(), Some(&b"a84b4c76e66710@pc33.atlanta.com"[..]));
-    assert_eq!(m.cseq().unwrap(), CSeq { seq: 314_159, method: Method::Invite });
+    assert_eq!(
+        m.cseq().unwrap(),
+        CSeq {
+            seq: 314_159,
+            method: Method::Invite
+        }
+    );
     assert_eq!(m.from_tag(), Some(&b"1928301774"[..]));
     assert_eq!(m.to_tag(), None);
     assert_eq!(m.max_forwards().unwrap(), Some(70));
-    assert_eq!(m.top_via().unwrap().branch(), Some(&b"z9hG4bK776asdhds"[..]));
+    assert_eq!(
+        m.top_via().unwrap().branch(),
+        Some(&b"z9hG4bK776asdhds"[..])
+    );
     assert_eq!(m.body(), b"v=0\n");
     assert_eq!(m.as_bytes(), INVITE);
 }
@@ -57,7 +66,10 @@ fn forward_edits() {
     assert_eq!(f.request_uri(), Some(&b"sip:bob@192.0.2.4:5062"[..]));
     assert_eq!(f.top_via().unwrap().branch(), Some(&b"z9hG4bKp1"[..]));
     assert_eq!(f.vias().count(), 2);
-    assert_eq!(f.header(HeaderName::RecordRoute), Some(&b"<sip:127.0.0.1:5060;lr>"[..]));
+    assert_eq!(
+        f.header(HeaderName::RecordRoute),
+        Some(&b"<sip:127.0.0.1:5060;lr>"[..])
+    );
     assert_eq!(f.max_forwards().unwrap(), Some(69));
     assert_eq!(f.headers(HeaderName::MaxForwards).count(), 1);
     assert_eq!(f.body(), b"v=0\n");
@@ -65,7 +77,8 @@ fn forward_edits() {
 
 #[test]
 fn response_drops_top_via_from_comma_list() {
-    let r = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\n\
+    let r =
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\n\
 v: SIP/2.0/UDP c;branch=z9hG4bK3\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n\
 Call-ID: x\r\nCSeq: 1 INVITE\r\n\r\n";
     let m = parse(r).unwrap();
@@ -80,7 +93,9 @@ Call-ID: x\r\nCSeq: 1 INVITE\r\n\r\n";
 #[test]
 fn generated_response_copies_dialog_headers() {
     let m = parse(INVITE).unwrap();
-    let out = ResponseBuilder::new(&m, 404, "Not Found").to_tag(b"abc").to_vec();
+    let out = ResponseBuilder::new(&m, 404, "Not Found")
+        .to_tag(b"abc")
+        .to_vec();
     let r = Message::parse(Bytes::from(out)).unwrap();
     r.validate().unwrap();
     assert_eq!(r.status(), Some(404));
@@ -109,18 +124,38 @@ fn rejects_with_reasons() {
     let cases: &[(&[u8], ParseError)] = &[
         (b"INVITE sip:x@y SIP/7.0\r\n\r\n", ParseError::BadVersion),
         (b"INVITE  sip:x@y SIP/2.0\r\n\r\n", ParseError::BadStartLine),
-        (b"INVITE <sip:x@y> SIP/2.0\r\n\r\n", ParseError::BadRequestUri),
+        (
+            b"INVITE <sip:x@y> SIP/2.0\r\n\r\n",
+            ParseError::BadRequestUri,
+        ),
         (b"IN VITE\r\n\r\n", ParseError::BadStartLine),
         (b"SIP/2.0 4294967301 OK\r\n\r\n", ParseError::BadStatusCode),
         (b"SIP/2.0 099 Low\r\n\r\n", ParseError::BadStatusCode),
-        (b"OPTIONS sip:x@y SIP/2.0\r\nno colon here\r\n\r\n", ParseError::BadHeaderLine),
-        (b"OPTIONS sip:x@y SIP/2.0\r\nl: 10\r\n\r\nabc", ParseError::ContentLengthMismatch),
-        (b"OPTIONS sip:x@y SIP/2.0\r\nl: -1\r\n\r\n", ParseError::BadHeader("Content-Length")),
-        (b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h", ParseError::Incomplete),
+        (
+            b"OPTIONS sip:x@y SIP/2.0\r\nno colon here\r\n\r\n",
+            ParseError::BadHeaderLine,
+        ),
+        (
+            b"OPTIONS sip:x@y SIP/2.0\r\nl: 10\r\n\r\nabc",
+            ParseError::ContentLengthMismatch,
+        ),
+        (
+            b"OPTIONS sip:x@y SIP/2.0\r\nl: -1\r\n\r\n",
+            ParseError::BadHeader("Content-Length"),
+        ),
+        (
+            b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h",
+            ParseError::Incomplete,
+        ),
         (b"\x00\x01\x02", ParseError::Incomplete),
     ];
     for (raw, want) in cases {
-        assert_eq!(parse(raw).err(), Some(*want), "{}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            parse(raw).err(),
+            Some(*want),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
     }
 }
 
@@ -128,9 +163,16 @@ fn rejects_with_reasons() {
 fn validate_catches_semantics() {
     let base = "OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
 To: <sip:x@y>\r\nCall-ID: c\r\n";
-    let with = |extra: &str| parse(format!("{base}{extra}\r\n").as_bytes()).unwrap().validate();
+    let with = |extra: &str| {
+        parse(format!("{base}{extra}\r\n").as_bytes())
+            .unwrap()
+            .validate()
+    };
     assert_eq!(with("CSeq: 1 OPTIONS\r\n"), Ok(()));
-    assert_eq!(with("CSeq: 1 INVITE\r\n"), Err(ParseError::CSeqMethodMismatch));
+    assert_eq!(
+        with("CSeq: 1 INVITE\r\n"),
+        Err(ParseError::CSeqMethodMismatch)
+    );
     assert_eq!(with(""), Err(ParseError::MissingHeader("CSeq")));
     assert_eq!(
         with("CSeq: 1 OPTIONS\r\nMax-Forwards: 300\r\n"),

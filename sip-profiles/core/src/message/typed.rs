@@ -31,7 +31,10 @@ impl<'a> Via<'a> {
             return Err(BAD);
         }
         let rest = skip_lws(rest);
-        let t_end = rest.iter().position(|&b| !is_token_char(b)).unwrap_or(rest.len());
+        let t_end = rest
+            .iter()
+            .position(|&b| !is_token_char(b))
+            .unwrap_or(rest.len());
         let transport = &rest[..t_end];
         if transport.is_empty() {
             return Err(BAD);
@@ -45,7 +48,12 @@ impl<'a> Via<'a> {
         let sent_by = trim(&rest[..p]);
         let params = &rest[p..];
         let (host, port) = split_host_port(sent_by).ok_or(BAD)?;
-        Ok(Self { transport, host, port, params })
+        Ok(Self {
+            transport,
+            host,
+            port,
+            params,
+        })
     }
 
     pub fn branch(&self) -> Option<&'a [u8]> {
@@ -58,7 +66,7 @@ impl<'a> Via<'a> {
 
     /// `rport` (RFC 3581): `Some(None)` when present without a value.
     pub fn rport(&self) -> Option<Option<u16>> {
-        param(self.params, b"rport").map(|v| parse_u16(v))
+        param(self.params, b"rport").map(parse_u16)
     }
 
     pub fn is_reliable(&self) -> bool {
@@ -103,7 +111,8 @@ pub(super) fn split_host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
             None => (s, None),
         }
     };
-    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':');
+    let valid =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':');
     if host.is_empty() || !host.iter().all(|&b| valid(b)) {
         return None;
     }
@@ -141,15 +150,28 @@ impl<'a> NameAddr<'a> {
             if !params.is_empty() && params[0] != b';' {
                 return None;
             }
-            Some(Self { display: trim(&v[..lt]), uri, params, bracketed: true })
+            Some(Self {
+                display: trim(&v[..lt]),
+                uri,
+                params,
+                bracketed: true,
+            })
         } else {
-            let end = v.iter().position(|&b| b == b';' || is_lws(b)).unwrap_or(v.len());
+            let end = v
+                .iter()
+                .position(|&b| b == b';' || is_lws(b))
+                .unwrap_or(v.len());
             let uri = &v[..end];
             let params = trim(&v[end..]);
             if uri.is_empty() || (!params.is_empty() && params[0] != b';') {
                 return None;
             }
-            Some(Self { display: b"", uri, params, bracketed: false })
+            Some(Self {
+                display: b"",
+                uri,
+                params,
+                bracketed: false,
+            })
         }
     }
 
@@ -179,7 +201,10 @@ impl CSeq {
             return Err(BAD);
         }
         let method = Method::from_token(trim(&v[sp..]), backing).ok_or(BAD)?;
-        Ok(Self { seq: seq as u32, method })
+        Ok(Self {
+            seq: seq as u32,
+            method,
+        })
     }
 }
 

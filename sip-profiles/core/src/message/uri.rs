@@ -42,7 +42,14 @@ impl<'a> SipUri<'a> {
         };
         let p = memchr::memchr(b';', hostpart).unwrap_or(hostpart.len());
         let (host, port) = split_host_port(&hostpart[..p])?;
-        Some(Self { secure, user, host, port, params: &hostpart[p..], headers })
+        Some(Self {
+            secure,
+            user,
+            host,
+            port,
+            params: &hostpart[p..],
+            headers,
+        })
     }
 
     pub fn param(&self, name: &[u8]) -> Option<&'a [u8]> {
@@ -66,7 +73,8 @@ mod tests {
 
     #[test]
     fn full_uri() {
-        let u = SipUri::parse(b"sips:alice:pw@[2001:db8::1]:5061;transport=tcp;lr?subject=x").unwrap();
+        let u =
+            SipUri::parse(b"sips:alice:pw@[2001:db8::1]:5061;transport=tcp;lr?subject=x").unwrap();
         assert!(u.secure);
         assert_eq!(u.user, Some(&b"alice"[..]));
         assert_eq!(u.host, b"[2001:db8::1]");

@@ -1,0 +1,200 @@
+//! Configuration: embedded defaults, a TOML file, and command-line flags that override it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sip_core::transaction::TimerConfig;
+use sip_core::transport::Transport;
+use sip_net::Listen;
+
+use crate::engine::ProxyConfig;
+use crate::registrar::RegistrarConfig;
+use crate::route::Identity;
+use crate::store::Durability;
+
+/// Configuration errors are the operator's: they stop the program with a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {source}")]
+    Toml {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("bad listen address {0:?}: expected udp:IP:PORT or tcp:IP:PORT")]
+    Listen(String),
+}
+
+/// The file format (every key optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub domain: Option<String>,
+    pub data: Option<PathBuf>,
+    pub listen: Option<Vec<String>>,
+    pub durability: Option<Durability>,
+    #[serde(default)]
+    pub registrar: RegistrarFile,
+    #[serde(default)]
+    pub timers: TimersFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarFile {
+    pub min_expires: Option<u32>,
+    pub max_expires: Option<u32>,
+    pub default_expires: Option<u32>,
+    pub max_contacts: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersFile {
+    pub t1_ms: Option<u64>,
+    pub t2_ms: Option<u64>,
+    pub t4_ms: Option<u64>,
+    pub timer_c_s: Option<u64>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub domain: String,
+    pub data: PathBuf,
+    pub listen: Vec<Listen>,
+    pub durability: Durability,
+    pub registrar: RegistrarConfig,
+    pub timers: TimerConfig,
+    pub timer_c: Duration,
+}
+
+/// Values given on the command line (they win over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub domain: Option<String>,
+    pub data: Option<PathBuf>,
+    pub listen: Vec<String>,
+}
+
+pub fn parse_listen(s: &str) -> Result<Listen, ConfigError> {
+    let bad = || ConfigError::Listen(s.to_owned());
+    let (t, addr) = s.split_once(':').ok_or_else(bad)?;
+    let transport = Transport::from_token(t.as_bytes()).ok_or_else(bad)?;
+    let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
+    Ok(Listen { transport, addr })
+}
+
+impl Config {
+    /// Embedded defaults < file < flags.
+    pub fn load(file: Option<&std::path::Path>, o: Overrides) -> Result<Self, ConfigError> {
+        let f: FileConfig = match file {
+            Some(p) => {
+                let path = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Toml {
+                    path,
+                    source: Box::new(e),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let listen_strs = if o.listen.is_empty() {
+            f.listen
+                .unwrap_or_else(|| vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()])
+        } else {
+            o.listen
+        };
+        let listen = listen_strs
+            .iter()
+            .map(|s| parse_listen(s))
+            .collect::<Result<_, _>>()?;
+        let r = RegistrarConfig::default();
+        let t = TimerConfig::default();
+        Ok(Self {
+            domain: o.domain.or(f.domain).unwrap_or_else(|| "localhost".into()),
+            data: o
+                .data
+                .or(f.data)
+                .unwrap_or_else(|| PathBuf::from("permit-data")),
+            listen,
+            durability: f.durability.unwrap_or(Durability::Normal),
+            registrar: RegistrarConfig {
+                min_expires: f.registrar.min_expires.unwrap_or(r.min_expires),
+                max_expires: f.registrar.max_expires.unwrap_or(r.max_expires),
+                default_expires: f.registrar.default_expires.unwrap_or(r.default_expires),
+                max_contacts: f.registrar.max_contacts.unwrap_or(r.max_contacts),
+            },
+            timers: TimerConfig {
+                t1: f.timers.t1_ms.map_or(t.t1, Duration::from_millis),
+                t2: f.timers.t2_ms.map_or(t.t2, Duration::from_millis),
+                t4: f.timers.t4_ms.map_or(t.t4, Duration::from_millis),
+                ..t
+            },
+            timer_c: Duration::from_secs(f.timers.timer_c_s.unwrap_or(180)),
+        })
+    }
+
+    /// The engine's configuration, given the addresses actually bound.
+    pub fn proxy_config(&self, bound: &[Listen]) -> ProxyConfig {
+        let identity = Identity {
+            domain: self.domain.clone(),
+            listeners: bound.iter().map(|l| (l.transport, l.addr)).collect(),
+        };
+        let mut cfg = ProxyConfig::new(identity);
+        cfg.registrar = self.registrar.clone();
+        cfg.timers = self.timers;
+        cfg.timer_c = self.timer_c;
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("permit-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.toml");
+        std::fs::write(&file, "domain = \"example.org\"\nlisten = [\"udp:127.0.0.1:5080\"]\n[registrar]\nmin_expires = 30\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            Overrides {
+                listen: vec!["tcp:[::1]:5090".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.domain, "example.org");
+        assert_eq!(
+            c.listen,
+            vec![Listen {
+                transport: Transport::Tcp,
+                addr: "[::1]:5090".parse().unwrap()
+            }]
+        );
+        assert_eq!(c.registrar.min_expires, 30);
+        assert_eq!(c.data, PathBuf::from("permit-data"));
+        let d = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(d.listen.len(), 2);
+        assert_eq!(d.domain, "localhost");
+        assert!(parse_listen("sctp:1.2.3.4:5").is_err());
+        std::fs::write(&file, "nonsense = 1\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&file), Overrides::default()),
+            Err(ConfigError::Toml { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,1230 @@
+//! The registrar/stateful-proxy engine (RFC 3261 §16), sans-IO: received bytes and time
+//! in, transmits and the next wake-up out. The only I/O it performs is the synchronous
+//! write-through of bindings to the location store before a REGISTER is answered.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use sip_core::message::{Forward, HeaderName, Message, Method, ResponseBuilder, SipUri};
+use sip_core::transaction::{
+    AckAction, ClientInvite, ClientNonInvite, ResponseAction, ServerInvite, ServerNonInvite,
+    TimerConfig, TransactionEvent,
+};
+use sip_core::transport::{Received, Transmit, Transport};
+
+use crate::location::{Location, aor_key};
+use crate::registrar::{Registered, RegistrarConfig, handle_register};
+use crate::route::{BRANCH_PREFIX, Flow, Identity, branch_for, loop_hash, resolve};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub identity: Identity,
+    pub registrar: RegistrarConfig,
+    pub timers: TimerConfig,
+    /// Timer C (§16.6 item 11): an INVITE branch without a final response this long
+    /// after its last provisional is cancelled.
+    pub timer_c: Duration,
+    /// How often expired bindings are purged from memory and storage.
+    pub purge_interval: Duration,
+}
+
+impl ProxyConfig {
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            registrar: RegistrarConfig::default(),
+            timers: TimerConfig::default(),
+            timer_c: Duration::from_mins(3),
+            purge_interval: Duration::from_mins(1),
+        }
+    }
+}
+
+/// What the engine counted (exposed for logs and metrics).
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub received: u64,
+    pub unparsable: u64,
+    pub bad_requests: u64,
+    pub stray_responses: u64,
+    pub forwarded_requests: u64,
+    pub registrations: u64,
+}
+
+/// RFC 3261 §17.2.3 matching: the branch plus INVITE/ACK vs CANCEL vs others.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TxKey {
+    branch: Bytes,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Invite,
+    Cancel,
+    Other,
+}
+
+impl Kind {
+    fn of(m: &Method) -> Self {
+        match m {
+            Method::Invite | Method::Ack => Self::Invite,
+            Method::Cancel => Self::Cancel,
+            _ => Self::Other,
+        }
+    }
+}
+
+enum ServerTx {
+    Invite(ServerInvite),
+    NonInvite(ServerNonInvite),
+}
+
+struct ServerEntry {
+    tx: ServerTx,
+    flow: Flow,
+    ctx: Option<u64>,
+}
+
+enum ClientTx {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+struct ClientEntry {
+    tx: ClientTx,
+    flow: Flow,
+    ctx: Option<u64>,
+    /// The request as sent, parsed lazily for ACK/CANCEL generation.
+    sent: Bytes,
+}
+
+/// One forwarding target: the Request-URI to use and the first hop.
+#[derive(Debug, Clone)]
+struct Target {
+    /// New Request-URI (a registered contact); `None` keeps the received one.
+    uri: Option<String>,
+    /// Route values to prepend (Path of the binding, RFC 3327).
+    route: Vec<String>,
+    transport: Transport,
+    dest: std::net::SocketAddr,
+}
+
+/// The response context of a proxied request (§16.7), serving sequential forking.
+struct Context {
+    server: TxKey,
+    request: Message,
+    targets: VecDeque<Target>,
+    /// Client transaction of the branch in progress.
+    branch: Option<TxKey>,
+    branches: u32,
+    provisional_seen: bool,
+    cancel_pending: bool,
+    best: Option<Message>,
+    answered: bool,
+    cancelled: bool,
+    timer_c: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    Server(u64),
+    Client(u64),
+    TimerC(u64),
+    Purge,
+}
+
+/// The proxy engine.
+pub struct Proxy {
+    cfg: ProxyConfig,
+    location: Location,
+    server: HashMap<TxKey, ServerEntry>,
+    client: HashMap<TxKey, ClientEntry>,
+    contexts: HashMap<u64, Context>,
+    /// Timer ids → transaction keys, so the heap holds small values.
+    timer_keys: HashMap<u64, TxKey>,
+    heap: BinaryHeap<Reverse<(Instant, Wake)>>,
+    out: VecDeque<Transmit>,
+    rng: StdRng,
+    /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
+    epoch: (Instant, u64),
+    next_id: u64,
+    pub stats: Stats,
+}
+
+const ALLOW: &[u8] = b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH";
+
+impl Proxy {
+    /// `now` and `unix_now` are read once by the shell; the engine never reads a clock.
+    pub fn new(
+        cfg: ProxyConfig,
+        location: Location,
+        now: Instant,
+        unix_now: u64,
+        seed: u64,
+    ) -> Self {
+        let mut p = Self {
+            cfg,
+            location,
+            server: HashMap::new(),
+            client: HashMap::new(),
+            contexts: HashMap::new(),
+            timer_keys: HashMap::new(),
+            heap: BinaryHeap::new(),
+            out: VecDeque::new(),
+            rng: StdRng::seed_from_u64(seed),
+            epoch: (now, unix_now),
+            next_id: 0,
+            stats: Stats::default(),
+        };
+        p.heap
+            .push(Reverse((now + p.cfg.purge_interval, Wake::Purge)));
+        p
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.epoch.1 + now.saturating_duration_since(self.epoch.0).as_secs()
+    }
+
+    /// Bindings held: (AORs, bindings).
+    pub fn location_counts(&self) -> (usize, usize) {
+        self.location.counts()
+    }
+
+    /// Transactions and contexts alive (for tests and metrics).
+    pub fn live(&self) -> (usize, usize, usize) {
+        (self.server.len(), self.client.len(), self.contexts.len())
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn tag(&mut self) -> String {
+        format!("{:08x}", self.rng.random::<u32>())
+    }
+
+    pub fn handle_received(&mut self, now: Instant, rx: Received) {
+        self.stats.received += 1;
+        let flow = Flow {
+            transport: rx.transport,
+            local: rx.local,
+            remote: rx.peer,
+        };
+        if rx.data.iter().all(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return; // keep-alive (RFC 5626 §4.4.1)
+        }
+        let msg = match Message::parse(rx.data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.unparsable += 1;
+                tracing::debug!(error = %e, "unparsable message dropped");
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.handle_request(now, msg, flow);
+        } else {
+            self.handle_response(now, &msg);
+        }
+    }
+
+    fn send(&mut self, flow: Flow, data: Bytes) {
+        self.out.push_back(Transmit {
+            transport: flow.transport,
+            local: flow.local,
+            dest: flow.remote,
+            data,
+        });
+    }
+
+    /// A response sent without a transaction (to malformed requests, §16.3 / §8.2).
+    fn reply_stateless(&mut self, req: &Message, flow: Flow, status: u16, reason: &str) {
+        let tag = self.tag();
+        let bytes = ResponseBuilder::new(req, status, reason)
+            .to_tag(tag.as_bytes())
+            .to_vec();
+        self.send(flow, bytes.into());
+    }
+
+    fn handle_request(&mut self, now: Instant, msg: Message, flow: Flow) {
+        if let Err(e) = msg.validate() {
+            self.stats.bad_requests += 1;
+            if msg.top_via().is_ok() && msg.method() != Some(&Method::Ack) {
+                self.reply_stateless(&msg, flow, 400, &e.to_string());
+            }
+            return;
+        }
+        let Some(branch) = msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch())
+            .map(|b| msg.bytes().slice_ref(b))
+        else {
+            self.stats.bad_requests += 1;
+            if msg.method() != Some(&Method::Ack) {
+                self.reply_stateless(&msg, flow, 400, "Missing Via Branch");
+            }
+            return;
+        };
+        let method = msg.method().cloned().unwrap_or(Method::Options);
+        let key = TxKey {
+            branch,
+            kind: Kind::of(&method),
+        };
+        match method {
+            Method::Ack => return self.handle_ack(now, &key, &msg, flow),
+            Method::Cancel => return self.handle_cancel(now, key, &msg, flow),
+            _ => {}
+        }
+        if let Some(entry) = self.server.get_mut(&key) {
+            let _ = match &mut entry.tx {
+                ServerTx::Invite(t) => t.handle_request_retransmission(now),
+                ServerTx::NonInvite(t) => t.handle_request_retransmission(now),
+            };
+            self.drain_server(now, &key);
+            return;
+        }
+        let reliable = flow.transport.is_reliable();
+        let tx = if method == Method::Invite {
+            ServerTx::Invite(ServerInvite::new(now, reliable, &self.cfg.timers))
+        } else {
+            ServerTx::NonInvite(ServerNonInvite::new(now, reliable, &self.cfg.timers))
+        };
+        self.server.insert(
+            key.clone(),
+            ServerEntry {
+                tx,
+                flow,
+                ctx: None,
+            },
+        );
+        if method == Method::Invite {
+            // §16.2: a stateful proxy sends 100 Trying for an INVITE at once.
+            let trying = ResponseBuilder::new(&msg, 100, "Trying").to_vec();
+            self.respond(now, &key, 100, trying.into());
+        }
+        self.route_request(now, key, msg);
+    }
+
+    /// Sends a response through the server transaction `key`.
+    fn respond(&mut self, now: Instant, key: &TxKey, status: u16, bytes: Bytes) {
+        let Some(entry) = self.server.get_mut(key) else {
+            return;
+        };
+        let r = match &mut entry.tx {
+            ServerTx::Invite(t) => t.send_response(now, status, bytes),
+            ServerTx::NonInvite(t) => t.send_response(now, status, bytes),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, status, "response not sent");
+        }
+        self.drain_server(now, key);
+    }
+
+    /// A locally generated final response to the request of server transaction `key`.
+    fn reply(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        req: &Message,
+        status: u16,
+        reason: &str,
+        headers: &[(&str, &[u8])],
+    ) {
+        let tag = self.tag();
+        let mut b = ResponseBuilder::new(req, status, reason).to_tag(tag.as_bytes());
+        for (n, v) in headers {
+            b = b.header(n, v);
+        }
+        let bytes = b.to_vec();
+        self.respond(now, key, status, bytes.into());
+    }
+
+    fn route_request(&mut self, now: Instant, key: TxKey, msg: Message) {
+        let method = msg.method().cloned().unwrap_or(Method::Options);
+        let mf = msg.max_forwards().ok().flatten().unwrap_or(70);
+        let ruri = msg.request_uri().unwrap_or_default();
+        let Some(uri) = SipUri::parse(ruri) else {
+            return self.reply(now, &key, &msg, 416, "Unsupported URI Scheme", &[]);
+        };
+        let ruri_is_us = self.cfg.identity.is_us(&uri);
+        let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
+        let first_route_is_us = routes.first().is_some_and(|r| {
+            sip_core::message::NameAddr::parse(r)
+                .and_then(|n| SipUri::parse(n.uri))
+                .is_some_and(|u| self.cfg.identity.is_us(&u))
+        });
+        let remaining = if first_route_is_us {
+            &routes[1..]
+        } else {
+            &routes[..]
+        };
+        let for_proxy_itself = ruri_is_us && uri.user.is_none() && remaining.is_empty();
+
+        if mf == 0 && !(for_proxy_itself && method == Method::Options) {
+            return self.reply(now, &key, &msg, 483, "Too Many Hops", &[]);
+        }
+        // §16.3 item 4: our own Via with this request's loop hash means it came back unchanged.
+        let hash = loop_hash(&msg);
+        let prefix = branch_for(hash);
+        let looped = msg.vias().filter_map(Result::ok).any(|v| {
+            v.branch().is_some_and(|b| b.starts_with(prefix.as_bytes()))
+                && self.cfg.identity.listeners.iter().any(|(_, a)| {
+                    Identity::sent_by(*a).as_bytes()
+                        == [v.host, b":", v.port.unwrap_or(5060).to_string().as_bytes()].concat()
+                })
+        });
+        if looped {
+            return self.reply(now, &key, &msg, 482, "Loop Detected", &[]);
+        }
+        if for_proxy_itself || (ruri_is_us && method == Method::Register && remaining.is_empty()) {
+            return self.handle_local(now, key, msg, &method);
+        }
+        let targets: VecDeque<Target> = if let Some(next) = remaining.first() {
+            let hop = sip_core::message::NameAddr::parse(next).and_then(|n| resolve(n.uri));
+            match hop {
+                Some((transport, dest)) => VecDeque::from([Target {
+                    uri: None,
+                    route: vec![],
+                    transport,
+                    dest,
+                }]),
+                None => return self.reply(now, &key, &msg, 404, "Next Hop Not Resolvable", &[]),
+            }
+        } else if ruri_is_us {
+            let Some(user) = uri.user.and_then(|u| std::str::from_utf8(u).ok()) else {
+                return self.reply(now, &key, &msg, 404, "Not Found", &[]);
+            };
+            let aor = format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase());
+            let unix = self.unix(now);
+            match self.location.lookup(&aor, unix) {
+                None => return self.reply(now, &key, &msg, 404, "Not Found", &[]),
+                Some(b) if b.is_empty() => {
+                    return self.reply(now, &key, &msg, 480, "Temporarily Unavailable", &[]);
+                }
+                Some(bindings) => bindings
+                    .into_iter()
+                    .filter_map(|b| {
+                        let first_hop = b
+                            .path
+                            .first()
+                            .and_then(|p| sip_core::message::NameAddr::parse(p.as_bytes()))
+                            .map(|n| n.uri.to_vec());
+                        let (transport, dest) =
+                            resolve(first_hop.as_deref().unwrap_or(b.contact.as_bytes()))?;
+                        Some(Target {
+                            uri: Some(b.contact.clone()),
+                            route: b.path.clone(),
+                            transport,
+                            dest,
+                        })
+                    })
+                    .collect(),
+            }
+        } else {
+            match resolve(ruri) {
+                Some((transport, dest)) => VecDeque::from([Target {
+                    uri: None,
+                    route: vec![],
+                    transport,
+                    dest,
+                }]),
+                None => return self.reply(now, &key, &msg, 404, "Not Found", &[]),
+            }
+        };
+        if targets.is_empty() {
+            return self.reply(now, &key, &msg, 480, "Temporarily Unavailable", &[]);
+        }
+        let ctx_id = self.id();
+        if let Some(e) = self.server.get_mut(&key) {
+            e.ctx = Some(ctx_id);
+        }
+        self.contexts.insert(
+            ctx_id,
+            Context {
+                server: key,
+                request: msg,
+                targets,
+                branch: None,
+                branches: 0,
+                provisional_seen: false,
+                cancel_pending: false,
+                best: None,
+                answered: false,
+                cancelled: false,
+                timer_c: None,
+            },
+        );
+        self.try_next_target(now, ctx_id, first_route_is_us, hash);
+    }
+
+    /// Requests addressed to the proxy itself: REGISTER and OPTIONS.
+    fn handle_local(&mut self, now: Instant, key: TxKey, msg: Message, method: &Method) {
+        match method {
+            Method::Options => self.reply(
+                now,
+                &key,
+                &msg,
+                200,
+                "OK",
+                &[
+                    ("Allow", ALLOW),
+                    ("Accept", b"application/sdp"),
+                    ("Supported", b"path"),
+                ],
+            ),
+            Method::Register => self.handle_register(now, key, &msg),
+            _ => self.reply(
+                now,
+                &key,
+                &msg,
+                405,
+                "Method Not Allowed",
+                &[("Allow", ALLOW)],
+            ),
+        }
+    }
+
+    fn handle_register(&mut self, now: Instant, key: TxKey, msg: &Message) {
+        self.stats.registrations += 1;
+        // RFC 3261 §10.3 step 3: unknown extensions in Require get 420.
+        if let Some(req) = msg
+            .list(HeaderName::Require)
+            .find(|t| !t.eq_ignore_ascii_case(b"path"))
+        {
+            let unsupported = req.to_vec();
+            return self.reply(
+                now,
+                &key,
+                msg,
+                420,
+                "Bad Extension",
+                &[("Unsupported", &unsupported)],
+            );
+        }
+        let to = msg.to().ok().and_then(|t| SipUri::parse(t.uri));
+        let Some(to) = to.filter(|u| self.cfg.identity.is_us(u)) else {
+            return self.reply(now, &key, msg, 404, "Not Found", &[]);
+        };
+        let Some(user) = to.user.and_then(|u| std::str::from_utf8(u).ok()) else {
+            return self.reply(now, &key, msg, 400, "Missing User In To", &[]);
+        };
+        let aor = format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase());
+        debug_assert!(aor_key(&to).is_some());
+        let flow = self.server.get(&key).map(|e| e.flow);
+        let Some(flow) = flow else { return };
+        let unix = self.unix(now);
+        match handle_register(
+            &self.cfg.registrar,
+            &mut self.location,
+            &aor,
+            msg,
+            (flow.transport, flow.remote),
+            unix,
+        ) {
+            Registered::Ok(contacts) => {
+                let lines: Vec<(String, Vec<u8>)> = contacts
+                    .into_iter()
+                    .map(|(c, left)| {
+                        (
+                            "Contact".to_owned(),
+                            format!("<{c}>;expires={left}").into_bytes(),
+                        )
+                    })
+                    .collect();
+                let headers: Vec<(&str, &[u8])> = lines
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_slice()))
+                    .collect();
+                self.reply(now, &key, msg, 200, "OK", &headers);
+            }
+            Registered::Reject {
+                status,
+                reason,
+                min_expires,
+            } => {
+                let me = min_expires.map(|m| m.to_string());
+                let headers: Vec<(&str, &[u8])> =
+                    me.iter().map(|m| ("Min-Expires", m.as_bytes())).collect();
+                self.reply(now, &key, msg, status, reason, &headers);
+            }
+        }
+    }
+
+    /// Forwards the context's request to its next target (sequential forking by q).
+    fn try_next_target(&mut self, now: Instant, ctx_id: u64, drop_route: bool, hash: u64) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let Some(target) = ctx.targets.pop_front() else {
+            return self.finish(now, ctx_id);
+        };
+        ctx.branches += 1;
+        ctx.provisional_seen = false;
+        let branch = format!("{}.{}", branch_for(hash), ctx.branches);
+        let msg = &ctx.request;
+        let method = msg.method().cloned().unwrap_or(Method::Options);
+        let Some(local) = self.cfg.identity.local_for(target.transport, target.dest) else {
+            ctx.best.get_or_insert_with(|| msg.clone());
+            return self.finish(now, ctx_id);
+        };
+        let sent_by = Identity::sent_by(local);
+        let via = format!(
+            "SIP/2.0/{} {sent_by};branch={branch}",
+            target.transport.via_token()
+        );
+        let server_flow = self.server.get(&ctx.server).map(|e| e.flow);
+        let rr_transport = server_flow.map_or(Transport::Udp, |f| f.transport);
+        let rr_addr = server_flow.map_or(local, |f| f.local);
+        let rr = match rr_transport {
+            Transport::Udp => format!("<sip:{};lr>", Identity::sent_by(rr_addr)),
+            Transport::Tcp => format!("<sip:{};transport=tcp;lr>", Identity::sent_by(rr_addr)),
+        };
+        let dialog_creating = matches!(method, Method::Invite | Method::Subscribe | Method::Refer)
+            && msg.to_tag().is_none();
+        let mf = msg
+            .max_forwards()
+            .ok()
+            .flatten()
+            .unwrap_or(70)
+            .saturating_sub(1);
+        let mut fwd = Forward::new(msg).push_via(via.as_bytes()).max_forwards(mf);
+        if let Some(uri) = &target.uri {
+            fwd = fwd.request_uri(uri.as_bytes());
+        }
+        if drop_route {
+            fwd = fwd.drop_first_route();
+        }
+        if dialog_creating {
+            fwd = fwd.record_route(rr.as_bytes());
+        }
+        for r in &target.route {
+            fwd = fwd.header("Route", r.as_bytes());
+        }
+        let bytes: Bytes = fwd.to_vec().into();
+        let flow = Flow {
+            transport: target.transport,
+            local,
+            remote: target.dest,
+        };
+        let key = TxKey {
+            branch: Bytes::from(branch),
+            kind: Kind::of(&method),
+        };
+        let reliable = flow.transport.is_reliable();
+        let tx = if method == Method::Invite {
+            ctx.timer_c = Some(now + self.cfg.timer_c);
+            self.heap
+                .push(Reverse((now + self.cfg.timer_c, Wake::TimerC(ctx_id))));
+            ClientTx::Invite(ClientInvite::new(
+                now,
+                bytes.clone(),
+                reliable,
+                &self.cfg.timers,
+            ))
+        } else {
+            ClientTx::NonInvite(ClientNonInvite::new(
+                now,
+                bytes.clone(),
+                reliable,
+                &self.cfg.timers,
+            ))
+        };
+        ctx.branch = Some(key.clone());
+        self.stats.forwarded_requests += 1;
+        self.client.insert(
+            key.clone(),
+            ClientEntry {
+                tx,
+                flow,
+                ctx: Some(ctx_id),
+                sent: bytes,
+            },
+        );
+        self.drain_client(now, &key);
+    }
+
+    /// All targets are done: forward the best final response (§16.7 step 6) or 408/480.
+    fn finish(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        if ctx.answered {
+            return;
+        }
+        ctx.answered = true;
+        let server = ctx.server.clone();
+        match ctx.best.take() {
+            Some(best) if best.status().is_some() => {
+                let status = best.status().unwrap_or(500);
+                if status == 503 {
+                    // §16.7 step 6: a 503 is not passed upstream as such.
+                    let req = ctx.request.clone();
+                    return self.reply(now, &server, &req, 500, "Server Internal Error", &[]);
+                }
+                let bytes = Forward::new(&best).drop_top_via().to_vec();
+                self.respond(now, &server, status, bytes.into());
+            }
+            _ => {
+                let req = ctx.request.clone();
+                self.reply(now, &server, &req, 408, "Request Timeout", &[]);
+            }
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, key: &TxKey, msg: &Message, flow: Flow) {
+        if let Some(entry) = self.server.get_mut(key)
+            && let ServerTx::Invite(t) = &mut entry.tx
+            && let Ok(AckAction::Absorb) = t.handle_ack(now)
+        {
+            self.drain_server(now, key);
+            return;
+        }
+        // ACK for a 2xx is its own transaction-less request (§13.2.2.4): forward statelessly.
+        let _ = flow;
+        let Some(uri) = msg.request_uri().and_then(SipUri::parse) else {
+            return;
+        };
+        let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
+        let first_is_us = routes.first().is_some_and(|r| {
+            sip_core::message::NameAddr::parse(r)
+                .and_then(|n| SipUri::parse(n.uri))
+                .is_some_and(|u| self.cfg.identity.is_us(&u))
+        });
+        let remaining = if first_is_us {
+            &routes[1..]
+        } else {
+            &routes[..]
+        };
+        let (new_uri, hop) = if let Some(next) = remaining.first() {
+            (
+                None,
+                sip_core::message::NameAddr::parse(next).and_then(|n| resolve(n.uri)),
+            )
+        } else if self.cfg.identity.is_us(&uri) {
+            let Some(user) = uri.user.and_then(|u| std::str::from_utf8(u).ok()) else {
+                return;
+            };
+            let aor = format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase());
+            let unix = self.unix(now);
+            let Some(b) = self
+                .location
+                .lookup(&aor, unix)
+                .and_then(|b| b.first().map(|b| b.contact.clone()))
+            else {
+                return;
+            };
+            let hop = resolve(b.as_bytes());
+            (Some(b), hop)
+        } else {
+            (None, resolve(msg.request_uri().unwrap_or_default()))
+        };
+        let Some((transport, dest)) = hop else { return };
+        let Some(local) = self.cfg.identity.local_for(transport, dest) else {
+            return;
+        };
+        let branch = format!("{}.ack", branch_for(loop_hash(msg)));
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch}",
+            transport.via_token(),
+            Identity::sent_by(local)
+        );
+        let mf = msg
+            .max_forwards()
+            .ok()
+            .flatten()
+            .unwrap_or(70)
+            .saturating_sub(1);
+        let mut fwd = Forward::new(msg).push_via(via.as_bytes()).max_forwards(mf);
+        if first_is_us {
+            fwd = fwd.drop_first_route();
+        }
+        if let Some(u) = &new_uri {
+            fwd = fwd.request_uri(u.as_bytes());
+        }
+        let bytes = fwd.to_vec();
+        self.send(
+            Flow {
+                transport,
+                local,
+                remote: dest,
+            },
+            bytes.into(),
+        );
+    }
+
+    /// CANCEL (§16.10): answered 200 here, then the pending branch is cancelled.
+    fn handle_cancel(&mut self, now: Instant, key: TxKey, msg: &Message, flow: Flow) {
+        let invite_key = TxKey {
+            branch: key.branch.clone(),
+            kind: Kind::Invite,
+        };
+        let ctx_id = self.server.get(&invite_key).and_then(|e| e.ctx);
+        if !self.server.contains_key(&invite_key) {
+            return self.reply_stateless(msg, flow, 481, "Call/Transaction Does Not Exist");
+        }
+        if let Some(entry) = self.server.get_mut(&key) {
+            if let ServerTx::NonInvite(t) = &mut entry.tx {
+                let _ = t.handle_request_retransmission(now);
+            }
+            return self.drain_server(now, &key);
+        }
+        let tx = ServerTx::NonInvite(ServerNonInvite::new(
+            now,
+            flow.transport.is_reliable(),
+            &self.cfg.timers,
+        ));
+        self.server.insert(
+            key.clone(),
+            ServerEntry {
+                tx,
+                flow,
+                ctx: None,
+            },
+        );
+        self.reply(now, &key, msg, 200, "OK", &[]);
+        let Some(ctx_id) = ctx_id else { return };
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        if ctx.answered {
+            return;
+        }
+        ctx.cancelled = true;
+        ctx.targets.clear();
+        if ctx.provisional_seen {
+            self.cancel_branch(now, ctx_id);
+        } else {
+            // §9.1: CANCEL only after a provisional response arrived on the branch.
+            ctx.cancel_pending = true;
+        }
+    }
+
+    /// Sends CANCEL for the context's current INVITE branch (§9.1).
+    fn cancel_branch(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        ctx.cancel_pending = false;
+        let Some(branch) = ctx.branch.clone() else {
+            return;
+        };
+        let Some(entry) = self.client.get(&branch) else {
+            return;
+        };
+        let flow = entry.flow;
+        let Ok(sent) = Message::parse(entry.sent.clone()) else {
+            return;
+        };
+        let cancel = build_cancel_or_ack(&sent, b"CANCEL", None);
+        let key = TxKey {
+            branch: branch.branch.clone(),
+            kind: Kind::Cancel,
+        };
+        if self.client.contains_key(&key) {
+            return;
+        }
+        let tx = ClientTx::NonInvite(ClientNonInvite::new(
+            now,
+            cancel.clone(),
+            flow.transport.is_reliable(),
+            &self.cfg.timers,
+        ));
+        self.client.insert(
+            key.clone(),
+            ClientEntry {
+                tx,
+                flow,
+                ctx: None,
+                sent: cancel,
+            },
+        );
+        self.drain_client(now, &key);
+    }
+
+    fn handle_response(&mut self, now: Instant, msg: &Message) {
+        let (Ok(via), Some(status), Ok(cseq)) = (msg.top_via(), msg.status(), msg.cseq()) else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        let Some(branch) = via
+            .branch()
+            .filter(|b| b.starts_with(BRANCH_PREFIX.as_bytes()))
+        else {
+            self.stats.stray_responses += 1;
+            return;
+        };
+        let key = TxKey {
+            branch: msg.bytes().slice_ref(branch),
+            kind: Kind::of(&cseq.method),
+        };
+        let Some(entry) = self.client.get_mut(&key) else {
+            return self.forward_stateless_response(msg);
+        };
+        let action = match &mut entry.tx {
+            ClientTx::Invite(t) => {
+                let sent = entry.sent.clone();
+                t.handle_response(now, status, || match Message::parse(sent) {
+                    Ok(req) => build_cancel_or_ack(&req, b"ACK", Some(msg)),
+                    Err(_) => Bytes::new(),
+                })
+            }
+            ClientTx::NonInvite(t) => t.handle_response(now, status),
+        };
+        let ctx_id = entry.ctx;
+        self.drain_client(now, &key);
+        if !matches!(action, Ok(ResponseAction::PassUp)) {
+            return;
+        }
+        match ctx_id {
+            Some(ctx_id) if self.contexts.contains_key(&ctx_id) => {
+                self.handle_branch_response(now, ctx_id, &key, msg, status)
+            }
+            Some(_) => self.forward_stateless_response(msg),
+            None => {}
+        }
+    }
+
+    /// A response on a branch, passed up by its client transaction (§16.7).
+    fn handle_branch_response(
+        &mut self,
+        now: Instant,
+        ctx_id: u64,
+        branch: &TxKey,
+        msg: &Message,
+        status: u16,
+    ) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let server = ctx.server.clone();
+        if status < 200 {
+            ctx.provisional_seen = true;
+            if ctx.timer_c.is_some() {
+                ctx.timer_c = Some(now + self.cfg.timer_c);
+                self.heap
+                    .push(Reverse((now + self.cfg.timer_c, Wake::TimerC(ctx_id))));
+            }
+            let cancel = ctx.cancel_pending;
+            let answered = ctx.answered;
+            if cancel {
+                self.cancel_branch(now, ctx_id);
+            }
+            if status > 100 && !answered {
+                let bytes = Forward::new(msg).drop_top_via().to_vec();
+                self.respond(now, &server, status, bytes.into());
+            }
+            return;
+        }
+        ctx.timer_c = None;
+        if (200..300).contains(&status) {
+            ctx.answered = true;
+            let bytes = Forward::new(msg).drop_top_via().to_vec();
+            return self.respond(now, &server, status, bytes.into());
+        }
+        if ctx.branch.as_ref() != Some(branch) || ctx.answered {
+            return;
+        }
+        let better = ctx
+            .best
+            .as_ref()
+            .and_then(Message::status)
+            .is_none_or(|b| rank(status) < rank(b));
+        if better {
+            ctx.best = Some(msg.clone());
+        }
+        if status >= 600 || ctx.cancelled {
+            ctx.targets.clear();
+        }
+        let hash = loop_hash(&ctx.request);
+        let drop_route = ctx.request.list(HeaderName::Route).next().is_some_and(|r| {
+            sip_core::message::NameAddr::parse(r)
+                .and_then(|n| SipUri::parse(n.uri))
+                .is_some_and(|u| self.cfg.identity.is_us(&u))
+        });
+        self.try_next_target(now, ctx_id, drop_route, hash);
+    }
+
+    /// A response matching no transaction (e.g. a 2xx retransmission after ours ended):
+    /// forwarded statelessly to the next Via if the top Via is ours (§16.7 / §16.11).
+    fn forward_stateless_response(&mut self, msg: &Message) {
+        let mut vias = msg.vias();
+        let (Some(Ok(top)), Some(Ok(next))) = (vias.next(), vias.next()) else {
+            return;
+        };
+        let is_ours = self.cfg.identity.listeners.iter().any(|(_, a)| {
+            Identity::sent_by(*a).as_bytes()
+                == [
+                    top.host,
+                    b":",
+                    top.port.unwrap_or(5060).to_string().as_bytes(),
+                ]
+                .concat()
+        });
+        if !is_ours {
+            self.stats.stray_responses += 1;
+            return;
+        }
+        let transport = Transport::from_token(next.transport).unwrap_or(Transport::Udp);
+        let host = next.received().unwrap_or(next.host);
+        let port = next.rport().flatten().or(next.port).unwrap_or(5060);
+        let uri = [b"sip:", host, b":", port.to_string().as_bytes()].concat();
+        let Some((_, dest)) = resolve(&uri) else {
+            return;
+        };
+        let Some(local) = self.cfg.identity.local_for(transport, dest) else {
+            return;
+        };
+        let bytes = Forward::new(msg).drop_top_via().to_vec();
+        self.send(
+            Flow {
+                transport,
+                local,
+                remote: dest,
+            },
+            bytes.into(),
+        );
+    }
+
+    fn drain_server(&mut self, now: Instant, key: &TxKey) {
+        let Some(entry) = self.server.get_mut(key) else {
+            return;
+        };
+        let flow = entry.flow;
+        let mut terminated = false;
+        macro_rules! drain {
+            ($t:expr) => {{
+                while let Some(d) = $t.poll_transmit() {
+                    self.out.push_back(Transmit {
+                        transport: flow.transport,
+                        local: flow.local,
+                        dest: flow.remote,
+                        data: d,
+                    });
+                }
+                while let Some(ev) = $t.poll_event() {
+                    terminated |= ev == TransactionEvent::Terminated;
+                }
+                $t.poll_timeout()
+            }};
+        }
+        let wake = match &mut entry.tx {
+            ServerTx::Invite(t) => drain!(t),
+            ServerTx::NonInvite(t) => drain!(t),
+        };
+        if terminated {
+            if let Some(e) = self.server.remove(key)
+                && let Some(c) = e.ctx
+            {
+                self.contexts.remove(&c);
+            }
+            return;
+        }
+        if let Some(at) = wake {
+            let id = self.id();
+            self.timer_keys.insert(id, key.clone());
+            self.heap.push(Reverse((at.max(now), Wake::Server(id))));
+        }
+    }
+
+    fn drain_client(&mut self, now: Instant, key: &TxKey) {
+        let Some(entry) = self.client.get_mut(key) else {
+            return;
+        };
+        let flow = entry.flow;
+        let mut timed_out = false;
+        let mut terminated = false;
+        macro_rules! drain {
+            ($t:expr) => {{
+                while let Some(d) = $t.poll_transmit() {
+                    self.out.push_back(Transmit {
+                        transport: flow.transport,
+                        local: flow.local,
+                        dest: flow.remote,
+                        data: d,
+                    });
+                }
+                while let Some(ev) = $t.poll_event() {
+                    match ev {
+                        TransactionEvent::Terminated => terminated = true,
+                        TransactionEvent::Timeout(_) | TransactionEvent::TransportError => {
+                            timed_out = true
+                        }
+                    }
+                }
+                $t.poll_timeout()
+            }};
+        }
+        let wake = match &mut entry.tx {
+            ClientTx::Invite(t) => drain!(t),
+            ClientTx::NonInvite(t) => drain!(t),
+        };
+        let ctx = entry.ctx;
+        if terminated {
+            self.client.remove(key);
+        } else if let Some(at) = wake {
+            let id = self.id();
+            self.timer_keys.insert(id, key.clone());
+            self.heap.push(Reverse((at.max(now), Wake::Client(id))));
+        }
+        if timed_out {
+            // No final response on this branch: it counts as a 408 (§16.7 step 1 / §16.8).
+            if let Some(ctx_id) = ctx
+                && let Some(c) = self.contexts.get(&ctx_id)
+                && c.branch.as_ref() == Some(key)
+                && !c.answered
+            {
+                let hash = loop_hash(&c.request);
+                self.try_next_target(now, ctx_id, false, hash);
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.heap.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, wake))) = self.heap.pop() else {
+                break;
+            };
+            match wake {
+                Wake::Server(id) => {
+                    let Some(key) = self.timer_keys.remove(&id) else {
+                        continue;
+                    };
+                    if let Some(e) = self.server.get_mut(&key) {
+                        let due = match &e.tx {
+                            ServerTx::Invite(t) => t.poll_timeout(),
+                            ServerTx::NonInvite(t) => t.poll_timeout(),
+                        };
+                        if due.is_some_and(|d| d <= now) {
+                            match &mut e.tx {
+                                ServerTx::Invite(t) => t.handle_timeout(now),
+                                ServerTx::NonInvite(t) => t.handle_timeout(now),
+                            }
+                            self.drain_server(now, &key);
+                        }
+                    }
+                }
+                Wake::Client(id) => {
+                    let Some(key) = self.timer_keys.remove(&id) else {
+                        continue;
+                    };
+                    if let Some(e) = self.client.get_mut(&key) {
+                        let due = match &e.tx {
+                            ClientTx::Invite(t) => t.poll_timeout(),
+                            ClientTx::NonInvite(t) => t.poll_timeout(),
+                        };
+                        if due.is_some_and(|d| d <= now) {
+                            match &mut e.tx {
+                                ClientTx::Invite(t) => t.handle_timeout(now),
+                                ClientTx::NonInvite(t) => t.handle_timeout(now),
+                            }
+                            self.drain_client(now, &key);
+                        }
+                    }
+                }
+                Wake::TimerC(ctx_id) => {
+                    let fire = self
+                        .contexts
+                        .get(&ctx_id)
+                        .is_some_and(|c| c.timer_c.is_some_and(|t| t <= now) && !c.answered);
+                    if fire {
+                        if let Some(c) = self.contexts.get_mut(&ctx_id) {
+                            c.timer_c = None;
+                            c.cancelled = true;
+                            c.targets.clear();
+                        }
+                        self.cancel_branch(now, ctx_id);
+                    }
+                }
+                Wake::Purge => {
+                    let unix = self.unix(now);
+                    if let Err(e) = self.location.purge(unix) {
+                        tracing::warn!(error = %e, "purging expired bindings failed");
+                    }
+                    self.heap
+                        .push(Reverse((now + self.cfg.purge_interval, Wake::Purge)));
+                }
+            }
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+}
+
+/// §16.7 step 6 preference: 6xx first, then the lowest class; 503 counts as 5xx.
+fn rank(status: u16) -> u16 {
+    if status >= 600 { 0 } else { status / 100 * 100 }
+}
+
+/// CANCEL (§9.1) or ACK for a non-2xx (§17.1.1.3) from the request as sent: same
+/// Request-URI, top Via, Route, From, Call-ID and CSeq number; the ACK takes the
+/// response's To (with its tag).
+fn build_cancel_or_ack(sent: &Message, method: &[u8], response: Option<&Message>) -> Bytes {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(sent.request_uri().unwrap_or_default());
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    let line = |out: &mut Vec<u8>, name: &str, v: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    };
+    if let Some(v) = sent.list(HeaderName::Via).next() {
+        line(&mut out, "Via", v);
+    }
+    for r in sent.headers(HeaderName::Route) {
+        line(&mut out, "Route", r);
+    }
+    line(&mut out, "Max-Forwards", b"70");
+    line(
+        &mut out,
+        "From",
+        sent.header(HeaderName::From).unwrap_or_default(),
+    );
+    let to = response
+        .and_then(|r| r.header(HeaderName::To))
+        .or_else(|| sent.header(HeaderName::To));
+    line(&mut out, "To", to.unwrap_or_default());
+    line(&mut out, "Call-ID", sent.call_id().unwrap_or_default());
+    let seq = sent.cseq().map_or(1, |c| c.seq);
+    line(
+        &mut out,
+        "CSeq",
+        format!("{seq} {}", String::from_utf8_lossy(method)).as_bytes(),
+    );
+    line(&mut out, "Content-Length", b"0");
+    out.extend_from_slice(b"\r\n");
+    out.into()
+}
+
+impl sip_net::Engine for Proxy {
+    fn handle_received(&mut self, now: Instant, msg: Received) {
+        Proxy::handle_received(self, now, msg);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Proxy::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Proxy::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Proxy::poll_timeout(self)
+    }
+}

@@ -1,0 +1,146 @@
+//! Where a request goes: "is this URI us?", URI → next-hop address (RFC 3263 reduced to
+//! IP literals: no DNS lookups are made), and the loop-detection hash of §16.3 item 4.
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+
+use sip_core::message::{Message, SipUri};
+use sip_core::transport::Transport;
+
+/// A transport flow: how to reach a peer and from which of our listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Our identity on the wire: the domain we serve and the addresses we listen on.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub domain: String,
+    pub listeners: Vec<(Transport, SocketAddr)>,
+}
+
+fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(host).ok()?;
+    let s = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s);
+    if s.eq_ignore_ascii_case("localhost") {
+        return Some(IpAddr::from([127, 0, 0, 1]));
+    }
+    s.parse().ok()
+}
+
+impl Identity {
+    /// Whether `uri` names this proxy or its domain (§16.4: Route/Request-URI "is us").
+    pub fn is_us(&self, uri: &SipUri<'_>) -> bool {
+        if uri.host.eq_ignore_ascii_case(self.domain.as_bytes())
+            && uri
+                .port
+                .is_none_or(|p| self.listeners.iter().any(|(_, a)| a.port() == p))
+        {
+            return true;
+        }
+        let Some(ip) = parse_ip(uri.host) else {
+            return false;
+        };
+        let port = uri.port.unwrap_or(if uri.secure { 5061 } else { 5060 });
+        self.listeners.iter().any(|(_, a)| {
+            a.port() == port && (a.ip() == ip || (a.ip().is_unspecified() && ip.is_loopback()))
+        })
+    }
+
+    /// The listener to send from towards `remote` over `transport`.
+    pub fn local_for(&self, transport: Transport, remote: SocketAddr) -> Option<SocketAddr> {
+        let same =
+            |(t, a): &&(Transport, SocketAddr)| *t == transport && a.is_ipv4() == remote.is_ipv4();
+        self.listeners
+            .iter()
+            .find(same)
+            .or_else(|| self.listeners.iter().find(|(t, _)| *t == transport))
+            .map(|(_, a)| *a)
+    }
+
+    /// `host:port` of a listener as written in Via and Record-Route.
+    pub fn sent_by(addr: SocketAddr) -> String {
+        match addr.ip() {
+            IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+            IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+        }
+    }
+}
+
+/// Resolves a SIP URI to a transport and address. Only IP literals and `localhost`
+/// resolve (no DNS, RFC 3263 §4 is out of scope); `None` otherwise.
+pub fn resolve(uri: &[u8]) -> Option<(Transport, SocketAddr)> {
+    let u = SipUri::parse(uri)?;
+    let ip = parse_ip(u.host)?;
+    let transport = match u.transport() {
+        Some(t) => Transport::from_token(t)?,
+        None => Transport::Udp,
+    };
+    let port = u.port.unwrap_or(if u.secure { 5061 } else { 5060 });
+    Some((transport, SocketAddr::new(ip, port)))
+}
+
+/// The §16.3 item 4 loop-detection hash over the fields a loop leaves unchanged:
+/// Request-URI, From tag, To tag, Call-ID, CSeq number. A spiral (changed
+/// Request-URI) hashes differently and is allowed.
+pub fn loop_hash(msg: &Message) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    msg.request_uri().hash(&mut h);
+    msg.from_tag().hash(&mut h);
+    msg.to_tag().hash(&mut h);
+    msg.call_id().hash(&mut h);
+    msg.cseq().map(|c| c.seq).ok().hash(&mut h);
+    h.finish()
+}
+
+/// Branch prefix (RFC 3261 §8.1.1.7 magic cookie) of every branch this proxy creates.
+pub const BRANCH_PREFIX: &str = "z9hG4bK-pm";
+
+/// The branch prefix carrying `hash`; branches are `{prefix}.{n}`.
+pub fn branch_for(hash: u64) -> String {
+    format!("{BRANCH_PREFIX}{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Identity {
+        Identity {
+            domain: "example.org".into(),
+            listeners: vec![(Transport::Udp, "127.0.0.1:5070".parse().unwrap())],
+        }
+    }
+
+    #[test]
+    fn recognises_itself() {
+        let id = me();
+        let us = |u: &[u8]| id.is_us(&SipUri::parse(u).unwrap());
+        assert!(us(b"sip:example.org"));
+        assert!(us(b"sip:bob@EXAMPLE.org"));
+        assert!(us(b"sip:127.0.0.1:5070;lr"));
+        assert!(!us(b"sip:127.0.0.1"));
+        assert!(!us(b"sip:bob@192.0.2.1:5070"));
+        assert!(!us(b"sip:bob@example.com"));
+    }
+
+    #[test]
+    fn resolves_literals_only() {
+        assert_eq!(
+            resolve(b"sip:bob@127.0.0.1:5062;transport=TCP"),
+            Some((Transport::Tcp, "127.0.0.1:5062".parse().unwrap()))
+        );
+        assert_eq!(
+            resolve(b"sip:[::1]"),
+            Some((Transport::Udp, "[::1]:5060".parse().unwrap()))
+        );
+        assert_eq!(resolve(b"sip:bob@example.com"), None);
+        assert_eq!(resolve(b"sip:bob@127.0.0.1;transport=sctp"), None);
+    }
+}

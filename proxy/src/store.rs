@@ -1,0 +1,233 @@
+//! Storage behind traits (STYLE.md rule 9): the in-memory reference implementation and
+//! the embedded SQLite default. SQLite runs in WAL mode; `synchronous=NORMAL` keeps every
+//! committed write across a process crash (kill -9), `full` also across power loss.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+use sip_core::transport::Transport;
+
+use crate::location::Binding;
+
+/// Storage failures are I/O faults: the request that needed the write gets a 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("storage: cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Durable bindings by AOR.
+pub trait LocationStore: Send {
+    /// Every AOR ever registered with its stored bindings (possibly none).
+    fn load_all(&mut self) -> Result<Vec<(String, Vec<Binding>)>, StoreError>;
+    /// Replaces the bindings of `aor` atomically.
+    fn put(&mut self, aor: &str, bindings: &[Binding]) -> Result<(), StoreError>;
+    /// Deletes bindings that lapsed at or before `unix_now`.
+    fn purge_expired(&mut self, unix_now: u64) -> Result<(), StoreError>;
+}
+
+/// The reference implementation and engine-test double.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    aors: HashMap<String, Vec<Binding>>,
+}
+
+impl LocationStore for MemoryStore {
+    fn load_all(&mut self) -> Result<Vec<(String, Vec<Binding>)>, StoreError> {
+        Ok(self
+            .aors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+    fn put(&mut self, aor: &str, bindings: &[Binding]) -> Result<(), StoreError> {
+        self.aors.insert(aor.to_owned(), bindings.to_vec());
+        Ok(())
+    }
+    fn purge_expired(&mut self, unix_now: u64) -> Result<(), StoreError> {
+        for v in self.aors.values_mut() {
+            v.retain(|b| b.expires_at > unix_now);
+        }
+        Ok(())
+    }
+}
+
+/// How hard SQLite syncs a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Survives a process crash (kill -9); the OS may lose the last commits on power loss.
+    Normal,
+    /// fsync on every commit: survives power loss, costs a disk flush per REGISTER.
+    Full,
+}
+
+/// The embedded default store: one SQLite file in the data directory.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS aor (aor TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS binding (
+    aor TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    q INTEGER NOT NULL,
+    call_id TEXT NOT NULL,
+    cseq INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    source TEXT,
+    PRIMARY KEY (aor, contact)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS binding_expiry ON binding (expires_at);
+";
+
+impl SqliteStore {
+    /// Opens (or creates) `DIR/permit.sqlite`.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let conn = Connection::open(dir.join("permit.sqlite"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+}
+
+fn source_to_text(s: Option<(Transport, SocketAddr)>) -> Option<String> {
+    s.map(|(t, a)| format!("{} {a}", t.via_token()))
+}
+
+fn source_from_text(s: Option<String>) -> Option<(Transport, SocketAddr)> {
+    let s = s?;
+    let (t, a) = s.split_once(' ')?;
+    Some((Transport::from_token(t.as_bytes())?, a.parse().ok()?))
+}
+
+impl LocationStore for SqliteStore {
+    fn load_all(&mut self) -> Result<Vec<(String, Vec<Binding>)>, StoreError> {
+        let mut out: HashMap<String, Vec<Binding>> = HashMap::new();
+        let mut aors = self.conn.prepare("SELECT aor FROM aor")?;
+        for aor in aors.query_map([], |r| r.get::<_, String>(0))? {
+            out.entry(aor?).or_default();
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT aor, contact, expires_at, q, call_id, cseq, path, source FROM binding",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let path: String = r.get(6)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                Binding {
+                    contact: r.get(1)?,
+                    expires_at: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                    q: r.get::<_, i64>(3)?.try_into().unwrap_or(1000),
+                    call_id: r.get(4)?,
+                    cseq: r.get::<_, i64>(5)?.try_into().unwrap_or(0),
+                    path: path.lines().map(str::to_owned).collect(),
+                    source: source_from_text(r.get(7)?),
+                },
+            ))
+        })?;
+        for row in rows {
+            let (aor, b) = row?;
+            out.entry(aor).or_default().push(b);
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn put(&mut self, aor: &str, bindings: &[Binding]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached("INSERT OR IGNORE INTO aor (aor) VALUES (?1)")?
+            .execute([aor])?;
+        tx.prepare_cached("DELETE FROM binding WHERE aor = ?1")?
+            .execute([aor])?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO binding (aor, contact, expires_at, q, call_id, cseq, path, source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for b in bindings {
+                ins.execute(params![
+                    aor,
+                    b.contact,
+                    i64::try_from(b.expires_at).unwrap_or(i64::MAX),
+                    i64::from(b.q),
+                    b.call_id,
+                    i64::from(b.cseq),
+                    b.path.join("\n"),
+                    source_to_text(b.source),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn purge_expired(&mut self, unix_now: u64) -> Result<(), StoreError> {
+        let now = i64::try_from(unix_now).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached("DELETE FROM binding WHERE expires_at <= ?1")?
+            .execute([now])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(contact: &str, expires_at: u64) -> Binding {
+        Binding {
+            contact: contact.into(),
+            expires_at,
+            q: 500,
+            call_id: "c1".into(),
+            cseq: 7,
+            path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()],
+            source: Some((Transport::Tcp, "127.0.0.1:5099".parse().unwrap())),
+        }
+    }
+
+    #[test]
+    fn sqlite_round_trip_and_purge() {
+        let dir = std::env::temp_dir().join(format!("permit-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut s = SqliteStore::open(&dir, Durability::Normal).unwrap();
+            s.put(
+                "alice@localhost",
+                &[
+                    binding("sip:a@127.0.0.1:5070", 100),
+                    binding("sip:a@h2", 50),
+                ],
+            )
+            .unwrap();
+            s.put("bob@localhost", &[]).unwrap();
+            s.purge_expired(60).unwrap();
+        }
+        let mut s = SqliteStore::open(&dir, Durability::Full).unwrap();
+        let mut all = s.load_all().unwrap();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].0, "alice@localhost");
+        assert_eq!(all[0].1, vec![binding("sip:a@127.0.0.1:5070", 100)]);
+        assert_eq!(all[1], ("bob@localhost".to_owned(), vec![]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
