@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sip_core::message::{Forward, HeaderName, Message, Method, ResponseBuilder, SipUri};
+use sip_core::message::{Forward, HeaderName, Message, Method, NameAddr, ResponseBuilder, SipUri};
 use sip_core::transaction::{
     AckAction, ClientInvite, ClientNonInvite, ResponseAction, ServerInvite, ServerNonInvite,
     TimerConfig, TransactionEvent,
@@ -356,7 +356,7 @@ impl Proxy {
         let ruri_is_us = self.cfg.identity.is_us(&uri);
         let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
         let first_route_is_us = routes.first().is_some_and(|r| {
-            sip_core::message::NameAddr::parse(r)
+            NameAddr::parse(r)
                 .and_then(|n| SipUri::parse(n.uri))
                 .is_some_and(|u| self.cfg.identity.is_us(&u))
         });
@@ -386,57 +386,9 @@ impl Proxy {
         if for_proxy_itself || (ruri_is_us && method == Method::Register && remaining.is_empty()) {
             return self.handle_local(now, key, msg, &method);
         }
-        let targets: VecDeque<Target> = if let Some(next) = remaining.first() {
-            let hop = sip_core::message::NameAddr::parse(next).and_then(|n| resolve(n.uri));
-            match hop {
-                Some((transport, dest)) => VecDeque::from([Target {
-                    uri: None,
-                    route: vec![],
-                    transport,
-                    dest,
-                }]),
-                None => return self.reply(now, &key, &msg, 404, "Next Hop Not Resolvable", &[]),
-            }
-        } else if ruri_is_us {
-            let Some(user) = uri.user.and_then(|u| std::str::from_utf8(u).ok()) else {
-                return self.reply(now, &key, &msg, 404, "Not Found", &[]);
-            };
-            let aor = format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase());
-            let unix = self.unix(now);
-            match self.location.lookup(&aor, unix) {
-                None => return self.reply(now, &key, &msg, 404, "Not Found", &[]),
-                Some(b) if b.is_empty() => {
-                    return self.reply(now, &key, &msg, 480, "Temporarily Unavailable", &[]);
-                }
-                Some(bindings) => bindings
-                    .into_iter()
-                    .filter_map(|b| {
-                        let first_hop = b
-                            .path
-                            .first()
-                            .and_then(|p| sip_core::message::NameAddr::parse(p.as_bytes()))
-                            .map(|n| n.uri.to_vec());
-                        let (transport, dest) =
-                            resolve(first_hop.as_deref().unwrap_or(b.contact.as_bytes()))?;
-                        Some(Target {
-                            uri: Some(b.contact.clone()),
-                            route: b.path.clone(),
-                            transport,
-                            dest,
-                        })
-                    })
-                    .collect(),
-            }
-        } else {
-            match resolve(ruri) {
-                Some((transport, dest)) => VecDeque::from([Target {
-                    uri: None,
-                    route: vec![],
-                    transport,
-                    dest,
-                }]),
-                None => return self.reply(now, &key, &msg, 404, "Not Found", &[]),
-            }
+        let targets = match self.targets(now, &uri, ruri, ruri_is_us, remaining) {
+            Ok(t) => t,
+            Err((status, reason)) => return self.reply(now, &key, &msg, status, reason, &[]),
         };
         if targets.is_empty() {
             return self.reply(now, &key, &msg, 480, "Temporarily Unavailable", &[]);
@@ -462,6 +414,65 @@ impl Proxy {
             },
         );
         self.try_next_target(now, ctx_id, first_route_is_us, hash);
+    }
+
+    /// Next hops of a request (§16.5): the next Route, the callee's bindings by q, or
+    /// the Request-URI itself; an error status when there is none.
+    fn targets(
+        &self,
+        now: Instant,
+        uri: &SipUri<'_>,
+        ruri: &[u8],
+        ruri_is_us: bool,
+        remaining_routes: &[&[u8]],
+    ) -> Result<VecDeque<Target>, (u16, &'static str)> {
+        let direct = |uri: &[u8]| {
+            resolve(uri).map(|(transport, dest)| {
+                VecDeque::from([Target {
+                    uri: None,
+                    route: vec![],
+                    transport,
+                    dest,
+                }])
+            })
+        };
+        if let Some(next) = remaining_routes.first() {
+            let hop = NameAddr::parse(next).map(|n| n.uri);
+            return hop.and_then(direct).ok_or((404, "Next Hop Not Resolvable"));
+        }
+        if !ruri_is_us {
+            return direct(ruri).ok_or((404, "Not Found"));
+        }
+        let user = uri
+            .user
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .ok_or((404, "Not Found"))?;
+        let aor = format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase());
+        let bindings = self
+            .location
+            .lookup(&aor, self.unix(now))
+            .ok_or((404, "Not Found"))?;
+        let targets: VecDeque<Target> = bindings
+            .into_iter()
+            .filter_map(|b| {
+                let first_hop = b
+                    .path
+                    .first()
+                    .and_then(|p| NameAddr::parse(p.as_bytes()))
+                    .map(|n| n.uri);
+                let (transport, dest) = resolve(first_hop.unwrap_or(b.contact.as_bytes()))?;
+                Some(Target {
+                    uri: Some(b.contact.clone()),
+                    route: b.path.clone(),
+                    transport,
+                    dest,
+                })
+            })
+            .collect();
+        if targets.is_empty() {
+            return Err((480, "Temporarily Unavailable"));
+        }
+        Ok(targets)
     }
 
     /// Requests addressed to the proxy itself: REGISTER and OPTIONS.
@@ -693,7 +704,7 @@ impl Proxy {
         };
         let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
         let first_is_us = routes.first().is_some_and(|r| {
-            sip_core::message::NameAddr::parse(r)
+            NameAddr::parse(r)
                 .and_then(|n| SipUri::parse(n.uri))
                 .is_some_and(|u| self.cfg.identity.is_us(&u))
         });
@@ -703,10 +714,7 @@ impl Proxy {
             &routes[..]
         };
         let (new_uri, hop) = if let Some(next) = remaining.first() {
-            (
-                None,
-                sip_core::message::NameAddr::parse(next).and_then(|n| resolve(n.uri)),
-            )
+            (None, NameAddr::parse(next).and_then(|n| resolve(n.uri)))
         } else if self.cfg.identity.is_us(&uri) {
             let Some(user) = uri.user.and_then(|u| std::str::from_utf8(u).ok()) else {
                 return;
@@ -884,7 +892,7 @@ impl Proxy {
         }
         match ctx_id {
             Some(ctx_id) if self.contexts.contains_key(&ctx_id) => {
-                self.handle_branch_response(now, ctx_id, &key, msg, status)
+                self.handle_branch_response(now, ctx_id, &key, msg, status);
             }
             Some(_) => self.forward_stateless_response(msg),
             None => {}
@@ -944,7 +952,7 @@ impl Proxy {
         }
         let hash = loop_hash(&ctx.request);
         let drop_route = ctx.request.list(HeaderName::Route).next().is_some_and(|r| {
-            sip_core::message::NameAddr::parse(r)
+            NameAddr::parse(r)
                 .and_then(|n| SipUri::parse(n.uri))
                 .is_some_and(|u| self.cfg.identity.is_us(&u))
         });
@@ -1228,3 +1236,6 @@ impl sip_net::Engine for Proxy {
         Proxy::poll_timeout(self)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+//! Engine tests: the proxy driven as a sans-IO machine on a virtual clock, with
+//! the in-memory store as test double.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sip_core::message::{HeaderName, Message};
+use sip_core::transport::{Received, Transmit, Transport};
+
+use super::{Proxy, ProxyConfig};
+use crate::location::Location;
+use crate::route::Identity;
+use crate::store::MemoryStore;
+
+const PROXY: &str = "127.0.0.1:5060";
+const ALICE: &str = "127.0.0.1:5070";
+const BOB: &str = "127.0.0.1:5080";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Harness {
+    proxy: Proxy,
+    now: Instant,
+    cseq: u32,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let identity = Identity {
+            domain: "localhost".into(),
+            listeners: vec![(Transport::Udp, addr(PROXY)), (Transport::Tcp, addr(PROXY))],
+        };
+        let location = Location::open(Box::new(MemoryStore::default())).unwrap();
+        let now = Instant::now();
+        Self {
+            proxy: Proxy::new(ProxyConfig::new(identity), location, now, 1_800_000_000, 7),
+            now,
+            cseq: 0,
+        }
+    }
+
+    fn recv(&mut self, from: &str, data: &str) -> Vec<(SocketAddr, Message)> {
+        let rx = Received {
+            transport: Transport::Udp,
+            local: addr(PROXY),
+            peer: addr(from),
+            data: Bytes::copy_from_slice(data.replace('\n', "\r\n").as_bytes()),
+        };
+        self.proxy.handle_received(self.now, rx);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
+        let mut out = Vec::new();
+        while let Some(Transmit { dest, data, .. }) = self.proxy.poll_transmit() {
+            out.push((
+                dest,
+                Message::parse(data).expect("proxy sent an unparsable message"),
+            ));
+        }
+        out
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<(SocketAddr, Message)> {
+        let end = self.now + d;
+        let mut out = Vec::new();
+        while let Some(at) = self.proxy.poll_timeout().filter(|t| *t <= end) {
+            self.now = at.max(self.now);
+            self.proxy.handle_timeout(self.now);
+            out.extend(self.drain());
+        }
+        self.now = end;
+        out
+    }
+
+    fn register(&mut self, user: &str, contact: &str, expires: u32) -> Vec<(SocketAddr, Message)> {
+        self.cseq += 1;
+        let cseq = self.cseq;
+        self.recv(
+            contact,
+            &format!(
+                "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/UDP {contact};branch=z9hG4bKreg{user}{cseq}
+From: <sip:{user}@localhost>;tag=r1
+To: <sip:{user}@localhost>
+Call-ID: reg-{user}
+CSeq: {cseq} REGISTER
+Contact: <sip:{user}@{contact}>
+Expires: {expires}
+Max-Forwards: 70
+Content-Length: 0
+
+"
+            ),
+        )
+    }
+}
+
+fn invite(to: &str, branch: &str, mf: u8) -> String {
+    format!(
+        "INVITE sip:{to}@localhost SIP/2.0
+Via: SIP/2.0/UDP {ALICE};branch={branch}
+From: <sip:alice@localhost>;tag=a1
+To: <sip:{to}@localhost>
+Call-ID: call-{branch}
+CSeq: 1 INVITE
+Contact: <sip:alice@{ALICE}>
+Max-Forwards: {mf}
+Content-Length: 0
+
+"
+    )
+}
+
+fn status(out: &[(SocketAddr, Message)]) -> Vec<u16> {
+    out.iter().filter_map(|(_, m)| m.status()).collect()
+}
+
+/// A response from `to`'s UAS to the forwarded request `req`.
+fn answer(req: &Message, code: u16, reason: &str) -> String {
+    let vias: Vec<String> = req
+        .headers(HeaderName::Via)
+        .map(|v| format!("Via: {}\n", String::from_utf8_lossy(v)))
+        .collect();
+    let h = |n| String::from_utf8_lossy(req.header(n).unwrap()).into_owned();
+    let rr = req
+        .header(HeaderName::RecordRoute)
+        .map(|v| format!("Record-Route: {}\n", String::from_utf8_lossy(v)));
+    format!(
+        "SIP/2.0 {code} {reason}\n{}From: {}\nTo: {};tag=b1\nCall-ID: {}\nCSeq: {}\n{}Contact: <sip:bob@{BOB}>\nContent-Length: 0\n\n",
+        vias.concat(),
+        h(HeaderName::From),
+        h(HeaderName::To),
+        h(HeaderName::CallId),
+        h(HeaderName::CSeq),
+        rr.unwrap_or_default()
+    )
+}
+
+#[test]
+fn register_then_invite_is_proxied_and_answered() {
+    let mut h = Harness::new();
+    let out = h.register("bob", BOB, 600);
+    assert_eq!(status(&out), vec![200]);
+    let contact = out[0].1.header(HeaderName::Contact).unwrap();
+    assert_eq!(contact, format!("<sip:bob@{BOB}>;expires=600").as_bytes());
+
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKc1", 70));
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[0].0, out[0].1.status()), (addr(ALICE), Some(100)));
+    let (dest, fwd) = &out[1];
+    assert_eq!(*dest, addr(BOB));
+    assert_eq!(fwd.request_uri(), Some(format!("sip:bob@{BOB}").as_bytes()));
+    assert_eq!(fwd.vias().count(), 2);
+    assert!(
+        fwd.top_via()
+            .unwrap()
+            .branch()
+            .unwrap()
+            .starts_with(b"z9hG4bK-pm")
+    );
+    assert_eq!(fwd.max_forwards().unwrap(), Some(69));
+    assert_eq!(
+        fwd.header(HeaderName::RecordRoute),
+        Some(&b"<sip:127.0.0.1:5060;lr>"[..])
+    );
+
+    let fwd = fwd.clone();
+    let out = h.recv(BOB, &answer(&fwd, 180, "Ringing"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, addr(ALICE));
+    assert_eq!(out[0].1.status(), Some(180));
+    assert_eq!(out[0].1.vias().count(), 1, "the proxy's Via is removed");
+    let out = h.recv(BOB, &answer(&fwd, 200, "OK"));
+    assert_eq!(status(&out), vec![200]);
+    // A retransmitted 2xx is forwarded again (RFC 6026 Accepted).
+    let out = h.recv(BOB, &answer(&fwd, 200, "OK"));
+    assert_eq!(status(&out), vec![200]);
+    // Everything is cleaned up once Timer L and Timer M have run.
+    h.advance(Duration::from_secs(64));
+    assert_eq!(h.proxy.live(), (0, 0, 0));
+}
+
+#[test]
+fn unknown_user_404_and_no_binding_480() {
+    let mut h = Harness::new();
+    assert_eq!(
+        status(&h.recv(ALICE, &invite("nobody", "z9hG4bKu1", 70))),
+        vec![100, 404]
+    );
+    h.register("carol", "127.0.0.1:5090", 600);
+    h.register("carol", "127.0.0.1:5090", 0);
+    assert_eq!(
+        status(&h.recv(ALICE, &invite("carol", "z9hG4bKu2", 70))),
+        vec![100, 480]
+    );
+}
+
+#[test]
+fn max_forwards_zero_is_483_and_loop_is_482() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    assert_eq!(
+        status(&h.recv(ALICE, &invite("bob", "z9hG4bKm1", 0))),
+        vec![100, 483]
+    );
+    // The forwarded INVITE coming back to us unchanged is a loop.
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKm2", 70));
+    let looped = String::from_utf8_lossy(out[1].1.as_bytes())
+        .replace(&format!("sip:bob@{BOB}"), "sip:bob@localhost");
+    let out = h.recv(PROXY, &looped.replace("\r\n", "\n"));
+    assert_eq!(status(&out), vec![100, 482]);
+}
+
+#[test]
+fn invite_timeout_gives_408_at_timer_b() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKt1", 70));
+    assert_eq!(out.len(), 2);
+    let out = h.advance(Duration::from_millis(31_999));
+    assert!(
+        out.iter().all(|(d, m)| *d == addr(BOB) && m.is_request()),
+        "only retransmissions before Timer B"
+    );
+    assert_eq!(
+        out.len(),
+        6,
+        "Timer A retransmits at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s"
+    );
+    let out = h.advance(Duration::from_millis(1));
+    assert_eq!(status(&out), vec![408]);
+}
+
+#[test]
+fn cancel_is_answered_and_propagated() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKx1", 70));
+    let fwd = out[1].1.clone();
+    h.recv(BOB, &answer(&fwd, 180, "Ringing"));
+    let cancel = invite("bob", "z9hG4bKx1", 70)
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL");
+    let out = h.recv(ALICE, &cancel);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[0].0, out[0].1.status()), (addr(ALICE), Some(200)));
+    let (dest, c) = &out[1];
+    assert_eq!(*dest, addr(BOB));
+    assert_eq!(c.method(), Some(&sip_core::message::Method::Cancel));
+    assert_eq!(
+        c.top_via().unwrap().branch(),
+        fwd.top_via().unwrap().branch()
+    );
+    let out = h.recv(BOB, &answer(&fwd, 487, "Request Terminated"));
+    // The proxy ACKs the 487 downstream and forwards it upstream.
+    let ack = out
+        .iter()
+        .find(|(_, m)| m.is_request())
+        .expect("ACK for 487");
+    assert_eq!(ack.0, addr(BOB));
+    assert_eq!(ack.1.to_tag(), Some(&b"b1"[..]));
+    assert_eq!(status(&out), vec![487]);
+}
+
+#[test]
+fn cancel_without_transaction_is_481() {
+    let mut h = Harness::new();
+    let cancel = invite("bob", "z9hG4bKn1", 70)
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL");
+    assert_eq!(status(&h.recv(ALICE, &cancel)), vec![481]);
+}
+
+#[test]
+fn options_to_proxy_and_bad_input() {
+    let mut h = Harness::new();
+    let opts = "OPTIONS sip:localhost SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKo1
+From: <sip:alice@localhost>;tag=a1
+To: <sip:localhost>
+Call-ID: o1
+CSeq: 1 OPTIONS
+Max-Forwards: 0
+Content-Length: 0
+
+";
+    let out = h.recv(ALICE, opts);
+    assert_eq!(status(&out), vec![200]);
+    assert!(out[0].1.header(HeaderName::Allow).is_some());
+    // A request with a mismatched CSeq gets a 400 naming the fault.
+    let out = h.recv(
+        ALICE,
+        &opts.replace("1 OPTIONS", "1 INVITE").replace("o1", "o2"),
+    );
+    assert_eq!(status(&out), vec![400]);
+    assert_eq!(out[0].1.reason(), Some(&b"CSeq Method Mismatch"[..]));
+    // Garbage is dropped and counted.
+    assert!(h.recv(ALICE, "\u{1}\u{2}garbage").is_empty());
+    assert!(h.recv(ALICE, "\n\n").is_empty());
+    assert_eq!(h.proxy.stats.unparsable, 1);
+}
+
+#[test]
+fn sequential_forking_by_q() {
+    let mut h = Harness::new();
+    let reg = |h: &mut Harness, contact: &str, q: &str, cseq: u32| {
+        h.recv(
+            contact,
+            &format!(
+                "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/UDP {contact};branch=z9hG4bKq{cseq}
+From: <sip:dave@localhost>;tag=r1
+To: <sip:dave@localhost>
+Call-ID: reg-dave
+CSeq: {cseq} REGISTER
+Contact: <sip:dave@{contact}>;q={q}
+Expires: 600
+Content-Length: 0
+
+"
+            ),
+        )
+    };
+    assert_eq!(status(&reg(&mut h, "127.0.0.1:6001", "0.2", 1)), vec![200]);
+    let out = reg(&mut h, "127.0.0.1:6002", "0.9", 2);
+    assert_eq!(out[0].1.headers(HeaderName::Contact).count(), 2);
+    let out = h.recv(ALICE, &invite("dave", "z9hG4bKf1", 70));
+    assert_eq!(out[1].0, addr("127.0.0.1:6002"), "highest q first");
+    let first = out[1].1.clone();
+    let out = h.recv("127.0.0.1:6002", &answer(&first, 486, "Busy Here"));
+    let next = out
+        .iter()
+        .find(|(d, m)| *d == addr("127.0.0.1:6001") && m.is_request())
+        .expect("next target tried");
+    let second = next.1.clone();
+    assert_ne!(
+        first.top_via().unwrap().branch(),
+        second.top_via().unwrap().branch()
+    );
+    let out = h.recv("127.0.0.1:6001", &answer(&second, 404, "Not Found"));
+    // Best response: both are 4xx, the first one (486) is kept.
+    assert_eq!(status(&out), vec![486]);
+}
