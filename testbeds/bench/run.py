@@ -1,0 +1,816 @@
+#!/usr/bin/env python3
+"""Side-by-side SIP load benchmark: permit-proxy and Kamailio on loopback UDP.
+
+For each system in turn (never both at once) the harness:
+
+1. starts the proxy as its own child process and registers a SIPp UAS as user ``uas1``;
+2. offers a fixed call load (the same for both systems) and measures the CPU seconds the
+   proxy's processes used (utime + stime from /proc, all Kamailio processes summed), the
+   peak memory and the call set-up time;
+3. ramps the call rate (SIPp UAC -> proxy -> SIPp UAS) and reports the highest steady rate;
+4. ramps the REGISTER rate (distinct users per step) and reports the highest steady rate;
+5. stops the proxy by PID.
+
+A step at rate R is *steady* when at least 99.9 % of its calls succeed, SIPp kept the
+offered rate (the step did not overrun its time), retransmissions stay under 1 % of the
+calls and do not grow within the step.
+
+Only the Python 3.11 standard library is used. Everything it starts is stopped by PID on
+exit, on error and on SIGINT/SIGTERM. See testbeds/bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+SCEN = HERE / "scenarios"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+FAIL_RATIO = 0.001  # < 0.1 % failed
+RETRANS_RATIO = 0.01  # retransmissions < 1 % of calls
+SIPP_BUF = "4194304"  # SIPp socket buffers (capped by net.core.rmem_max/wmem_max)
+
+
+# --------------------------------------------------------------------------- processes
+
+_children: list[subprocess.Popen] = []
+_extra_pids: set[int] = set()
+
+
+def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        p = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    _children.append(p)
+    return p
+
+
+def proc_children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def tree(root: int) -> list[int]:
+    """root and all its descendants (Kamailio forks its workers from the main process)."""
+    kids = proc_children()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12])  # utime, stime (fields 14 and 15)
+    return total
+
+
+def machine_ticks(self_too: bool = False) -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat; with self_too the
+    harness's own CPU is left out of busy (it is not load on the systems under test)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = f[3] + f[4]
+    busy = sum(f[:8]) - idle
+    if self_too:
+        busy -= cpu_ticks([os.getpid()])
+    return busy, sum(f[:8])
+
+
+def mem_kib(pids: list[int]) -> tuple[int, int, int]:
+    """(sum PSS, sum RSS, max VmHWM) in KiB over pids."""
+    pss = rss = hwm = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    hwm = max(hwm, int(line.split()[1]))
+        except OSError:
+            continue
+    return pss, rss, hwm
+
+
+def stop(p: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM by PID, then SIGKILL; descendants that outlive the parent are killed by PID."""
+    if p.poll() is None:
+        family = tree(p.pid)
+        try:
+            p.send_signal(signal.SIGTERM)
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(2)
+        for pid in family[1:]:
+            kill_pid(pid)
+    if p in _children:
+        _children.remove(p)
+
+
+def kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def cleanup() -> None:
+    for p in list(_children):
+        try:
+            stop(p, grace=2.0)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            kill_pid(p.pid)
+    for pid in list(_extra_pids):
+        kill_pid(pid)
+
+
+def on_signal(signum, _frame):
+    cleanup()
+    sys.exit(128 + signum)
+
+
+def udp_drops() -> dict[int, int]:
+    """Datagrams the kernel dropped per local 127.0.0.1 UDP port (full receive buffer)."""
+    out: dict[int, int] = {}
+    try:
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return out
+    for line in lines:
+        f = line.split()
+        ip, port = f[1].split(":")
+        if ip == "0100007F":
+            out[int(port, 16)] = out.get(int(port, 16), 0) + int(f[-1])
+    return out
+
+
+class MemSampler(threading.Thread):
+    """Samples PSS/RSS of the proxy's processes twice a second; peaks kept per phase."""
+
+    def __init__(self, root_pid: int):
+        super().__init__(daemon=True)
+        self.root = root_pid
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+        self.run_peak = [0, 0, 0]
+        self.phase_peak = [0, 0, 0]
+        self.drops_seen: dict[int, int] = {}
+
+    def run(self):
+        while not self.halt.is_set():
+            sample = mem_kib(tree(self.root))
+            drops = udp_drops()
+            with self.lock:
+                self.drops_seen.update(drops)
+                for i in range(3):
+                    self.run_peak[i] = max(self.run_peak[i], sample[i])
+                    self.phase_peak[i] = max(self.phase_peak[i], sample[i])
+            self.halt.wait(0.5)
+
+    def new_phase(self):
+        with self.lock:
+            self.phase_peak = [0, 0, 0]
+
+    def forget_drops(self, port: int) -> None:
+        """The next SIPp client binds this port anew: its counter starts again at 0."""
+        with self.lock:
+            self.drops_seen.pop(port, None)
+
+    def last_drops(self, port: int) -> int:
+        with self.lock:
+            return self.drops_seen.get(port, 0)
+
+    def phase(self) -> list[int]:
+        with self.lock:
+            return list(self.phase_peak)
+
+
+# --------------------------------------------------------------------------- SIPp
+
+
+def port_free(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def pick_ports(base: int, n: int) -> list[int]:
+    ports, p = [], base
+    while len(ports) < n:
+        if p > base + 2000:
+            raise RuntimeError(f"no {n} free loopback ports from {base}")
+        if port_free(p):
+            ports.append(p)
+        p += 1
+    return ports
+
+
+def read_stats(path: Path) -> dict[str, str]:
+    """Last row of a SIPp -trace_stat file as {column: value}."""
+    try:
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    head = lines[0].split(";")
+    rows = [dict(zip(head, r.split(";"))) for r in lines[1:]]
+    last = rows[-1]
+    last["_rows"] = rows  # type: ignore[assignment]
+    return last
+
+
+def num(stats: dict, key: str) -> int:
+    try:
+        return int(float(stats.get(key, "0") or 0))
+    except ValueError:
+        return 0
+
+
+def rtd_ms(stats: dict, key: str = "ResponseTime1(C)") -> float:
+    v = stats.get(key, "")
+    try:
+        h, m, s, us = (int(x) for x in v.split(":"))
+    except ValueError:
+        return float("nan")
+    return ((h * 60 + m) * 60 + s) * 1000 + us / 1000
+
+
+@dataclass
+class Step:
+    rate: int
+    planned: int
+    ok: bool
+    success: int
+    failed: int
+    retrans: int
+    uas_failed: int
+    uas_retrans: int
+    wall_s: float  # from the client's start to the end of the measurement window
+    proxy_cpu_s: float
+    uac_cpu_s: float  # the SIPp client (UAC, or the REGISTER client)
+    uas_cpu_s: float
+    other_cpu_s: float  # everything else on the machine (other users, kernel threads)
+    reasons: list[str] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    udp_drops: dict[str, int] = field(default_factory=dict)  # receive-buffer drops by socket
+
+    def pct(self, cpu_s: float) -> float:
+        """CPU seconds as a percentage of one core over the step."""
+        return round(100 * cpu_s / self.wall_s, 1) if self.wall_s else 0.0
+
+
+class Bench:
+    def __init__(self, args, work: Path, deadline: float):
+        self.a = args
+        self.work = work
+        self.deadline = deadline
+        self.seq = 0
+
+    def log(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def sipp(self, name: str, target: str, extra: list[str], timeout_s: float):
+        """Run one SIPp client to completion; returns (rc, stats, wall, cpu ticks of it)."""
+        self.seq += 1
+        stem = self.work / f"{self.seq:03d}-{name}"
+        args = [
+            self.a.sipp, target, "-i", "127.0.0.1", "-nostdin",
+            "-trace_stat", "-stf", f"{stem}.csv", "-fd", "1",
+            "-trace_err", "-error_file", f"{stem}.err",
+            "-timeout", f"{int(timeout_s)}s",
+            "-buff_size", SIPP_BUF,
+        ] + extra
+        t0 = time.monotonic()
+        p = spawn(args, Path(f"{stem}.out"))
+        ticks = reap(p, timeout_s + 10)
+        wall = time.monotonic() - t0
+        if ticks is None:  # still running past its own -timeout: stop it
+            ticks = cpu_ticks([p.pid])
+            stop(p, grace=2.0)
+        elif p in _children:
+            _children.remove(p)
+        return p.returncode, read_stats(Path(f"{stem}.csv")), wall, ticks
+
+    # ------------------------------------------------------------------ one system
+
+    def run_system(self, name: str) -> dict:
+        ports = pick_ports(self.a.base_port, 4)
+        proxy_port, uas_port, uac_port, reg_port = ports
+        sysdir = self.work / name
+        sysdir.mkdir()
+        res: dict = {"system": name, "proxy_port": proxy_port}
+        proxy = self.start_proxy(name, proxy_port, sysdir)
+        try:
+            target = f"127.0.0.1:{proxy_port}"
+            if not self.wait_ready(target, uas_port):
+                raise RuntimeError(f"{name}: no 200 OK to REGISTER within 15 s; see {sysdir}")
+            res["processes"] = len(tree(proxy.pid))
+            sampler = self.sampler = MemSampler(proxy.pid)
+            sampler.start()
+            uas_stats = sysdir / "uas.csv"
+            uas = spawn(
+                [self.a.sipp, "-sf", str(SCEN / "uas.xml"), "-s", "uas1", "-p", str(uas_port),
+                 "-i", "127.0.0.1", "-nostdin", "-trace_stat", "-stf", str(uas_stats),
+                 "-fd", "1", "-trace_err", "-error_file", str(sysdir / "uas.err"),
+                 "-buff_size", SIPP_BUF, "-recv_timeout", "4000"],
+                sysdir / "uas.out",
+            )
+            time.sleep(0.5)
+            ctx = (proxy, uas, uas_stats, target, uac_port, proxy_port, uas_port)
+
+            # Common load first: memory then holds one binding, not the ramp's thousands.
+            sampler.new_phase()
+            step = self.call_step(ctx, self.a.common_cps, self.a.common_s)
+            pss, rss, hwm = sampler.phase()
+            res["common"] = asdict(step) | {
+                "cps": self.a.common_cps,
+                "seconds": self.a.common_s,
+                "proxy_cpu_pct": step.pct(step.proxy_cpu_s),
+                "cpu_s_per_1000": step.proxy_cpu_s / max(step.success, 1) * 1000,
+                "sipp_cpu_s_per_1000": (step.uac_cpu_s + step.uas_cpu_s)
+                / max(step.success, 1) * 1000,
+                "setup_ms": self._last_setup_ms,
+                "peak_pss_mib": pss / 1024,
+                "peak_rss_mib": rss / 1024,
+                "max_vmhwm_mib": hwm / 1024,
+            }
+            self.log(
+                f"[{name}] common load {self.a.common_cps} cps x {self.a.common_s}s: "
+                f"{step.success} ok, {step.failed} failed, proxy CPU "
+                f"{res['common']['proxy_cpu_s']:.2f}s -> "
+                f"{res['common']['cpu_s_per_1000']:.3f} s/1000 calls, PSS {pss/1024:.1f} MiB"
+            )
+
+            # The two ramps share what is left of this system's time equally.
+            now = time.monotonic()
+            res["calls"] = self.ramp(
+                f"[{name}] calls", lambda r: self.call_step(ctx, r, self.a.step_s),
+                self.a.call_start, self.a.call_max, now + (self.deadline - now) / 2,
+            )
+            res["registers"] = self.ramp(
+                f"[{name}] REGISTER", lambda r: self.register_step(proxy, target, reg_port, r),
+                self.a.reg_start, self.a.reg_max, self.deadline,
+            )
+            res["run_peak_pss_mib"] = sampler.run_peak[0] / 1024
+            res["run_peak_rss_mib"] = sampler.run_peak[1] / 1024
+            res["bindings_registered"] = 1 + sum(s["success"] for s in res["registers"]["steps"])
+            sampler.halt.set()
+            stop(uas)
+        finally:
+            stop(proxy, grace=8.0)
+        res["exit_code"] = proxy.returncode
+        return res
+
+    def start_proxy(self, name: str, port: int, sysdir: Path) -> subprocess.Popen:
+        if name == "kamailio":
+            rundir = sysdir / "run"
+            rundir.mkdir()
+            args = [
+                self.a.kamailio, "-DD", "-E", "-f", str(HERE / "kamailio.cfg"),
+                "-l", f"udp:127.0.0.1:{port}",
+                "-m", str(self.a.kam_shm), "-M", str(self.a.kam_pkg),
+                "-Y", str(rundir), "-P", str(rundir / "kamailio.pid"), "-w", str(rundir),
+            ]
+            env = None
+        else:
+            data = sysdir / "data"
+            data.mkdir()
+            args = [
+                self.a.permit, "run", "--listen", f"udp:127.0.0.1:{port}",
+                "--listen", f"tcp:127.0.0.1:{port}", "--data", str(data),
+                "--domain", "localhost",
+            ]
+            # Kamailio logs notices and up; the proxy gets the same (no per-request lines).
+            level = os.environ.get("BENCH_PERMIT_LOG", "warn")
+            env = dict(os.environ, PERMIT_LOG=level, RUST_LOG=level)
+        self.log(f"[{name}] start: {' '.join(args)}")
+        return spawn(args, sysdir / f"{name}.log", env=env)
+
+    def wait_ready(self, target: str, uas_port: int) -> bool:
+        """Registers uas1 (Contact = the UAS port); retried until the proxy answers."""
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            rc, st, _, _ = self.sipp(
+                "register-uas", target,
+                ["-sf", str(SCEN / "register.xml"), "-key", "user_prefix", "uas",
+                 "-p", str(uas_port), "-m", "1", "-recv_timeout", "1000"],
+                timeout_s=3,
+            )
+            if rc == 0 and num(st, "SuccessfulCall(C)") == 1:
+                return True
+            time.sleep(0.5)
+        return False
+
+    # ------------------------------------------------------------------ steps
+
+    _last_setup_ms = float("nan")
+
+    def call_step(self, ctx, rate: int, secs: float) -> Step:
+        proxy, uas, uas_stats, target, uac_port, proxy_port, uas_port = ctx
+        pids = tree(proxy.pid)
+        n = int(rate * secs)
+        u0 = read_stats(uas_stats)
+        self.sampler.forget_drops(uac_port)
+        d0 = udp_drops()
+        c0, s0, m0 = cpu_ticks(pids), cpu_ticks([uas.pid]), machine_ticks(self_too=True)
+        rc, st, wall, uac_ticks = self.sipp(
+            f"call-{rate}", target,
+            ["-sf", str(SCEN / "uac.xml"), "-s", "uas1", "-p", str(uac_port),
+             "-r", str(rate), "-rp", "1000", "-m", str(n), "-l", str(max(rate * 3, 50)),
+             "-recv_timeout", "4000", "-d", str(self.a.hold_ms)],
+            timeout_s=secs * 1.5 + 8,
+        )
+        time.sleep(1.2)  # the UAS finishes its calls (timewait) and dumps a stats row
+        c1, s1, m1 = cpu_ticks(pids), cpu_ticks([uas.pid]), machine_ticks(self_too=True)
+        d1 = udp_drops()
+        u1 = read_stats(uas_stats)
+        span = wall + 1.2
+        self._last_setup_ms = rtd_ms(st)
+        return self.judge(
+            rate, n, st, wall, secs, proxy.pid,
+            proxy_ticks=c1 - c0, uac_ticks=uac_ticks, uas_ticks=s1 - s0, span=span,
+            machine_busy=m1[0] - m0[0],
+            uas_failed=num(u1, "FailedCall(C)") - num(u0, "FailedCall(C)"),
+            uas_retrans=num(u1, "Retransmissions(C)") - num(u0, "Retransmissions(C)"),
+            drops={
+                "proxy": d1.get(proxy_port, 0) - d0.get(proxy_port, 0),
+                "uas": d1.get(uas_port, 0) - d0.get(uas_port, 0),
+                "client": self.sampler.last_drops(uac_port),
+            },
+        )
+
+    def register_step(self, proxy, target: str, port: int, rate: int) -> Step:
+        pids = tree(proxy.pid)
+        n = int(rate * self.a.step_s)
+        proxy_port = int(target.rsplit(":", 1)[1])
+        self.sampler.forget_drops(port)
+        d0 = udp_drops()
+        c0, m0 = cpu_ticks(pids), machine_ticks(self_too=True)
+        rc, st, wall, ticks = self.sipp(
+            f"reg-{rate}", target,
+            ["-sf", str(SCEN / "register.xml"), "-key", "user_prefix", f"s{self.seq + 1}u",
+             "-p", str(port), "-r", str(rate), "-rp", "1000", "-m", str(n),
+             "-l", str(max(rate * 3, 50)), "-recv_timeout", "4000"],
+            timeout_s=self.a.step_s * 1.5 + 8,
+        )
+        c1, m1 = cpu_ticks(pids), machine_ticks(self_too=True)
+        d1 = udp_drops()
+        return self.judge(
+            rate, n, st, wall, self.a.step_s, proxy.pid, proxy_ticks=c1 - c0,
+            uac_ticks=ticks, uas_ticks=0, span=wall, machine_busy=m1[0] - m0[0],
+            uas_failed=0, uas_retrans=0,
+            drops={
+                "proxy": d1.get(proxy_port, 0) - d0.get(proxy_port, 0),
+                "client": self.sampler.last_drops(port),
+            },
+        )
+
+    def judge(self, rate, n, st, wall, secs, proxy_pid, *, proxy_ticks, uac_ticks, uas_ticks,
+              span, machine_busy, uas_failed, uas_retrans, drops) -> Step:
+        success, failed = num(st, "SuccessfulCall(C)"), num(st, "FailedCall(C)")
+        retrans = num(st, "Retransmissions(C)")
+        reasons = []
+        if not st:
+            reasons.append("no SIPp statistics")
+        if success < n * (1 - FAIL_RATIO):
+            reasons.append(f"success {success}/{n}")
+        if uas_failed > n * FAIL_RATIO:
+            reasons.append(f"UAS failed {uas_failed}")
+        if wall > secs * 1.1 + 1.5:
+            reasons.append(f"overran: {wall:.1f}s for {secs}s of load")
+        if retrans + uas_retrans > n * RETRANS_RATIO:
+            reasons.append(f"retransmissions {retrans}+{uas_retrans}")
+        rows = st.get("_rows", []) if st else []
+        per = [num(r, "Retransmissions(P)") for r in rows]
+        if len(per) >= 6:
+            third = len(per) // 3
+            first, last = sum(per[:third]), sum(per[-third:])
+            if last > 2 * first + max(3, n * FAIL_RATIO / 3):
+                reasons.append(f"retransmissions growing ({first} -> {last} per third)")
+        if proxy_pid is not None and not alive(proxy_pid):
+            reasons.append("proxy exited")
+        failures = {
+            k.removesuffix("(C)"): num(st, k)
+            for k in (st or {})
+            if k.startswith("Failed") and k.endswith("(C)") and num(st, k)
+        }
+        sec = lambda t: t / CLK_TCK  # noqa: E731
+        other = max(sec(machine_busy - proxy_ticks - uac_ticks - uas_ticks), 0.0)
+        step = Step(
+            rate=rate, planned=n, ok=not reasons, success=success, failed=failed,
+            retrans=retrans, uas_failed=uas_failed, uas_retrans=uas_retrans,
+            wall_s=round(span, 3), proxy_cpu_s=sec(proxy_ticks), uac_cpu_s=sec(uac_ticks),
+            uas_cpu_s=sec(uas_ticks), other_cpu_s=round(other, 2),
+            reasons=reasons, failures=failures, udp_drops=drops,
+        )
+        self.log(
+            f"    {rate:>6}/s  {'ok  ' if step.ok else 'FAIL'} {success}/{n} ok, "
+            f"{failed} failed, retrans {retrans}+{uas_retrans}, {span:.1f}s; CPU % of a core: "
+            f"proxy {step.pct(step.proxy_cpu_s)}, SIPp {step.pct(step.uac_cpu_s)}"
+            f"+{step.pct(step.uas_cpu_s)}, others {step.pct(step.other_cpu_s)}"
+            + ("; UDP drops " + ", ".join(f"{k} {v}" for k, v in drops.items() if v)
+               if any(drops.values()) else "")
+            + (f"  <- {'; '.join(reasons)}" if reasons else "")
+        )
+        return step
+
+    def ramp(self, label: str, run_step, start: int, cap: int, deadline: float) -> dict:
+        """Doubles the rate until a step fails (or the cap), then bisects the gap."""
+        self.log(f"{label} ramp from {start}/s (steps of {self.a.step_s}s)")
+        steps: list[Step] = []
+        good, bad, rate = 0, None, start
+        while rate <= cap and time.monotonic() < deadline:
+            s = run_step(rate)
+            steps.append(s)
+            if not s.ok:
+                bad = rate
+                break
+            good = rate
+            rate *= 2
+        for _ in range(self.a.bisect):
+            if bad is None or time.monotonic() >= deadline:
+                break
+            mid = (good + bad) // 2
+            if bad - mid < max(bad // 20, 10) or mid <= good:
+                break
+            s = run_step(mid)
+            steps.append(s)
+            if s.ok:
+                good = mid
+            else:
+                bad = mid
+        first_bad = next((s for s in steps if s.rate == bad), None) if bad else None
+        out = {
+            "highest_steady": good,
+            "first_failing": bad,
+            "capped": bad is None and good >= cap // 2,
+            "deadline_hit": time.monotonic() >= deadline,
+            "steps": [asdict(s) for s in steps],
+        }
+        if first_bad:
+            out["limit_hint"] = limit_hint(asdict(first_bad))
+        self.log(f"{label}: highest steady {good}/s" + (f", first failing {bad}/s" if bad else ""))
+        return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def reap(p: subprocess.Popen, timeout: float) -> int | None:
+    """Waits for p; returns the CPU ticks it used (from wait4's rusage), None on timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid == p.pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return round((ru.ru_utime + ru.ru_stime) * CLK_TCK)
+        time.sleep(0.05)
+    return None
+
+
+def limit_hint(d: dict) -> str:
+    """What most likely stopped the first failing step, from the CPU it used."""
+    w = d["wall_s"] or 1.0
+    pct = {k: 100 * d[k] / w for k in ("proxy_cpu_s", "uac_cpu_s", "uas_cpu_s", "other_cpu_s")}
+    shares = (f"proxy {pct['proxy_cpu_s']:.0f}%, SIPp client {pct['uac_cpu_s']:.0f}%, "
+              f"SIPp UAS {pct['uas_cpu_s']:.0f}%, other processes {pct['other_cpu_s']:.0f}%")
+    ncpu = os.cpu_count() or 1
+    drops = {k: v for k, v in d.get("udp_drops", {}).items() if v}
+    if drops:
+        shares += "; UDP receive-buffer drops: " + ", ".join(f"{k} {v}" for k, v in drops.items())
+    if max(pct["uac_cpu_s"], pct["uas_cpu_s"]) >= 85:
+        return f"a SIPp process saturated its core ({shares})"
+    if sum(pct.values()) >= 85 * ncpu:
+        return f"the machine's {ncpu} cores were saturated ({shares})"
+    return f"no core saturated ({shares}): latency, loss or errors in the proxy"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def versions(args) -> dict:
+    def out(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "n/a"
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    git = out(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = out(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "kamailio": out([args.kamailio, "-v"]).splitlines()[0] if shutil.which(args.kamailio) else "n/a",
+        "sipp": out([args.sipp, "-v"]).splitlines()[0].strip() if shutil.which(args.sipp) else "n/a",
+        "git": git + (" (with local changes)" if dirty and dirty != "n/a" else ""),
+    }
+
+
+def fmt(v, spec=".0f"):
+    return "n/a" if v is None or v != v else format(v, spec)
+
+
+def table(results: dict, args) -> str:
+    sysn = [r["system"] for r in results["systems"]]
+    by = {r["system"]: r for r in results["systems"]}
+
+    def get(name, path):
+        v = by.get(name)
+        for k in path:
+            if not isinstance(v, dict) or k not in v:
+                return None
+            v = v[k]
+        return v
+
+    rows = [
+        ("highest steady calls/s (CPS)", ("calls", "highest_steady"), ".0f", True),
+        ("highest steady REGISTER/s", ("registers", "highest_steady"), ".0f", True),
+        (f"proxy CPU s per 1,000 calls at {args.common_cps} CPS", ("common", "cpu_s_per_1000"), ".3f", False),
+        (f"proxy CPU % (of one core) at {args.common_cps} CPS", ("common", "proxy_cpu_pct"), ".1f", False),
+        (f"SIPp UAC+UAS CPU s per 1,000 calls at {args.common_cps} CPS", ("common", "sipp_cpu_s_per_1000"), ".3f", False),
+        (f"other processes' CPU s during the {args.common_cps} CPS step", ("common", "other_cpu_s"), ".2f", False),
+        (f"peak memory at {args.common_cps} CPS, PSS MiB", ("common", "peak_pss_mib"), ".1f", False),
+        (f"peak memory at {args.common_cps} CPS, RSS sum MiB", ("common", "peak_rss_mib"), ".1f", False),
+        ("peak memory whole run, PSS MiB", ("run_peak_pss_mib",), ".1f", False),
+        ("bindings registered in the run", ("bindings_registered",), ".0f", False),
+        ("proxy processes", ("processes",), ".0f", False),
+    ]
+    head = "| metric | " + " | ".join(sysn)
+    ratio = "permit-proxy" in by and "kamailio" in by
+    if ratio:
+        head += " | permit / kamailio"
+    lines = [head + " |", "|" + "---|" * (len(sysn) + 1 + ratio)]
+    for label, path, spec, _higher_better in rows:
+        vals = [get(n, path) for n in sysn]
+        cells = [fmt(v, spec) for v in vals]
+        if ratio:
+            a, b = get("permit-proxy", path), get("kamailio", path)
+            cells.append(fmt(a / b, ".2f") if a and b else "n/a")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    notes = []
+    for n in sysn:
+        for kind in ("calls", "registers"):
+            r = by[n].get(kind) or {}
+            if r.get("limit_hint"):
+                notes.append(f"- {n}, {kind}: first failing step {r['first_failing']}/s: {r['limit_hint']}")
+            elif r.get("capped"):
+                notes.append(f"- {n}, {kind}: reached the ramp cap without failing")
+        c = by[n].get("common")
+        if c and not c["ok"]:
+            notes.append(f"- {n}: the {args.common_cps} CPS step was NOT steady: {'; '.join(c['reasons'])}")
+        if "error" in by[n]:
+            notes.append(f"- {n}: ERROR {by[n]['error']}")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run, under 3 minutes")
+    ap.add_argument("--systems", default="permit-proxy,kamailio")
+    ap.add_argument("--permit", default=str(ROOT / "target/release/permit-proxy"))
+    ap.add_argument("--kamailio", default="kamailio")
+    ap.add_argument("--sipp", default="sipp")
+    ap.add_argument("--base-port", type=int, default=25060)
+    ap.add_argument("--common-cps", type=int)
+    ap.add_argument("--out", help="directory for logs and results.json (default: a temp dir)")
+    ap.add_argument("--hold-ms", type=int, default=20,
+                    help="pause between ACK and BYE (SIPp -d), milliseconds")
+    ap.add_argument("--kam-shm", type=int, default=1024, help="kamailio -m (MiB)")
+    ap.add_argument("--kam-pkg", type=int, default=16, help="kamailio -M (MiB)")
+    args = ap.parse_args()
+
+    if args.quick:
+        args.step_s, args.bisect, budget = 3, 0, 170
+        args.common_cps = args.common_cps or 200
+        args.common_s = 6
+        args.call_start, args.call_max = 400, 6400
+        args.reg_start, args.reg_max = 1000, 128000
+    else:
+        args.step_s, args.bisect, budget = 10, 3, 14 * 60
+        args.common_cps = args.common_cps or 300
+        args.common_s = 20
+        args.call_start, args.call_max = 250, 8000
+        args.reg_start, args.reg_max = 1000, 128000
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    for s in systems:
+        if s not in ("permit-proxy", "kamailio"):
+            ap.error(f"unknown system {s}")
+    if "permit-proxy" in systems and not os.access(args.permit, os.X_OK):
+        print(f"error: {args.permit} not found; build it with "
+              "`cargo build --release -p permit-proxy`", file=sys.stderr)
+        return 2
+    for tool in ([args.sipp] + ([args.kamailio] if "kamailio" in systems else [])):
+        if not shutil.which(tool):
+            print(f"error: {tool} not installed", file=sys.stderr)
+            return 2
+
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="permit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    results = {"meta": versions(args), "mode": "quick" if args.quick else "full",
+               "command": " ".join([sys.argv[0]] + sys.argv[1:]), "systems": []}
+    results["meta"]["settings"] = {
+        k: getattr(args, k) for k in
+        ("step_s", "bisect", "common_cps", "common_s", "call_start", "call_max",
+         "reg_start", "reg_max", "hold_ms", "kam_shm", "kam_pkg")
+    }
+    print(f"logs: {work}")
+    print(json.dumps(results["meta"], indent=1))
+    # Each system gets an equal share of the remaining time.
+    try:
+        for i, name in enumerate(systems):
+            left = budget - (time.monotonic() - start)
+            bench = Bench(args, work, time.monotonic() + left / (len(systems) - i))
+            try:
+                results["systems"].append(bench.run_system(name))
+            except Exception as e:  # noqa: BLE001 - reported in the table, the run goes on
+                print(f"[{name}] ERROR: {e}", file=sys.stderr)
+                results["systems"].append({"system": name, "error": str(e)})
+            time.sleep(1)
+    finally:
+        cleanup()
+    results["elapsed_s"] = round(time.monotonic() - start, 1)
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    text = table(results, args)
+    (work / "table.md").write_text(text + "\n")
+    print()
+    print(text)
+    print(f"\nelapsed {results['elapsed_s']}s; results: {work / 'results.json'}")
+    return 1 if any("error" in r for r in results["systems"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
