@@ -266,6 +266,10 @@ impl Message {
                 let value = trim(value);
                 let value_start = offset(buf, value);
                 if name == HeaderName::ContentLength {
+                    // Two Content-Length headers leave the body length unknown (RFC 4475 `mcl01`).
+                    if content_length.is_some() {
+                        return Err(ParseError::BadHeader("Content-Length"));
+                    }
                     content_length = Some(parse_content_length(value)?);
                 }
                 fields.push(Field {
@@ -417,14 +421,11 @@ impl Message {
         let Some(v) = self.header(HeaderName::MaxForwards) else {
             return Ok(None);
         };
-        let v = trim(v);
-        if v.is_empty() || v.len() > 3 || !v.iter().all(u8::is_ascii_digit) {
-            return Err(ParseError::BadHeader("Max-Forwards"));
-        }
-        let n = v.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
-        u8::try_from(n)
+        // Leading zeros are allowed (RFC 4475 `wsinv` has `0068`); the value is 0..=255.
+        parse_u32(trim(v))
+            .and_then(|n| u8::try_from(n).ok())
             .map(Some)
-            .map_err(|_| ParseError::BadHeader("Max-Forwards"))
+            .ok_or(ParseError::BadHeader("Max-Forwards"))
     }
 
     /// Expires header (RFC 3261 §20.19) as seconds, if present and numeric.
@@ -441,6 +442,18 @@ impl Message {
     /// mandatory headers present and decodable, CSeq method equal to the request method,
     /// Max-Forwards in range, a topmost Via with a sent-by.
     pub fn validate(&self) -> Result<(), ParseError> {
+        // Headers that carry one value (§7.3.1, §20): a second one is malformed (RFC 4475 `multi01`).
+        for (name, text) in [
+            (HeaderName::CallId, "Call-ID"),
+            (HeaderName::CSeq, "CSeq"),
+            (HeaderName::From, "From"),
+            (HeaderName::To, "To"),
+            (HeaderName::MaxForwards, "Max-Forwards"),
+        ] {
+            if self.headers(name).nth(1).is_some() {
+                return Err(ParseError::BadHeader(text));
+            }
+        }
         let cseq = self.cseq()?;
         self.call_id()
             .filter(|c| !c.is_empty())
@@ -477,6 +490,11 @@ impl Message {
 }
 
 fn parse_u32(v: &[u8]) -> Option<u32> {
+    let first = v
+        .iter()
+        .position(|&b| b != b'0')
+        .unwrap_or(v.len().saturating_sub(1));
+    let v = &v[first.min(v.len())..];
     if v.is_empty() || v.len() > 10 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -535,7 +553,20 @@ fn parse_start_line(data: &Bytes, line: &[u8]) -> Result<StartLine, ParseError> 
     let (Some(method), Some(uri), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(ParseError::BadStartLine);
+        // Whitespace inside the Request-URI (RFC 4475 `lwsruri`) vs a broken line.
+        let words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).count();
+        let version_last = line.len() >= 7 && eq_ignore_case(&line[line.len() - 7..], SIP_VERSION);
+        return Err(
+            if words > 3
+                && version_last
+                && !line.contains(&b'\t')
+                && !line.windows(2).any(|w| w == b"  ")
+            {
+                ParseError::BadRequestUri
+            } else {
+                ParseError::BadStartLine
+            },
+        );
     };
     let method = Method::from_token(method, data).ok_or(ParseError::BadMethod)?;
     if !eq_ignore_case(version, SIP_VERSION) {
@@ -544,8 +575,12 @@ fn parse_start_line(data: &Bytes, line: &[u8]) -> Result<StartLine, ParseError> 
     if !is_absolute_uri(uri) || uri.iter().any(|&b| b < 0x21 || b == 0x7f) {
         return Err(ParseError::BadRequestUri);
     }
-    if (uri.starts_with(b"sip:") || uri.starts_with(b"sips:")) && SipUri::parse(uri).is_none() {
-        return Err(ParseError::BadRequestUri);
+    if uri.starts_with(b"sip:") || uri.starts_with(b"sips:") {
+        // §19.1.5: escaped headers are not allowed in a Request-URI (RFC 4475 `escruri`).
+        match SipUri::parse(uri) {
+            Some(u) if u.headers.is_none() => {}
+            _ => return Err(ParseError::BadRequestUri),
+        }
     }
     let start = offset(data, uri);
     Ok(StartLine::Request {

@@ -150,8 +150,15 @@ impl<'a> NameAddr<'a> {
             if !params.is_empty() && params[0] != b';' {
                 return None;
             }
+            let display = trim(&v[..lt]);
+            // §25.1 display-name = *(token LWS) / quoted-string (RFC 4475 `baddn`).
+            let quoted =
+                display.len() >= 2 && display[0] == b'"' && display[display.len() - 1] == b'"';
+            if !quoted && !display.iter().all(|&b| is_token_char(b) || is_lws(b)) {
+                return None;
+            }
             Some(Self {
-                display: trim(&v[..lt]),
+                display,
                 uri,
                 params,
                 bracketed: true,
@@ -163,7 +170,12 @@ impl<'a> NameAddr<'a> {
                 .unwrap_or(v.len());
             let uri = &v[..end];
             let params = trim(&v[end..]);
-            if uri.is_empty() || (!params.is_empty() && params[0] != b';') {
+            // §20: an addr-spec with ',', '?' or ';' must be in <> (RFC 4475 `regbadct`).
+            if uri.is_empty()
+                || uri.contains(&b'?')
+                || uri.contains(&b',')
+                || (!params.is_empty() && params[0] != b';')
+            {
                 return None;
             }
             Some(Self {

@@ -27,18 +27,23 @@ impl<'a> SipUri<'a> {
         } else {
             return None;
         };
-        let (rest, headers) = match memchr::memchr(b'?', rest) {
-            Some(q) => (&rest[..q], Some(&rest[q + 1..])),
-            None => (rest, None),
-        };
-        // userinfo may itself contain ';' (RFC 4475 `semiuri`): split at the last '@'.
-        let (user, hostpart) = match memchr::memrchr(b'@', rest) {
-            Some(at) => {
+        // userinfo may contain ';', '?' and more (RFC 4475 `semiuri`, `intmeth`): it ends
+        // at the last '@' before any '?' that follows the host.
+        let at = memchr::memrchr(b'@', rest);
+        let (user, hostpart) = match at {
+            Some(at)
+                if !rest[at..].contains(&b'?')
+                    || memchr::memchr(b'?', rest).is_some_and(|q| q > at) =>
+            {
                 let userinfo = &rest[..at];
                 let user = memchr::memchr(b':', userinfo).map_or(userinfo, |c| &userinfo[..c]);
                 (Some(user), &rest[at + 1..])
             }
-            None => (None, rest),
+            _ => (None, rest),
+        };
+        let (hostpart, headers) = match memchr::memchr(b'?', hostpart) {
+            Some(q) => (&hostpart[..q], Some(&hostpart[q + 1..])),
+            None => (hostpart, None),
         };
         let p = memchr::memchr(b';', hostpart).unwrap_or(hostpart.len());
         let (host, port) = split_host_port(&hostpart[..p])?;
