@@ -738,6 +738,34 @@ fn builtin_sipp_scenarios_route_through_proxy() {
     uas.finish_ok(50);
 }
 
+/// The callee hangs up: its BYE goes to the caller's Contact with the
+/// Record-Route set as Route (RFC 3261 12.2.1.1), through the proxy, which
+/// must recognise its own Route entry and forward by the Request-URI (16.4).
+#[test]
+fn callee_bye_routes_back_through_proxy() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("callee_hangup");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = Sipp::new(&bed.dir, "uas", "uas_hangup.xml", Transport::Udp, None)
+        .arg(&["-s", "frank", "-m", "50", "-d", "200"])
+        .timeout(60)
+        .spawn()
+        .wait_listening();
+    bed.register("frank", Transport::Udp, &uas);
+    Sipp::new(
+        &bed.dir,
+        "uac",
+        "uac_hangup_wait.xml",
+        Transport::Udp,
+        Some(bed.udp),
+    )
+    .arg(&["-s", "frank", "-m", "50", "-r", "50", "-l", "100"])
+    .run_ok(50);
+    uas.finish_ok(50);
+}
+
 /// A binding REGISTERed before a graceful stop routes calls after restart on
 /// the same data directory.
 #[test]
