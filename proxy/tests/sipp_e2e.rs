@@ -766,6 +766,33 @@ fn callee_bye_routes_back_through_proxy() {
     uas.finish_ok(50);
 }
 
+/// The caller cancels while the callee rings: the proxy answers the CANCEL,
+/// cancels its branch, and passes the callee's 487 back (RFC 3261 16.10, 9.2).
+#[test]
+fn cancel_while_ringing_ends_in_487() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("cancel");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = Sipp::new(&bed.dir, "uas", "uas_ring.xml", Transport::Udp, None)
+        .arg(&["-m", "50"])
+        .timeout(60)
+        .spawn()
+        .wait_listening();
+    bed.register("grace", Transport::Udp, &uas);
+    Sipp::new(
+        &bed.dir,
+        "uac",
+        "uac_cancel.xml",
+        Transport::Udp,
+        Some(bed.udp),
+    )
+    .arg(&["-s", "grace", "-m", "50", "-r", "50", "-l", "100"])
+    .run_ok(50);
+    uas.finish_ok(50);
+}
+
 /// A binding REGISTERed before a graceful stop routes calls after restart on
 /// the same data directory.
 #[test]
