@@ -911,6 +911,28 @@ impl Proxy {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
+        // §16.7 step 3: a response with no Via left after ours is not forwarded. A final
+        // one still ends the branch, as if we had generated it from the request.
+        let local;
+        let msg = if msg.vias().nth(1).is_some() {
+            msg
+        } else if status >= 300 {
+            let reason = String::from_utf8_lossy(msg.reason().unwrap_or_default()).into_owned();
+            let built = ResponseBuilder::new(&ctx.request, status, &reason).to_vec();
+            // Stand-in for our own Via, which forwarding removes again.
+            let line_end = built.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let mut bytes = built[..line_end].to_vec();
+            bytes.extend_from_slice(b"Via: SIP/2.0/UDP 0.0.0.0;branch=z9hG4bK-pm-local\r\n");
+            bytes.extend_from_slice(&built[line_end..]);
+            let Ok(m) = Message::parse(bytes.into()) else {
+                return;
+            };
+            local = m;
+            &local
+        } else {
+            self.stats.stray_responses += 1;
+            return;
+        };
         let server = ctx.server.clone();
         if status < 200 {
             ctx.provisional_seen = true;

@@ -345,3 +345,27 @@ Content-Length: 0
     // Best response: both are 4xx, the first one (486) is kept.
     assert_eq!(status(&out), vec![486]);
 }
+
+/// Regression: a callee answering with only the proxy's Via made the proxy forward a
+/// response without any Via (RFC 3261 §16.7 step 3 forbids it).
+#[test]
+fn final_response_without_caller_via_is_regenerated() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKv1", 70));
+    let fwd = out[1].1.clone();
+    let full = answer(&fwd, 486, "Busy Here");
+    let own_via_only: String = {
+        let mut seen = false;
+        full.lines()
+            .filter(|l| !l.starts_with("Via:") || !std::mem::replace(&mut seen, true))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let out = h.recv(BOB, &own_via_only);
+    let up: Vec<_> = out.iter().filter(|(d, _)| *d == addr(ALICE)).collect();
+    assert_eq!(up.len(), 1);
+    let resp = &up[0].1;
+    assert_eq!(resp.status(), Some(486));
+    assert_eq!(resp.top_via().unwrap().branch(), Some(&b"z9hG4bKv1"[..]));
+}
