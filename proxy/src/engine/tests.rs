@@ -355,13 +355,14 @@ fn final_response_without_caller_via_is_regenerated() {
     let out = h.recv(ALICE, &invite("bob", "z9hG4bKv1", 70));
     let fwd = out[1].1.clone();
     let full = answer(&fwd, 486, "Busy Here");
-    let own_via_only: String = {
-        let mut seen = false;
-        full.lines()
-            .filter(|l| !l.starts_with("Via:") || !std::mem::replace(&mut seen, true))
-            .map(|l| format!("{l}\n"))
-            .collect()
-    };
+    let mut seen = false;
+    let mut own_via_only = String::new();
+    for l in full.lines() {
+        if !l.starts_with("Via:") || !std::mem::replace(&mut seen, true) {
+            own_via_only.push_str(l);
+            own_via_only.push('\n');
+        }
+    }
     let out = h.recv(BOB, &own_via_only);
     let up: Vec<_> = out.iter().filter(|(d, _)| *d == addr(ALICE)).collect();
     assert_eq!(up.len(), 1);
