@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use sip_core::message::{Forward, HeaderName, Message, Method, NameAddr, ResponseBuilder, SipUri};
 use sip_core::transaction::{
     AckAction, ClientInvite, ClientNonInvite, ResponseAction, ServerInvite, ServerNonInvite,
-    TimerConfig, TransactionEvent,
+    TimerConfig, Transaction, TransactionEvent,
 };
 use sip_core::transport::{Received, Transmit, Transport};
 
@@ -84,6 +84,15 @@ enum ServerTx {
     NonInvite(ServerNonInvite),
 }
 
+impl ServerTx {
+    fn machine(&mut self) -> &mut dyn Transaction {
+        match self {
+            Self::Invite(t) => t,
+            Self::NonInvite(t) => t,
+        }
+    }
+}
+
 struct ServerEntry {
     tx: ServerTx,
     flow: Flow,
@@ -93,6 +102,40 @@ struct ServerEntry {
 enum ClientTx {
     Invite(ClientInvite),
     NonInvite(ClientNonInvite),
+}
+
+impl ClientTx {
+    fn machine(&mut self) -> &mut dyn Transaction {
+        match self {
+            Self::Invite(t) => t,
+            Self::NonInvite(t) => t,
+        }
+    }
+}
+
+/// Moves a transaction's transmits to `out` (towards `flow`); returns its events
+/// (terminated, failed) and its next wake-up.
+fn drain_machine(
+    out: &mut VecDeque<Transmit>,
+    flow: Flow,
+    m: &mut dyn Transaction,
+) -> (bool, bool, Option<Instant>) {
+    while let Some(data) = m.poll_transmit() {
+        out.push_back(Transmit {
+            transport: flow.transport,
+            local: flow.local,
+            dest: flow.remote,
+            data,
+        });
+    }
+    let (mut terminated, mut failed) = (false, false);
+    while let Some(ev) = m.poll_event() {
+        match ev {
+            TransactionEvent::Terminated => terminated = true,
+            TransactionEvent::Timeout(_) | TransactionEvent::TransportError => failed = true,
+        }
+    }
+    (terminated, failed, m.poll_timeout())
 }
 
 struct ClientEntry {
@@ -1027,27 +1070,7 @@ impl Proxy {
             return;
         };
         let flow = entry.flow;
-        let mut terminated = false;
-        macro_rules! drain {
-            ($t:expr) => {{
-                while let Some(d) = $t.poll_transmit() {
-                    self.out.push_back(Transmit {
-                        transport: flow.transport,
-                        local: flow.local,
-                        dest: flow.remote,
-                        data: d,
-                    });
-                }
-                while let Some(ev) = $t.poll_event() {
-                    terminated |= ev == TransactionEvent::Terminated;
-                }
-                $t.poll_timeout()
-            }};
-        }
-        let wake = match &mut entry.tx {
-            ServerTx::Invite(t) => drain!(t),
-            ServerTx::NonInvite(t) => drain!(t),
-        };
+        let (terminated, _, wake) = drain_machine(&mut self.out, flow, entry.tx.machine());
         if terminated {
             if let Some(e) = self.server.remove(key)
                 && let Some(c) = e.ctx
@@ -1068,33 +1091,7 @@ impl Proxy {
             return;
         };
         let flow = entry.flow;
-        let mut timed_out = false;
-        let mut terminated = false;
-        macro_rules! drain {
-            ($t:expr) => {{
-                while let Some(d) = $t.poll_transmit() {
-                    self.out.push_back(Transmit {
-                        transport: flow.transport,
-                        local: flow.local,
-                        dest: flow.remote,
-                        data: d,
-                    });
-                }
-                while let Some(ev) = $t.poll_event() {
-                    match ev {
-                        TransactionEvent::Terminated => terminated = true,
-                        TransactionEvent::Timeout(_) | TransactionEvent::TransportError => {
-                            timed_out = true
-                        }
-                    }
-                }
-                $t.poll_timeout()
-            }};
-        }
-        let wake = match &mut entry.tx {
-            ClientTx::Invite(t) => drain!(t),
-            ClientTx::NonInvite(t) => drain!(t),
-        };
+        let (terminated, timed_out, wake) = drain_machine(&mut self.out, flow, entry.tx.machine());
         let ctx = entry.ctx;
         if terminated {
             self.client.remove(key);
@@ -1130,15 +1127,9 @@ impl Proxy {
                         continue;
                     };
                     if let Some(e) = self.server.get_mut(&key) {
-                        let due = match &e.tx {
-                            ServerTx::Invite(t) => t.poll_timeout(),
-                            ServerTx::NonInvite(t) => t.poll_timeout(),
-                        };
-                        if due.is_some_and(|d| d <= now) {
-                            match &mut e.tx {
-                                ServerTx::Invite(t) => t.handle_timeout(now),
-                                ServerTx::NonInvite(t) => t.handle_timeout(now),
-                            }
+                        let m = e.tx.machine();
+                        if m.poll_timeout().is_some_and(|d| d <= now) {
+                            m.handle_timeout(now);
                             self.drain_server(now, &key);
                         }
                     }
@@ -1148,15 +1139,9 @@ impl Proxy {
                         continue;
                     };
                     if let Some(e) = self.client.get_mut(&key) {
-                        let due = match &e.tx {
-                            ClientTx::Invite(t) => t.poll_timeout(),
-                            ClientTx::NonInvite(t) => t.poll_timeout(),
-                        };
-                        if due.is_some_and(|d| d <= now) {
-                            match &mut e.tx {
-                                ClientTx::Invite(t) => t.handle_timeout(now),
-                                ClientTx::NonInvite(t) => t.handle_timeout(now),
-                            }
+                        let m = e.tx.machine();
+                        if m.poll_timeout().is_some_and(|d| d <= now) {
+                            m.handle_timeout(now);
                             self.drain_client(now, &key);
                         }
                     }
