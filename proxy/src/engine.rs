@@ -398,16 +398,8 @@ impl Proxy {
         };
         let ruri_is_us = self.cfg.identity.is_us(&uri);
         let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
-        let first_route_is_us = routes.first().is_some_and(|r| {
-            NameAddr::parse(r)
-                .and_then(|n| SipUri::parse(n.uri))
-                .is_some_and(|u| self.cfg.identity.is_us(&u))
-        });
-        let remaining = if first_route_is_us {
-            &routes[1..]
-        } else {
-            &routes[..]
-        };
+        let own_routes = own_routes(&self.cfg.identity, &routes);
+        let remaining = &routes[own_routes..];
         let for_proxy_itself = ruri_is_us && uri.user.is_none() && remaining.is_empty();
 
         if mf == 0 && !(for_proxy_itself && method == Method::Options) {
@@ -456,7 +448,7 @@ impl Proxy {
                 timer_c: None,
             },
         );
-        self.try_next_target(now, ctx_id, first_route_is_us, hash);
+        self.try_next_target(now, ctx_id, hash);
     }
 
     /// Next hops of a request (§16.5): the next Route, the callee's bindings by q, or
@@ -612,7 +604,7 @@ impl Proxy {
     }
 
     /// Forwards the context's request to its next target (sequential forking by q).
-    fn try_next_target(&mut self, now: Instant, ctx_id: u64, drop_route: bool, hash: u64) {
+    fn try_next_target(&mut self, now: Instant, ctx_id: u64, hash: u64) {
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
@@ -634,11 +626,14 @@ impl Proxy {
             target.transport.via_token()
         );
         let server_flow = self.server.get(&ctx.server).map(|e| e.flow);
-        let rr_transport = server_flow.map_or(Transport::Udp, |f| f.transport);
-        let rr_addr = server_flow.map_or(local, |f| f.local);
-        let rr = match rr_transport {
-            Transport::Udp => format!("<sip:{};lr>", Identity::sent_by(rr_addr)),
-            Transport::Tcp => format!("<sip:{};transport=tcp;lr>", Identity::sent_by(rr_addr)),
+        let inbound = server_flow.map_or((target.transport, local), |f| (f.transport, f.local));
+        let outbound = (target.transport, local);
+        // RFC 5658 §3.2: when the two sides differ in transport or interface, one
+        // Record-Route per side; the callee's side on top.
+        let rr = if inbound == outbound {
+            record_route(inbound)
+        } else {
+            format!("{}, {}", record_route(outbound), record_route(inbound))
         };
         let dialog_creating = matches!(method, Method::Invite | Method::Subscribe | Method::Refer)
             && msg.to_tag().is_none();
@@ -652,9 +647,8 @@ impl Proxy {
         if let Some(uri) = &target.uri {
             fwd = fwd.request_uri(uri.as_bytes());
         }
-        if drop_route {
-            fwd = fwd.drop_first_route();
-        }
+        let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
+        fwd = fwd.drop_routes(own_routes(&self.cfg.identity, &routes));
         if dialog_creating {
             fwd = fwd.record_route(rr.as_bytes());
         }
@@ -746,16 +740,8 @@ impl Proxy {
             return;
         };
         let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
-        let first_is_us = routes.first().is_some_and(|r| {
-            NameAddr::parse(r)
-                .and_then(|n| SipUri::parse(n.uri))
-                .is_some_and(|u| self.cfg.identity.is_us(&u))
-        });
-        let remaining = if first_is_us {
-            &routes[1..]
-        } else {
-            &routes[..]
-        };
+        let own_routes = own_routes(&self.cfg.identity, &routes);
+        let remaining = &routes[own_routes..];
         let (new_uri, hop) = if let Some(next) = remaining.first() {
             (None, NameAddr::parse(next).and_then(|n| resolve(n.uri)))
         } else if self.cfg.identity.is_us(&uri) {
@@ -793,9 +779,7 @@ impl Proxy {
             .unwrap_or(70)
             .saturating_sub(1);
         let mut fwd = Forward::new(msg).push_via(via.as_bytes()).max_forwards(mf);
-        if first_is_us {
-            fwd = fwd.drop_first_route();
-        }
+        fwd = fwd.drop_routes(own_routes);
         if let Some(u) = &new_uri {
             fwd = fwd.request_uri(u.as_bytes());
         }
@@ -1016,12 +1000,7 @@ impl Proxy {
             ctx.targets.clear();
         }
         let hash = loop_hash(&ctx.request);
-        let drop_route = ctx.request.list(HeaderName::Route).next().is_some_and(|r| {
-            NameAddr::parse(r)
-                .and_then(|n| SipUri::parse(n.uri))
-                .is_some_and(|u| self.cfg.identity.is_us(&u))
-        });
-        self.try_next_target(now, ctx_id, drop_route, hash);
+        self.try_next_target(now, ctx_id, hash);
     }
 
     /// A response matching no transaction (e.g. a 2xx retransmission after ours ended):
@@ -1108,7 +1087,7 @@ impl Proxy {
                 && !c.answered
             {
                 let hash = loop_hash(&c.request);
-                self.try_next_target(now, ctx_id, false, hash);
+                self.try_next_target(now, ctx_id, hash);
             }
         }
     }
@@ -1179,6 +1158,28 @@ impl Proxy {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
+}
+
+/// How many leading Route values name us (§16.4; two after double record-routing).
+fn own_routes(identity: &Identity, routes: &[&[u8]]) -> usize {
+    routes
+        .iter()
+        .take_while(|r| {
+            NameAddr::parse(r)
+                .and_then(|n| SipUri::parse(n.uri))
+                .is_some_and(|u| identity.is_us(&u))
+        })
+        .count()
+}
+
+/// Our Record-Route value for one side (RFC 3261 §16.6 item 4; `lr`, RFC 3261 §19.1.1).
+fn record_route((transport, addr): (Transport, std::net::SocketAddr)) -> String {
+    let param = match transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
+    };
+    format!("<sip:{}{param};lr>", Identity::sent_by(addr))
 }
 
 /// §16.7 step 6 preference: 6xx first, then the lowest class; 503 counts as 5xx.

@@ -370,3 +370,58 @@ fn final_response_without_caller_via_is_regenerated() {
     assert_eq!(resp.status(), Some(486));
     assert_eq!(resp.top_via().unwrap().branch(), Some(&b"z9hG4bKv1"[..]));
 }
+
+/// RFC 5658: a UDP caller and a TCP callee get one Record-Route per side, and an
+/// in-dialog request carrying both comes through with neither left.
+#[test]
+fn double_record_route_across_transports() {
+    let mut h = Harness::new();
+    h.recv(
+        BOB,
+        &format!(
+            "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/TCP {BOB};branch=z9hG4bKrt1
+From: <sip:bob@localhost>;tag=r1
+To: <sip:bob@localhost>
+Call-ID: reg-bob-tcp
+CSeq: 1 REGISTER
+Contact: <sip:bob@{BOB};transport=tcp>
+Content-Length: 0
+
+"
+        ),
+    );
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKd1", 70));
+    let fwd = &out[1].1;
+    assert_eq!(
+        fwd.list(HeaderName::RecordRoute).collect::<Vec<_>>(),
+        vec![
+            &b"<sip:127.0.0.1:5060;transport=tcp;lr>"[..],
+            b"<sip:127.0.0.1:5060;lr>"
+        ]
+    );
+    let bye = format!(
+        "BYE sip:alice@{ALICE} SIP/2.0
+Via: SIP/2.0/TCP {BOB};branch=z9hG4bKbye1
+Route: <sip:127.0.0.1:5060;transport=tcp;lr>, <sip:127.0.0.1:5060;lr>
+From: <sip:bob@localhost>;tag=b1
+To: <sip:alice@localhost>;tag=a1
+Call-ID: call-z9hG4bKd1
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+"
+    );
+    let out = h.recv(BOB, &bye);
+    let (dest, fwd_bye) = out
+        .iter()
+        .find(|(_, m)| m.is_request())
+        .expect("BYE forwarded");
+    assert_eq!(*dest, addr(ALICE));
+    assert_eq!(fwd_bye.header(HeaderName::Route), None);
+    assert_eq!(
+        fwd_bye.request_uri(),
+        Some(format!("sip:alice@{ALICE}").as_bytes())
+    );
+}

@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-/// A SIP transport (RFC 3261 §18). TLS arrives with the identity issue.
+/// A SIP transport (RFC 3261 §18; TLS per §26.2 and RFC 5630).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -22,6 +23,7 @@ impl Transport {
         match self {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
+            Self::Tls => "TLS",
         }
     }
 
@@ -31,6 +33,8 @@ impl Transport {
             Some(Self::Udp)
         } else if t.eq_ignore_ascii_case(b"tcp") {
             Some(Self::Tcp)
+        } else if t.eq_ignore_ascii_case(b"tls") {
+            Some(Self::Tls)
         } else {
             None
         }

@@ -121,6 +121,12 @@ impl Network {
                         addr: local,
                     });
                 }
+                Transport::Tls => {
+                    return Err(err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "TLS listener not configured",
+                    )));
+                }
             }
         }
         Ok(Self {
@@ -162,6 +168,7 @@ impl Sender {
                 }
             }
             Transport::Tcp => self.tcp.send(t.local, t.dest, t.data),
+            Transport::Tls => NetStats::bump(&self.stats.send_errors),
         }
     }
 }

@@ -13,7 +13,7 @@ pub struct Forward<'a> {
     push_via: Option<&'a [u8]>,
     record_route: Option<&'a [u8]>,
     top_via: ViaEdit<'a>,
-    drop_first_route: bool,
+    drop_routes: usize,
     max_forwards: Option<u8>,
     extra: Vec<(&'a str, &'a [u8])>,
 }
@@ -33,7 +33,7 @@ impl<'a> Forward<'a> {
             push_via: None,
             record_route: None,
             top_via: ViaEdit::Keep,
-            drop_first_route: false,
+            drop_routes: 0,
             max_forwards: None,
             extra: Vec::new(),
         }
@@ -76,8 +76,15 @@ impl<'a> Forward<'a> {
 
     /// Removes the first Route value (it named us, §16.4).
     #[must_use]
-    pub fn drop_first_route(mut self) -> Self {
-        self.drop_first_route = true;
+    pub fn drop_first_route(self) -> Self {
+        self.drop_routes(1)
+    }
+
+    /// Removes the first `n` Route values (ours: one, or two after double
+    /// record-routing, RFC 5658 §3.2).
+    #[must_use]
+    pub fn drop_routes(mut self, n: usize) -> Self {
+        self.drop_routes = n;
         self
     }
 
@@ -116,7 +123,7 @@ impl<'a> Forward<'a> {
             put(out, "Record-Route", v);
         }
         let mut seen_via = false;
-        let mut seen_route = false;
+        let mut routes_to_drop = self.drop_routes;
         let mut seen_mf = false;
         let mut seen_cl = false;
         for f in m.fields() {
@@ -129,9 +136,8 @@ impl<'a> Forward<'a> {
                         ViaEdit::Replace(v) => rewrite_first(out, m, f, "Via", Some(v)),
                     }
                 }
-                HeaderName::Route if !seen_route && self.drop_first_route => {
-                    seen_route = true;
-                    rewrite_first(out, m, f, "Route", None);
+                HeaderName::Route if routes_to_drop > 0 => {
+                    routes_to_drop -= rewrite_list(out, m, f, "Route", routes_to_drop, None);
                 }
                 HeaderName::MaxForwards if self.max_forwards.is_some() => {
                     if !seen_mf {
@@ -200,9 +206,22 @@ fn copy_line(out: &mut Vec<u8>, m: &Message, f: &Field) {
 /// Writes a list header with its first element replaced (`Some`) or removed (`None`);
 /// the line disappears when nothing is left.
 fn rewrite_first(out: &mut Vec<u8>, m: &Message, f: &Field, name: &str, first: Option<&[u8]>) {
+    rewrite_list(out, m, f, name, 1, first);
+}
+
+/// Writes a list header without its first `skip` elements, `first` put in their place;
+/// returns how many elements were skipped (fewer when the line has fewer).
+fn rewrite_list(
+    out: &mut Vec<u8>,
+    m: &Message,
+    f: &Field,
+    name: &str,
+    skip: usize,
+    first: Option<&[u8]>,
+) -> usize {
     let value = &m.data[span(&f.value)];
     let mut elems = split_commas(value);
-    elems.next();
+    let skipped = elems.by_ref().take(skip).count();
     let mut wrote = false;
     let mut sep = |out: &mut Vec<u8>| {
         if wrote {
@@ -224,6 +243,7 @@ fn rewrite_first(out: &mut Vec<u8>, m: &Message, f: &Field, name: &str, first: O
     if wrote {
         out.extend_from_slice(b"\r\n");
     }
+    skipped
 }
 
 /// A response generated here to a received request (RFC 3261 §8.2.6): Via, From, To,
