@@ -8,9 +8,12 @@
 //!   kept, typed views are decoded on demand, forwarding is the received bytes plus edits.
 //! - [`transaction`]: the four RFC 3261 §17 transaction state machines with RFC 6026's
 //!   Accepted state, timers as data.
+//! - [`digest`]: HTTP Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760):
+//!   challenges, stateless nonces, credential verification, nonce-count replay checks.
 //! - [`transport`]: the values exchanged with the transport shell (received bytes,
 //!   transmits).
 
+pub mod digest;
 pub mod message;
 pub mod transaction;
 pub mod transport;
