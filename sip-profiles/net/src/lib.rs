@@ -6,7 +6,7 @@
 //! Nothing here understands SIP beyond framing: protocol decisions live in the engines.
 
 mod driver;
-mod tcp;
+mod stream;
 mod udp;
 
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use sip_core::transport::{Received, Transmit, Transport};
 use tokio::sync::mpsc;
 
 pub use driver::{Engine, run};
-pub use tcp::TcpSet;
+pub use stream::StreamSet;
 
 /// Where to listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub struct Network {
 #[derive(Clone)]
 pub struct Sender {
     udp: Arc<Vec<(SocketAddr, Arc<tokio::net::UdpSocket>)>>,
-    tcp: TcpSet,
+    tcp: StreamSet,
     pub stats: Arc<NetStats>,
 }
 
@@ -96,7 +96,7 @@ impl Network {
         let stats = Arc::new(NetStats::default());
         let mut bound = Vec::new();
         let mut udp = Vec::new();
-        let tcp = TcpSet::new(cfg.clone(), tx.clone(), stats.clone());
+        let tcp = StreamSet::new(cfg.clone(), tx.clone(), stats.clone());
         for l in listen {
             let err = |source| NetError::Bind {
                 transport: l.transport,

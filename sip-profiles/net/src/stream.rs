@@ -23,7 +23,7 @@ const WRITE_QUEUE: usize = 1024;
 
 /// The set of TCP listeners and connections; cheap to clone.
 #[derive(Clone)]
-pub struct TcpSet {
+pub struct StreamSet {
     inner: Arc<Inner>,
 }
 
@@ -35,7 +35,7 @@ struct Inner {
     open: AtomicUsize,
 }
 
-impl TcpSet {
+impl StreamSet {
     pub(crate) fn new(cfg: NetConfig, tx: mpsc::Sender<Received>, stats: Arc<NetStats>) -> Self {
         let inner = Inner {
             cfg,
