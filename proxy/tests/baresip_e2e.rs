@@ -1,0 +1,1120 @@
+//! End-to-end tests of the `permit-proxy` binary with baresip as the real
+//! peers: softphones that register (RFC 3261 section 10) and call each other
+//! through the proxy (section 16), the way a user's phone would.
+//!
+//! Each test starts its own proxy on free loopback ports with a fresh data
+//! directory and one baresip process per user agent, configured from
+//! `testbeds/baresip/config.template` (see the README there): SIP, RTP and
+//! the control socket on 127.0.0.1, a sine tone as microphone, no sound
+//! device. The test drives each baresip through its `ctrl_tcp` module
+//! (netstring JSON commands `uanew`, `dial`, `accept`, `hangup`) and reads
+//! the outcome from its events (`REGISTER_OK`, `CALL_INCOMING`,
+//! `CALL_ESTABLISHED`, `CALL_CLOSED` with the status line). Every wait is
+//! bounded; processes are killed by PID when a test ends, also by a panic.
+//!
+//! baresip must be on `PATH` (Debian package `baresip-core`). Without it a
+//! test prints a note and passes, unless the environment variable `CI` is
+//! set: then it fails.
+//!
+//! The proxy log and each baresip's output with its SIP trace (`-s`) stay in
+//! `target/tmp/baresip-e2e/<test>/` for inspection; a failure names them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const HOST: &str = "127.0.0.1";
+const DOMAIN: &str = "localhost";
+const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testbeds/baresip");
+/// Longest wait for one expected event.
+const EVENT_WAIT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------- environment
+
+/// `true` if baresip can run; `false` (after a note) if it is missing and
+/// `CI` is unset; panics if it is missing and `CI` is set.
+fn baresip_available() -> bool {
+    match Command::new("baresip")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => true,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but baresip is not on PATH (apt-get install baresip-core)"
+            );
+            eprintln!("note: baresip is not on PATH; baresip end-to-end test not run");
+            false
+        }
+        Err(e) => panic!("cannot run baresip: {e}"),
+    }
+}
+
+/// A loopback port free for UDP and TCP whose next port is free for TCP too
+/// (baresip listens for TLS on its SIP port + 1), never handed out twice by
+/// this process (tests run in parallel).
+fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    for _ in 0..200 {
+        let udp = UdpSocket::bind((HOST, 0)).expect("bind an ephemeral UDP port");
+        let port = udp.local_addr().unwrap().port();
+        let Some(next) = port.checked_add(1) else {
+            continue;
+        };
+        let free =
+            TcpListener::bind((HOST, port)).is_ok() && TcpListener::bind((HOST, next)).is_ok();
+        let mut given = GIVEN.lock().unwrap();
+        if free && !given.iter().any(|&g| g.abs_diff(port) <= 1) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port found");
+}
+
+/// A per-test directory under Cargo's scratch space, emptied on creation.
+fn workdir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("baresip-e2e")
+        .join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the test directory");
+    dir
+}
+
+/// The last `max` bytes of a log file, for failure messages.
+fn tail(path: &Path, max: usize) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(start);
+    format!("--- {} (tail) ---\n{}", path.display(), &text[start..])
+}
+
+/// Kills a child that is still running and reaps it.
+fn kill(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// How baresip's SIP trace names a message's transport.
+    fn trace_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the proxy
+
+/// What a test asks of the proxy beyond UDP and TCP listeners.
+#[derive(Default)]
+struct ProxyOptions {
+    /// `(user, password)` pairs added with `user add` before the start; with
+    /// none the proxy runs open (`--no-auth`).
+    users: Vec<(&'static str, &'static str)>,
+    /// `--digest-algorithms` value, if any.
+    digest_algorithms: Option<&'static str>,
+    /// A TLS listener with a self-signed certificate.
+    tls: bool,
+}
+
+/// `true` if `permit-proxy --help` lists `flag` (digest authentication and
+/// its `--no-auth` switch arrived after the first releases).
+fn proxy_knows(flag: &str) -> bool {
+    static HELP: OnceLock<String> = OnceLock::new();
+    HELP.get_or_init(|| {
+        let out = Command::new(env!("CARGO_BIN_EXE_permit-proxy"))
+            .arg("--help")
+            .output()
+            .expect("run permit-proxy --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .contains(flag)
+}
+
+/// Runs one `permit-proxy` administration command; panics unless it succeeds.
+fn proxy_admin(data: &Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_permit-proxy"))
+        .arg("--data")
+        .arg(data)
+        .args(["--domain", DOMAIN])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run permit-proxy");
+    assert!(
+        out.status.success(),
+        "permit-proxy {}: {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `permit-proxy`; killed by its PID when dropped.
+struct Proxy {
+    child: Child,
+    udp: u16,
+    tcp: u16,
+    tls: Option<u16>,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &Path, options: &ProxyOptions) -> Proxy {
+        let data = dir.join("data");
+        for (user, password) in &options.users {
+            proxy_admin(&data, &["user", "add", user, "--password", password]);
+        }
+        let (udp, tcp) = (free_port(), free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_permit-proxy"));
+        command
+            .arg("run")
+            .args(["--listen", &format!("udp:{HOST}:{udp}")])
+            .args(["--listen", &format!("tcp:{HOST}:{tcp}")])
+            .arg("--data")
+            .arg(&data)
+            .args(["--domain", DOMAIN]);
+        if options.users.is_empty() && proxy_knows("--no-auth") {
+            command.arg("--no-auth");
+        }
+        if let Some(algorithms) = options.digest_algorithms {
+            command.args(["--digest-algorithms", algorithms]);
+        }
+        let tls = options.tls.then(|| {
+            let port = free_port();
+            let (cert, key) = self_signed(dir, &data);
+            command
+                .args(["--listen", &format!("tls:{HOST}:{port}")])
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+            port
+        });
+        let log = dir.join("proxy.log");
+        let child = command
+            .env(
+                "PERMIT_LOG",
+                std::env::var("PERMIT_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("proxy.stdout")).unwrap())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn permit-proxy");
+        let mut proxy = Proxy {
+            child,
+            udp,
+            tcp,
+            tls,
+            log,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    /// Ready when the TCP (and TLS) listeners accept and the proxy answers an
+    /// OPTIONS (RFC 3261 section 11) over UDP with any response.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let probe = UdpSocket::bind((HOST, 0)).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = probe.local_addr().unwrap().port();
+        for seq in 1.. {
+            self.assert_alive();
+            assert!(
+                Instant::now() < deadline,
+                "permit-proxy did not answer OPTIONS\n{}",
+                tail(&self.log, 4000)
+            );
+            let listening = [Some(self.tcp), self.tls]
+                .into_iter()
+                .flatten()
+                .all(|port| TcpStream::connect((HOST, port)).is_ok());
+            if !listening {
+                sleep(Duration::from_millis(100));
+                continue;
+            }
+            let options = format!(
+                "OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:{me};branch=z9hG4bK-ready-{seq}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:probe@{DOMAIN}>;tag=ready\r\nTo: <sip:{DOMAIN}>\r\n\
+                 Call-ID: ready-{me}@{HOST}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            );
+            let _ = probe.send_to(options.as_bytes(), (HOST, self.udp));
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = probe.recv(&mut buf)
+                && buf[..n].starts_with(b"SIP/2.0 ")
+            {
+                return;
+            }
+        }
+    }
+
+    fn port(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Udp => self.udp,
+            Transport::Tcp => self.tcp,
+            Transport::Tls => self.tls.expect("the proxy was started without TLS"),
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("permit-proxy exited: {status}\n{}", tail(&self.log, 4000));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A self-signed certificate and its key for the proxy's TLS listener, made
+/// by `permit-proxy cert self-signed --out DIR`: the PEM file with "key" in
+/// its name is the key, the other one the certificate.
+fn self_signed(dir: &Path, data: &Path) -> (PathBuf, PathBuf) {
+    let certs = dir.join("certs");
+    proxy_admin(
+        data,
+        &["cert", "self-signed", "--out", &certs.display().to_string()],
+    );
+    let files: Vec<PathBuf> = fs::read_dir(&certs)
+        .expect("read the certificate directory")
+        .map(|e| e.unwrap().path())
+        .collect();
+    let pick = |key: bool| {
+        files
+            .iter()
+            .find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().to_lowercase();
+                name.contains("key") == key
+                    && [".pem", ".crt", ".key"].iter().any(|x| name.ends_with(x))
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "cert self-signed wrote no {} file: {files:?}",
+                    if key { "key" } else { "certificate" }
+                )
+            })
+    };
+    (pick(false), pick(true))
+}
+
+// ---------------------------------------------------------------- ctrl_tcp
+
+/// One message from baresip's `ctrl_tcp`: a response to a command or an
+/// event; its top-level string and boolean members (nested objects such as
+/// `rtcp_stats` are skipped).
+#[derive(Clone, Debug, Default)]
+struct Message(BTreeMap<String, String>);
+
+impl Message {
+    fn get(&self, key: &str) -> &str {
+        self.0.get(key).map_or("", String::as_str)
+    }
+
+    fn is_event(&self) -> bool {
+        self.get("event") == "true"
+    }
+
+    fn kind(&self) -> &str {
+        self.get("type")
+    }
+
+    fn param(&self) -> &str {
+        self.get("param")
+    }
+}
+
+/// A tiny reader for the JSON that `ctrl_tcp` writes: one object per
+/// netstring. Returns `None` for anything it does not understand.
+fn parse_message(text: &str) -> Option<Message> {
+    let mut json = Json {
+        s: text.as_bytes(),
+        at: 0,
+    };
+    let mut members = BTreeMap::new();
+    json.expect(b'{')?;
+    if json.peek()? == b'}' {
+        return Some(Message(members));
+    }
+    loop {
+        let key = json.string()?;
+        json.expect(b':')?;
+        if let Value::Text(value) = json.value()? {
+            members.insert(key, value);
+        }
+        match json.next()? {
+            b',' => {}
+            b'}' => return Some(Message(members)),
+            _ => return None,
+        }
+    }
+}
+
+/// A member's value: text for strings, numbers and literals; nested
+/// objects and arrays are skipped.
+enum Value {
+    Text(String),
+    Nested,
+}
+
+struct Json<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl Json<'_> {
+    fn peek(&mut self) -> Option<u8> {
+        while self.s.get(self.at)?.is_ascii_whitespace() {
+            self.at += 1;
+        }
+        self.s.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.at += 1;
+        Some(c)
+    }
+
+    fn expect(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    fn value(&mut self) -> Option<Value> {
+        match self.peek()? {
+            b'"' => self.string().map(Value::Text),
+            b'{' | b'[' => {
+                let mut depth = 0;
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => depth -= 1,
+                        _ => {}
+                    }
+                    self.at += 1;
+                    if depth == 0 {
+                        return Some(Value::Nested);
+                    }
+                }
+            }
+            _ => {
+                let start = self.at;
+                while !matches!(self.s.get(self.at)?, b',' | b'}' | b']') {
+                    self.at += 1;
+                }
+                let raw = std::str::from_utf8(&self.s[start..self.at]).ok()?;
+                Some(Value::Text(raw.trim().to_string()))
+            }
+        }
+    }
+
+    fn string(&mut self) -> Option<String> {
+        self.expect(b'"')?;
+        let mut out = Vec::new();
+        loop {
+            let c = *self.s.get(self.at)?;
+            self.at += 1;
+            match c {
+                b'"' => return String::from_utf8(out).ok(),
+                b'\\' => {
+                    let e = *self.s.get(self.at)?;
+                    self.at += 1;
+                    let ch = match e {
+                        b'n' => '\n',
+                        b't' => '\t',
+                        b'r' => '\r',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'u' => {
+                            let hex =
+                                std::str::from_utf8(self.s.get(self.at..self.at + 4)?).ok()?;
+                            self.at += 4;
+                            char::from_u32(u32::from_str_radix(hex, 16).ok()?).unwrap_or('?')
+                        }
+                        other => char::from(other),
+                    };
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
+                }
+                _ => out.push(c),
+            }
+        }
+    }
+}
+
+/// A JSON string literal for `text`.
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+// ---------------------------------------------------------------- baresip
+
+/// Who answers an incoming call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// baresip answers at once (`answermode=auto`).
+    Auto,
+    /// The test sends `accept`.
+    Manual,
+}
+
+/// A SIP account of one baresip UA, with the proxy as outbound proxy.
+struct Account {
+    user: &'static str,
+    transport: Transport,
+    password: Option<&'static str>,
+    answer: Answer,
+}
+
+impl Account {
+    fn new(user: &'static str, transport: Transport) -> Account {
+        Account {
+            user,
+            transport,
+            password: None,
+            answer: Answer::Auto,
+        }
+    }
+
+    fn password(mut self, password: &'static str) -> Account {
+        self.password = Some(password);
+        self
+    }
+
+    fn answer(mut self, answer: Answer) -> Account {
+        self.answer = answer;
+        self
+    }
+
+    /// The account line of baresip's `accounts` file / `uanew` command.
+    fn line(&self, proxy: &Proxy) -> String {
+        let auth = self
+            .password
+            .map(|password| format!(";auth_pass={password}"))
+            .unwrap_or_default();
+        let port = proxy.port(self.transport);
+        let transport = self.transport.uri_param();
+        let answer = match self.answer {
+            Answer::Auto => "auto",
+            Answer::Manual => "manual",
+        };
+        format!(
+            "<sip:{}@{DOMAIN}>{auth};outbound=\"sip:{HOST}:{port};transport={transport}\";\
+             regint=600;answermode={answer}",
+            self.user
+        )
+    }
+}
+
+/// One baresip process with one account, driven through `ctrl_tcp`;
+/// killed by its PID when dropped.
+struct Baresip {
+    name: String,
+    child: Child,
+    ctrl: TcpStream,
+    sip_port: u16,
+    buf: Vec<u8>,
+    /// Messages read but not yet consumed by a wait.
+    queue: VecDeque<Message>,
+    /// Every event type seen, for failure messages.
+    seen: Vec<String>,
+    token: u32,
+    log: PathBuf,
+    proxy_log: PathBuf,
+}
+
+impl Baresip {
+    /// Writes the UA's config from the template and starts baresip.
+    fn start(dir: &Path, name: &str, proxy: &Proxy) -> Baresip {
+        let home = dir.join(name);
+        fs::create_dir_all(&home).unwrap();
+        let (sip_port, ctrl_port) = (free_port(), free_port());
+        let template = fs::read_to_string(format!("{TESTBED}/config.template"))
+            .expect("read testbeds/baresip/config.template");
+        let config = template
+            .replace("@SIP_PORT@", &sip_port.to_string())
+            .replace("@CTRL_PORT@", &ctrl_port.to_string())
+            .replace("@TLS@", "");
+        fs::write(home.join("config"), config).unwrap();
+        fs::write(home.join("accounts"), "").unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).unwrap();
+        let mut child = Command::new("baresip")
+            .arg("-f")
+            .arg(&home)
+            .arg("-s")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn baresip");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ctrl = loop {
+            if let Ok(stream) = TcpStream::connect((HOST, ctrl_port)) {
+                break stream;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "baresip {name} exited during start-up: {status}\n{}",
+                    tail(&log, 3000)
+                );
+            }
+            if Instant::now() > deadline {
+                kill(&mut child);
+                panic!(
+                    "baresip {name}: no ctrl_tcp on {ctrl_port}\n{}",
+                    tail(&log, 3000)
+                );
+            }
+            sleep(Duration::from_millis(50));
+        };
+        ctrl.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Baresip {
+            name: name.to_string(),
+            child,
+            ctrl,
+            sip_port,
+            buf: Vec::new(),
+            queue: VecDeque::new(),
+            seen: Vec::new(),
+            token: 0,
+            log,
+            proxy_log: proxy.log.clone(),
+        }
+    }
+
+    /// Reads what `ctrl_tcp` sent so far (waiting up to its read timeout)
+    /// into the queue.
+    fn receive(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.ctrl.read(&mut chunk) {
+            Ok(0) => {
+                let status = self.child.try_wait().ok().flatten();
+                self.fail(&format!(
+                    "ctrl_tcp connection closed (baresip exit: {status:?})"
+                ));
+            }
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => self.fail(&format!("ctrl_tcp read: {e}")),
+        }
+        // Netstrings: LEN ":" PAYLOAD ","
+        while let Some(colon) = self.buf.iter().position(|&b| b == b':') {
+            let Some(len) = std::str::from_utf8(&self.buf[..colon])
+                .ok()
+                .and_then(|l| l.parse::<usize>().ok())
+            else {
+                let junk = String::from_utf8_lossy(&self.buf).into_owned();
+                self.fail(&format!("ctrl_tcp sent no netstring: {junk:?}"));
+            };
+            let end = colon + 1 + len;
+            if self.buf.len() <= end {
+                break;
+            }
+            let payload = String::from_utf8_lossy(&self.buf[colon + 1..end]).into_owned();
+            self.buf.drain(..=end);
+            match parse_message(&payload) {
+                Some(message) => {
+                    if message.is_event() {
+                        self.seen
+                            .push(format!("{}({})", message.kind(), message.param()));
+                    }
+                    self.queue.push_back(message);
+                }
+                None => self.fail(&format!("ctrl_tcp sent unreadable JSON: {payload}")),
+            }
+        }
+    }
+
+    /// Sends a command and returns its response's `data`; panics unless the
+    /// response says `ok`.
+    fn command(&mut self, command: &str, params: &str) -> String {
+        self.token += 1;
+        let token = format!("t{}", self.token);
+        let json = format!(
+            "{{\"command\":{},\"params\":{},\"token\":{}}}",
+            json_string(command),
+            json_string(params),
+            json_string(&token)
+        );
+        let netstring = format!("{}:{json},", json.len());
+        if let Err(e) = self.ctrl.write_all(netstring.as_bytes()) {
+            self.fail(&format!("ctrl_tcp write: {e}"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(at) = self
+                .queue
+                .iter()
+                .position(|m| m.get("response") == "true" && m.get("token") == token)
+            {
+                let response = self.queue.remove(at).unwrap();
+                if response.get("ok") != "true" {
+                    self.fail(&format!("command {command} {params}: {:?}", response.0));
+                }
+                return response.get("data").to_string();
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("no response to command {command} {params}"));
+            }
+            self.receive();
+        }
+    }
+
+    /// Waits for the next event whose type is one of `kinds` and returns it;
+    /// events of other types before it are dropped.
+    fn wait_event(&mut self, kinds: &[&str]) -> Message {
+        let deadline = Instant::now() + EVENT_WAIT;
+        loop {
+            while let Some(message) = self.queue.pop_front() {
+                if message.is_event() && kinds.contains(&message.kind()) {
+                    return message;
+                }
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("none of {kinds:?} within {EVENT_WAIT:?}"));
+            }
+            self.receive();
+        }
+    }
+
+    /// Waits for `kind`; any of `failures` first fails the test.
+    fn expect_event(&mut self, kind: &str, failures: &[&str]) -> Message {
+        let mut kinds = vec![kind];
+        kinds.extend_from_slice(failures);
+        let event = self.wait_event(&kinds);
+        if event.kind() != kind {
+            self.fail(&format!(
+                "expected {kind}, got {} ({})",
+                event.kind(),
+                event.param()
+            ));
+        }
+        event
+    }
+
+    /// Adds `account` (`uanew`) and waits for its registration's outcome:
+    /// the `REGISTER_OK` or `REGISTER_FAIL` event.
+    fn register(&mut self, account: &Account, proxy: &Proxy) -> Message {
+        self.command("uanew", &account.line(proxy));
+        self.wait_event(&["REGISTER_OK", "REGISTER_FAIL"])
+    }
+
+    /// Adds `account` and asserts the proxy answered its REGISTER with 200.
+    fn register_ok(&mut self, account: &Account, proxy: &Proxy) {
+        let event = self.register(account, proxy);
+        if event.kind() != "REGISTER_OK" {
+            self.fail(&format!("registration failed: {}", event.param()));
+        }
+    }
+
+    /// Calls `user`; returns when the call is established.
+    fn call(&mut self, user: &str) {
+        self.command("dial", &format!("sip:{user}@{DOMAIN}"));
+        self.expect_event("CALL_ESTABLISHED", &["CALL_CLOSED"]);
+    }
+
+    /// Calls `user` and returns the reason the call was closed with (the
+    /// final response's status line, for a rejected call).
+    fn call_rejected(&mut self, user: &str) -> String {
+        self.command("dial", &format!("sip:{user}@{DOMAIN}"));
+        let event = self.expect_event("CALL_CLOSED", &["CALL_ESTABLISHED"]);
+        event.param().to_string()
+    }
+
+    /// Hangs up the current call and waits until baresip closed it.
+    fn hang_up(&mut self) {
+        self.command("hangup", "");
+        self.expect_event("CALL_CLOSED", &[]);
+    }
+
+    /// The SIP trace baresip printed so far (`-s`).
+    fn trace(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The messages of the SIP trace as `(transport, from, to, start line)`,
+    /// in order; `from -> to` are the socket addresses baresip printed.
+    fn trace_messages(&self) -> Vec<(String, String, String, String)> {
+        let trace = self.trace();
+        let lines: Vec<&str> = trace.lines().collect();
+        let mut messages = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let words: Vec<&str> = line.split(' ').collect();
+            if let [transport @ ("UDP" | "TCP" | "TLS"), from, "->", to] = words[..]
+                && let Some(start) = lines.get(i + 1)
+            {
+                messages.push((
+                    transport.to_string(),
+                    from.to_string(),
+                    to.to_string(),
+                    start.to_string(),
+                ));
+            }
+        }
+        messages
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "baresip {}: {what}\nevents seen: {:?}\n{}\n{}",
+            self.name,
+            self.seen,
+            tail(&self.log, 6000),
+            tail(&self.proxy_log, 4000)
+        );
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+/// One test's directory and proxy.
+struct Bed {
+    dir: PathBuf,
+    proxy: Proxy,
+}
+
+impl Bed {
+    fn new(test: &str, options: &ProxyOptions) -> Bed {
+        let dir = workdir(test);
+        let proxy = Proxy::start(&dir, options);
+        Bed { dir, proxy }
+    }
+
+    /// A baresip UA registered with `account`.
+    fn registered(&self, name: &str, account: &Account) -> Baresip {
+        let mut ua = Baresip::start(&self.dir, name, &self.proxy);
+        ua.register_ok(account, &self.proxy);
+        ua
+    }
+}
+
+/// Caller and callee both report the call established; the callee got it as
+/// an incoming call.
+fn established(caller: &mut Baresip, answerer: &mut Baresip, user: &str) {
+    caller.call(user);
+    answerer.expect_event("CALL_ESTABLISHED", &["CALL_CLOSED"]);
+}
+
+/// The side that hangs up sends BYE; the other side must see it arrive
+/// through the proxy (Record-Route, RFC 3261 section 16.6 step 4) and close.
+fn hang_up(by: &mut Baresip, other: &mut Baresip) {
+    by.hang_up();
+    other.expect_event("CALL_CLOSED", &[]);
+}
+
+/// Two baresip UAs register over UDP; one calls the other, which answers at
+/// once; both report the call established; the caller hangs up.
+#[test]
+fn udp_call_established_and_hung_up_by_caller() {
+    if !baresip_available() {
+        return;
+    }
+    let bed = Bed::new("udp_call", &ProxyOptions::default());
+    let mut alice = bed.registered("alice", &Account::new("alice", Transport::Udp));
+    let mut bob = bed.registered("bob", &Account::new("bob", Transport::Udp));
+    established(&mut bob, &mut alice, "alice");
+    hang_up(&mut bob, &mut alice);
+}
+
+/// The same over TCP, with the callee answering by hand (`accept` after
+/// `CALL_INCOMING`) and hanging up itself.
+#[test]
+fn tcp_call_accepted_and_hung_up_by_callee() {
+    if !baresip_available() {
+        return;
+    }
+    let bed = Bed::new("tcp_call", &ProxyOptions::default());
+    let mut alice = bed.registered(
+        "alice",
+        &Account::new("alice", Transport::Tcp).answer(Answer::Manual),
+    );
+    let mut bob = bed.registered("bob", &Account::new("bob", Transport::Tcp));
+    bob.command("dial", &format!("sip:alice@{DOMAIN}"));
+    let incoming = alice.expect_event("CALL_INCOMING", &["CALL_CLOSED"]);
+    assert!(
+        incoming.get("peeruri").contains("bob@"),
+        "incoming call from {:?}",
+        incoming.0
+    );
+    alice.command("accept", "");
+    alice.expect_event("CALL_ESTABLISHED", &["CALL_CLOSED"]);
+    bob.expect_event("CALL_ESTABLISHED", &["CALL_CLOSED"]);
+    hang_up(&mut alice, &mut bob);
+}
+
+/// A UDP caller reaches a TCP callee and back: the proxy bridges transports.
+#[test]
+fn udp_caller_reaches_tcp_callee() {
+    if !baresip_available() {
+        return;
+    }
+    let bed = Bed::new("udp_to_tcp", &ProxyOptions::default());
+    let mut alice = bed.registered("alice", &Account::new("alice", Transport::Tcp));
+    let mut bob = bed.registered("bob", &Account::new("bob", Transport::Udp));
+    established(&mut bob, &mut alice, "alice");
+    hang_up(&mut alice, &mut bob);
+    let used = |ua: &Baresip, transport: Transport| {
+        ua.trace_messages()
+            .iter()
+            .filter(|m| m.3.starts_with("INVITE ") || m.3.starts_with("BYE "))
+            .all(|m| m.0 == transport.trace_name())
+    };
+    assert!(
+        used(&alice, Transport::Tcp) && used(&bob, Transport::Udp),
+        "the legs did not use the transports asked for"
+    );
+}
+
+/// A call to a user the proxy does not know ends in 404 (RFC 3261 21.4.5);
+/// one whose binding was removed (`uadel` sends REGISTER with expires=0)
+/// ends in 480 (16.5: no live contact).
+#[test]
+fn calls_to_unknown_and_unregistered_users_are_rejected() {
+    if !baresip_available() {
+        return;
+    }
+    let bed = Bed::new("rejected", &ProxyOptions::default());
+    let alice_account = Account::new("alice", Transport::Udp);
+    let mut alice = bed.registered("alice", &alice_account);
+    let mut bob = bed.registered("bob", &Account::new("bob", Transport::Udp));
+    let reason = bob.call_rejected("nobody");
+    assert!(
+        reason.starts_with("404"),
+        "call to nobody closed with {reason:?}"
+    );
+
+    alice.command("uadel", &format!("sip:alice@{DOMAIN}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !alice.trace().contains(";expires=0") {
+        assert!(
+            Instant::now() < deadline,
+            "alice sent no REGISTER with expires=0"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    sleep(Duration::from_millis(300));
+    let reason = bob.call_rejected("alice");
+    assert!(
+        reason.starts_with("480"),
+        "call to unregistered alice closed with {reason:?}"
+    );
+}
+
+// ------------------------------------------------- digest authentication, TLS
+
+/// The algorithms the proxy may offer baresip. baresip 1.0 (Debian 12) with
+/// libre 1.1 knows MD5 only, and gives up on a 401/407 as soon as any of its
+/// challenges names another algorithm ("Function not implemented"), in
+/// whatever order: against the default MD5 + SHA-256 challenge pair it can
+/// never register. SHA-256 is proven with PJSIP (`pjsua_e2e.rs`).
+const BARESIP_DIGEST: Option<&str> = Some("md5");
+
+/// The users of the authenticated tests and their passwords.
+fn users() -> Vec<(&'static str, &'static str)> {
+    vec![("alice", "alice-secret"), ("bob", "bob-secret")]
+}
+
+/// With passwords: each REGISTER is challenged with 401 and retried with
+/// credentials (RFC 3261 22.2), the INVITE with 407 (22.3); the call is
+/// established on both sides and hung up.
+#[test]
+#[ignore = "needs digest authentication in permit-proxy (user add, 401/407)"]
+fn md5_digest_register_and_call() {
+    if !baresip_available() {
+        return;
+    }
+    let options = ProxyOptions {
+        users: users(),
+        digest_algorithms: BARESIP_DIGEST,
+        ..ProxyOptions::default()
+    };
+    let bed = Bed::new("md5_digest", &options);
+    let mut alice = bed.registered(
+        "alice",
+        &Account::new("alice", Transport::Udp).password("alice-secret"),
+    );
+    let mut bob = bed.registered(
+        "bob",
+        &Account::new("bob", Transport::Tcp).password("bob-secret"),
+    );
+    established(&mut bob, &mut alice, "alice");
+    hang_up(&mut alice, &mut bob);
+    let starts: Vec<String> = bob.trace_messages().into_iter().map(|m| m.3).collect();
+    for expected in ["SIP/2.0 401", "SIP/2.0 407"] {
+        assert!(
+            starts.iter().any(|s| s.starts_with(expected)),
+            "bob was never challenged with {expected}: {starts:?}"
+        );
+    }
+}
+
+/// A wrong password never gets a 2xx to REGISTER; a caller without
+/// credentials never gets its INVITE through (407, RFC 3261 22.3).
+#[test]
+#[ignore = "needs digest authentication in permit-proxy (user add, 401/407)"]
+fn wrong_or_missing_credentials_are_refused() {
+    if !baresip_available() {
+        return;
+    }
+    let options = ProxyOptions {
+        users: users(),
+        digest_algorithms: BARESIP_DIGEST,
+        ..ProxyOptions::default()
+    };
+    let bed = Bed::new("wrong_credentials", &options);
+    let mut mallory = Baresip::start(&bed.dir, "mallory", &bed.proxy);
+    let outcome = mallory.register(
+        &Account::new("alice", Transport::Udp).password("not-alice-secret"),
+        &bed.proxy,
+    );
+    assert_eq!(
+        outcome.kind(),
+        "REGISTER_FAIL",
+        "a wrong password registered: {:?}",
+        outcome.0
+    );
+    let register_answers: Vec<String> = mallory
+        .trace_messages()
+        .into_iter()
+        .map(|m| m.3)
+        .filter(|s| s.starts_with("SIP/2.0 2"))
+        .collect();
+    assert!(
+        register_answers.is_empty(),
+        "2xx with a wrong password: {register_answers:?}"
+    );
+
+    let _alice = bed.registered(
+        "alice",
+        &Account::new("alice", Transport::Udp).password("alice-secret"),
+    );
+    let mut stranger = Baresip::start(&bed.dir, "stranger", &bed.proxy);
+    stranger.command(
+        "uanew",
+        &Account::new("carol", Transport::Udp)
+            .line(&bed.proxy)
+            .replace("regint=600", "regint=0"),
+    );
+    let reason = stranger.call_rejected("alice");
+    assert!(
+        reason.starts_with("407") || reason.starts_with("403"),
+        "a caller without credentials got {reason:?}"
+    );
+}
+
+/// The acceptance test of TLS: baresip registers over TLS with a password
+/// and is called over its registered TLS connection. The callee has no
+/// certificate of its own, so it cannot accept a TLS connection: the INVITE
+/// can only come back over the connection it opened (RFC 5923 / RFC 5626
+/// connection reuse); the trace must show exactly that connection.
+#[test]
+#[ignore = "needs TLS and digest authentication in permit-proxy"]
+fn tls_callee_with_password_is_called_over_its_registered_connection() {
+    if !baresip_available() {
+        return;
+    }
+    let options = ProxyOptions {
+        users: users(),
+        digest_algorithms: BARESIP_DIGEST,
+        tls: true,
+    };
+    let bed = Bed::new("tls_callee", &options);
+    let mut alice = bed.registered(
+        "alice",
+        &Account::new("alice", Transport::Tls).password("alice-secret"),
+    );
+    let mut bob = bed.registered(
+        "bob",
+        &Account::new("bob", Transport::Udp).password("bob-secret"),
+    );
+    established(&mut bob, &mut alice, "alice");
+    hang_up(&mut bob, &mut alice);
+
+    let proxy_tls = format!("{HOST}:{}", bed.proxy.port(Transport::Tls));
+    let messages = alice.trace_messages();
+    let (_, registered_from, _, _) = messages
+        .iter()
+        .find(|(t, _, to, start)| {
+            t == Transport::Tls.trace_name() && *to == proxy_tls && start.starts_with("REGISTER ")
+        })
+        .unwrap_or_else(|| alice.fail("no REGISTER over TLS in the trace"));
+    let (transport, from, to, _) = messages
+        .iter()
+        .find(|m| m.3.starts_with("INVITE "))
+        .unwrap_or_else(|| alice.fail("no INVITE in the trace"));
+    assert!(
+        transport == Transport::Tls.trace_name() && *from == proxy_tls && to == registered_from,
+        "INVITE came as {transport} {from} -> {to}, not over the registered \
+         connection {proxy_tls} -> {registered_from} (alice's TLS listener is {HOST}:{})",
+        alice.sip_port + 1
+    );
+}
