@@ -9,6 +9,9 @@ use sip_core::transaction::TimerConfig;
 use sip_core::transport::Transport;
 use sip_net::Listen;
 
+use sip_core::digest::Algorithm;
+
+use crate::auth::AuthSettings;
 use crate::engine::ProxyConfig;
 use crate::registrar::RegistrarConfig;
 use crate::route::Identity;
@@ -27,8 +30,14 @@ pub enum ConfigError {
         path: String,
         source: Box<toml::de::Error>,
     },
-    #[error("bad listen address {0:?}: expected udp:IP:PORT or tcp:IP:PORT")]
+    #[error("bad listen address {0:?}: expected udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT")]
     Listen(String),
+    #[error("unknown digest algorithm {0:?}: expected MD5 or SHA-256")]
+    Algorithm(String),
+    #[error("no digest algorithm offered: list MD5, SHA-256 or both")]
+    NoAlgorithm,
+    #[error("a tls: listener needs a certificate and key (--tls-cert/--tls-key or [tls] cert/key)")]
+    TlsWithoutCert,
 }
 
 /// The file format (every key optional).
@@ -43,6 +52,31 @@ pub struct FileConfig {
     pub registrar: RegistrarFile,
     #[serde(default)]
     pub timers: TimersFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub tls: TlsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub enabled: Option<bool>,
+    /// Offered digest algorithms in challenge order: "MD5", "SHA-256".
+    pub algorithms: Option<Vec<String>>,
+    pub nonce_ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chain and private key for `tls:` listeners.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle to verify peers we connect to.
+    pub ca: Option<PathBuf>,
+    /// Verify the certificates of peers we connect to (default true).
+    pub verify_peer: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +107,17 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     pub timers: TimerConfig,
     pub timer_c: Duration,
+    pub auth: AuthSettings,
+    pub tls: TlsPaths,
+}
+
+/// Where the TLS material is, if any.
+#[derive(Debug, Clone, Default)]
+pub struct TlsPaths {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub verify_peer: bool,
 }
 
 /// Values given on the command line (they win over the file).
@@ -81,6 +126,25 @@ pub struct Overrides {
     pub domain: Option<String>,
     pub data: Option<PathBuf>,
     pub listen: Vec<String>,
+    /// Comma-separated digest algorithms, e.g. `sha-256` or `md5,sha-256`.
+    pub digest_algorithms: Option<String>,
+    pub no_auth: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Parses digest algorithm names in order (RFC 8760 §2.4 tokens, case-insensitive).
+pub fn parse_algorithms<S: AsRef<str>>(names: &[S]) -> Result<Vec<Algorithm>, ConfigError> {
+    if names.iter().all(|n| n.as_ref().trim().is_empty()) {
+        return Err(ConfigError::NoAlgorithm);
+    }
+    names
+        .iter()
+        .map(|n| {
+            let n = n.as_ref().trim();
+            Algorithm::from_token(n.as_bytes()).ok_or_else(|| ConfigError::Algorithm(n.to_owned()))
+        })
+        .collect()
 }
 
 pub fn parse_listen(s: &str) -> Result<Listen, ConfigError> {
@@ -114,10 +178,37 @@ impl Config {
         } else {
             o.listen
         };
-        let listen = listen_strs
+        let listen: Vec<Listen> = listen_strs
             .iter()
             .map(|s| parse_listen(s))
             .collect::<Result<_, _>>()?;
+        let mut auth = AuthSettings::default();
+        if let Some(e) = f.auth.enabled {
+            auth.enabled = e;
+        }
+        if o.no_auth {
+            auth.enabled = false;
+        }
+        if let Some(a) = &f.auth.algorithms {
+            auth.algorithms = parse_algorithms(a)?;
+        }
+        if let Some(a) = &o.digest_algorithms {
+            auth.algorithms = parse_algorithms(&a.split(',').collect::<Vec<_>>())?;
+        }
+        if let Some(t) = f.auth.nonce_ttl_s {
+            auth.nonce_ttl_secs = t;
+        }
+        let tls = TlsPaths {
+            cert: o.tls_cert.or(f.tls.cert),
+            key: o.tls_key.or(f.tls.key),
+            ca: f.tls.ca,
+            verify_peer: f.tls.verify_peer.unwrap_or(true),
+        };
+        if listen.iter().any(|l| l.transport == Transport::Tls)
+            && (tls.cert.is_none() || tls.key.is_none())
+        {
+            return Err(ConfigError::TlsWithoutCert);
+        }
         let r = RegistrarConfig::default();
         let t = TimerConfig::default();
         Ok(Self {
@@ -141,6 +232,8 @@ impl Config {
                 ..t
             },
             timer_c: Duration::from_secs(f.timers.timer_c_s.unwrap_or(180)),
+            auth,
+            tls,
         })
     }
 
@@ -190,6 +283,32 @@ mod tests {
         assert_eq!(d.listen.len(), 2);
         assert_eq!(d.domain, "localhost");
         assert!(parse_listen("sctp:1.2.3.4:5").is_err());
+        assert_eq!(
+            parse_algorithms(&["sha-256"]).unwrap(),
+            vec![Algorithm::Sha256]
+        );
+        assert_eq!(
+            parse_algorithms(&["SHA-256", " md5"]).unwrap(),
+            vec![Algorithm::Sha256, Algorithm::Md5]
+        );
+        assert!(matches!(
+            parse_algorithms(&["sha-1"]),
+            Err(ConfigError::Algorithm(_))
+        ));
+        assert!(matches!(
+            parse_algorithms::<&str>(&[]),
+            Err(ConfigError::NoAlgorithm)
+        ));
+        assert!(matches!(
+            Config::load(
+                None,
+                Overrides {
+                    listen: vec!["tls:127.0.0.1:5061".into()],
+                    ..Overrides::default()
+                }
+            ),
+            Err(ConfigError::TlsWithoutCert)
+        ));
         std::fs::write(&file, "nonsense = 1\n").unwrap();
         assert!(matches!(
             Config::load(Some(&file), Overrides::default()),

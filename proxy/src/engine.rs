@@ -15,6 +15,7 @@ use sip_core::transaction::{
 };
 use sip_core::transport::{Received, Transmit, Transport};
 
+use crate::auth::{Auth, Decision, Role};
 use crate::location::{Location, aor_key};
 use crate::registrar::{Registered, RegistrarConfig, handle_register};
 use crate::route::{BRANCH_PREFIX, Flow, Identity, branch_for, loop_hash, resolve};
@@ -43,6 +44,10 @@ impl ProxyConfig {
         }
     }
 }
+
+/// The request was answered by a policy; nothing more to do with it.
+#[derive(Debug, Clone, Copy)]
+struct Answered;
 
 /// What the engine counted (exposed for logs and metrics).
 #[derive(Debug, Default, Clone)]
@@ -193,6 +198,7 @@ pub struct Proxy {
     heap: BinaryHeap<Reverse<(Instant, Wake)>>,
     out: VecDeque<Transmit>,
     rng: StdRng,
+    auth: Auth,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -206,6 +212,7 @@ impl Proxy {
     pub fn new(
         cfg: ProxyConfig,
         location: Location,
+        auth: Auth,
         now: Instant,
         unix_now: u64,
         seed: u64,
@@ -213,6 +220,7 @@ impl Proxy {
         let mut p = Self {
             cfg,
             location,
+            auth,
             server: HashMap::new(),
             client: HashMap::new(),
             contexts: HashMap::new(),
@@ -421,6 +429,28 @@ impl Proxy {
         if for_proxy_itself || (ruri_is_us && method == Method::Register && remaining.is_empty()) {
             return self.handle_local(now, key, msg, &method);
         }
+        // Out-of-dialog requests that would reach a user are authenticated before the
+        // callee is even looked up (no answer reveals whether the callee exists).
+        let challenged = matches!(
+            method,
+            Method::Invite
+                | Method::Message
+                | Method::Subscribe
+                | Method::Publish
+                | Method::Refer
+                | Method::Options
+        ) && msg.to_tag().is_none();
+        if challenged {
+            let Some(flow) = self.server.get(&key).map(|e| e.flow) else {
+                return;
+            };
+            if self
+                .authenticate(now, &key, &msg, flow, Role::Proxy)
+                .is_err()
+            {
+                return;
+            }
+        }
         let targets = match self.targets(now, &uri, ruri, ruri_is_us, remaining) {
             Ok(t) => t,
             Err((status, reason)) => return self.reply(now, &key, &msg, status, reason, &[]),
@@ -510,6 +540,33 @@ impl Proxy {
         Ok(targets)
     }
 
+    /// Runs the authentication policy: `Err(Answered)` when it answered the request
+    /// itself, `Ok(None)` when authentication is off, `Ok(Some(proof))` otherwise.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        flow: Flow,
+        role: Role,
+    ) -> Result<Option<sip_core::digest::Authenticated>, Answered> {
+        let unix = self.unix(now);
+        let salt = self.rng.random::<u64>();
+        match self
+            .auth
+            .check(now, unix, salt, flow.remote.ip(), role, msg)
+        {
+            Decision::Open => Ok(None),
+            Decision::Authenticated(who) => Ok(Some(who)),
+            Decision::Reply(r) => {
+                let headers: Vec<(&str, &[u8])> =
+                    r.headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+                self.reply(now, key, msg, r.status, r.reason, &headers);
+                Err(Answered)
+            }
+        }
+    }
+
     /// Requests addressed to the proxy itself: REGISTER and OPTIONS.
     fn handle_local(&mut self, now: Instant, key: TxKey, msg: Message, method: &Method) {
         match method {
@@ -565,6 +622,14 @@ impl Proxy {
         debug_assert!(aor_key(&to).is_some());
         let flow = self.server.get(&key).map(|e| e.flow);
         let Some(flow) = flow else { return };
+        // §10.3 step 2 and §26.1.1: only the owner of an AOR changes its bindings.
+        match self.authenticate(now, &key, msg, flow, Role::Registrar) {
+            Err(Answered) => return,
+            Ok(Some(who)) if who.username != user => {
+                return self.reply(now, &key, msg, 403, "Forbidden", &[]);
+            }
+            Ok(_) => {}
+        }
         let unix = self.unix(now);
         match handle_register(
             &self.cfg.registrar,
@@ -644,6 +709,10 @@ impl Proxy {
             .unwrap_or(70)
             .saturating_sub(1);
         let mut fwd = Forward::new(msg).push_via(via.as_bytes()).max_forwards(mf);
+        if self.auth.enabled() {
+            // Our credentials are consumed here (RFC 3261 §22.3); none go downstream.
+            fwd = fwd.drop_header(HeaderName::ProxyAuthorization);
+        }
         if let Some(uri) = &target.uri {
             fwd = fwd.request_uri(uri.as_bytes());
         }
@@ -1245,5 +1314,7 @@ impl sip_net::Engine for Proxy {
     }
 }
 
+#[cfg(test)]
+mod auth_tests;
 #[cfg(test)]
 mod tests;

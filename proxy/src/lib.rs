@@ -7,9 +7,12 @@
 //!
 //! [`Transmit`]: sip_core::transport::Transmit
 
+pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod limiter;
 pub mod location;
 pub mod registrar;
 pub mod route;
 pub mod store;
+pub mod users;

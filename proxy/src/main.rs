@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use permit_proxy::auth::Auth;
 use permit_proxy::config::{Config, Overrides};
 use permit_proxy::engine::Proxy;
 use permit_proxy::location::Location;
 use permit_proxy::store::SqliteStore;
+use permit_proxy::users::{SqliteUsers, UserRecord};
+use rand::RngCore;
 use sip_net::{NetConfig, Network};
 
 /// Permit registrar and stateful SIP proxy.
@@ -24,9 +27,21 @@ struct Cli {
     /// Data directory (embedded SQLite).
     #[arg(long, global = true)]
     data: Option<PathBuf>,
-    /// The SIP domain served by the registrar.
+    /// The SIP domain served by the registrar (also the digest realm).
     #[arg(long, global = true)]
     domain: Option<String>,
+    /// Digest algorithms offered, in order: `md5,sha-256` (default) or `sha-256`.
+    #[arg(long, global = true)]
+    digest_algorithms: Option<String>,
+    /// Accept requests without authentication (labs and load tests only).
+    #[arg(long, global = true)]
+    no_auth: bool,
+    /// PEM certificate chain for `tls:` listeners.
+    #[arg(long, global = true)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls:` listeners.
+    #[arg(long, global = true)]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +50,29 @@ struct Cli {
 enum Command {
     /// Run the registrar/proxy in the foreground until SIGINT or SIGTERM.
     Run,
+    /// Manage the users who may authenticate (digest HA1 hashes; no passwords stored).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (the password is read from stdin when --password is not given).
+    Add {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete a user.
+    Del { name: String },
+    /// List users with their realm.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +88,10 @@ fn main() -> ExitCode {
         domain: cli.domain,
         data: cli.data,
         listen: cli.listen,
+        digest_algorithms: cli.digest_algorithms,
+        no_auth: cli.no_auth,
+        tls_cert: cli.tls_cert,
+        tls_key: cli.tls_key,
     };
     let cfg = match Config::load(cli.config.as_deref(), overrides) {
         Ok(c) => c,
@@ -60,7 +102,73 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run => run(&cfg),
+        Command::User(cmd) => match user(&cfg, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// The password from the flag, or the first line of stdin.
+fn password(flag: Option<String>) -> Result<String, String> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the password: {e}"))?;
+    let p = line.trim_end_matches(['\r', '\n']).to_owned();
+    if p.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(p)
+}
+
+fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
+    let mut users = SqliteUsers::open(&cfg.data).map_err(|e| e.to_string())?;
+    match cmd {
+        UserCommand::Add { name, password: pw } => {
+            if name.is_empty() || name.contains(['@', ':', ' ']) {
+                return Err(format!(
+                    "bad user name {name:?}: use the user part of the AOR"
+                ));
+            }
+            if users.exists(&name).map_err(|e| e.to_string())? {
+                return Err(format!("user {name} exists; use `user passwd`"));
+            }
+            let pw = password(pw)?;
+            users
+                .put(&UserRecord::new(&name, &cfg.domain, &pw))
+                .map_err(|e| e.to_string())?;
+            println!("added {name}@{}", cfg.domain);
+        }
+        UserCommand::Passwd { name, password: pw } => {
+            if !users.exists(&name).map_err(|e| e.to_string())? {
+                return Err(format!("no user {name}"));
+            }
+            let pw = password(pw)?;
+            users
+                .put(&UserRecord::new(&name, &cfg.domain, &pw))
+                .map_err(|e| e.to_string())?;
+            println!("password of {name} changed");
+        }
+        UserCommand::Del { name } => {
+            if !users.delete(&name).map_err(|e| e.to_string())? {
+                return Err(format!("no user {name}"));
+            }
+            println!("deleted {name}");
+        }
+        UserCommand::List => {
+            for (name, realm) in users.list().map_err(|e| e.to_string())? {
+                println!("{name}@{realm}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run(cfg: &Config) -> ExitCode {
@@ -89,6 +197,19 @@ fn run(cfg: &Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let users = match SqliteUsers::open(&cfg.data) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let user_count = users.count().unwrap_or(0);
+        if !cfg.auth.enabled {
+            tracing::warn!("authentication is OFF: anyone may register any address-of-record");
+        } else if user_count == 0 {
+            tracing::warn!("no users: every REGISTER and call will be refused; add one with `permit-proxy user add`");
+        }
         let net = match Network::bind(&cfg.listen, NetConfig::default()).await {
             Ok(n) => n,
             Err(e) => {
@@ -98,12 +219,15 @@ fn run(cfg: &Config) -> ExitCode {
         };
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let seed = u64::from(std::process::id()) ^ unix.rotate_left(17);
-        let mut proxy = Proxy::new(cfg.proxy_config(&net.bound), location, Instant::now(), unix, seed);
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let auth = Auth::new(cfg.auth.clone(), cfg.domain.clone(), Box::new(users), secret);
+        let mut proxy = Proxy::new(cfg.proxy_config(&net.bound), location, auth, Instant::now(), unix, seed);
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {
             tracing::info!(transport = ?l.transport, addr = %l.addr, "listening");
         }
-        tracing::info!(domain = %cfg.domain, aors, bindings, "permit-proxy ready");
+        tracing::info!(domain = %cfg.domain, aors, bindings, users = user_count, auth = cfg.auth.enabled, "permit-proxy ready");
         let stats = net.sender.stats.clone();
         sip_net::run(&mut proxy, net, shutdown()).await;
         tracing::info!(stats = ?proxy.stats, net_dropped = stats.dropped_input.load(std::sync::atomic::Ordering::Relaxed), "permit-proxy stopped");

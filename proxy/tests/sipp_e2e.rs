@@ -171,10 +171,24 @@ struct Proxy {
 
 impl Proxy {
     /// Starts the proxy on `udp`/`tcp` with `data` and waits until it serves.
+    /// Starts the proxy without authentication (these tests are about routing; the
+    /// digest tests start it with users and `extra` flags through [`Proxy::start_with`]).
     fn start(dir: &Path, data: &Path, udp: u16, tcp: u16, name: &str) -> Proxy {
+        Self::start_with(dir, data, udp, tcp, name, &["--no-auth"])
+    }
+
+    fn start_with(
+        dir: &Path,
+        data: &Path,
+        udp: u16,
+        tcp: u16,
+        name: &str,
+        extra: &[&str],
+    ) -> Proxy {
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(proxy_program())
             .arg("run")
+            .args(extra)
             .args(["--listen", &format!("udp:{HOST}:{udp}")])
             .args(["--listen", &format!("tcp:{HOST}:{tcp}")])
             .arg("--data")

@@ -9,19 +9,22 @@ use sip_core::message::{HeaderName, Message};
 use sip_core::transport::{Received, Transmit, Transport};
 
 use super::{Proxy, ProxyConfig};
+use crate::auth::Auth;
+use crate::auth::AuthSettings;
 use crate::location::Location;
 use crate::route::Identity;
 use crate::store::MemoryStore;
+use crate::users::MemoryUsers;
 
 const PROXY: &str = "127.0.0.1:5060";
 const ALICE: &str = "127.0.0.1:5070";
 const BOB: &str = "127.0.0.1:5080";
 
-fn addr(s: &str) -> SocketAddr {
+pub(super) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-struct Harness {
+pub(super) struct Harness {
     proxy: Proxy,
     now: Instant,
     cseq: u32,
@@ -29,20 +32,38 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_auth(
+            AuthSettings {
+                enabled: false,
+                ..AuthSettings::default()
+            },
+            MemoryUsers::default(),
+        )
+    }
+
+    pub(super) fn with_auth(settings: AuthSettings, users: MemoryUsers) -> Self {
         let identity = Identity {
             domain: "localhost".into(),
             listeners: vec![(Transport::Udp, addr(PROXY)), (Transport::Tcp, addr(PROXY))],
         };
         let location = Location::open(Box::new(MemoryStore::default())).unwrap();
+        let auth = Auth::new(settings, "localhost".into(), Box::new(users), [9; 32]);
         let now = Instant::now();
         Self {
-            proxy: Proxy::new(ProxyConfig::new(identity), location, now, 1_800_000_000, 7),
+            proxy: Proxy::new(
+                ProxyConfig::new(identity),
+                location,
+                auth,
+                now,
+                1_800_000_000,
+                7,
+            ),
             now,
             cseq: 0,
         }
     }
 
-    fn recv(&mut self, from: &str, data: &str) -> Vec<(SocketAddr, Message)> {
+    pub(super) fn recv(&mut self, from: &str, data: &str) -> Vec<(SocketAddr, Message)> {
         let rx = Received {
             transport: Transport::Udp,
             local: addr(PROXY),
@@ -115,7 +136,7 @@ Content-Length: 0
     )
 }
 
-fn status(out: &[(SocketAddr, Message)]) -> Vec<u16> {
+pub(super) fn status(out: &[(SocketAddr, Message)]) -> Vec<u16> {
     out.iter().filter_map(|(_, m)| m.status()).collect()
 }
 

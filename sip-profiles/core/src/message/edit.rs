@@ -14,6 +14,7 @@ pub struct Forward<'a> {
     record_route: Option<&'a [u8]>,
     top_via: ViaEdit<'a>,
     drop_routes: usize,
+    drop_headers: Vec<HeaderName>,
     max_forwards: Option<u8>,
     extra: Vec<(&'a str, &'a [u8])>,
 }
@@ -34,6 +35,7 @@ impl<'a> Forward<'a> {
             record_route: None,
             top_via: ViaEdit::Keep,
             drop_routes: 0,
+            drop_headers: Vec::new(),
             max_forwards: None,
             extra: Vec::new(),
         }
@@ -78,6 +80,13 @@ impl<'a> Forward<'a> {
     #[must_use]
     pub fn drop_first_route(self) -> Self {
         self.drop_routes(1)
+    }
+
+    /// Removes every line of a header (e.g. credentials consumed here, RFC 3261 §22.3).
+    #[must_use]
+    pub fn drop_header(mut self, name: HeaderName) -> Self {
+        self.drop_headers.push(name);
+        self
     }
 
     /// Removes the first `n` Route values (ours: one, or two after double
@@ -127,6 +136,9 @@ impl<'a> Forward<'a> {
         let mut seen_mf = false;
         let mut seen_cl = false;
         for f in m.fields() {
+            if self.drop_headers.contains(&f.name) {
+                continue;
+            }
             match f.name {
                 HeaderName::Via if !seen_via => {
                     seen_via = true;
