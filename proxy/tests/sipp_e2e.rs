@@ -454,6 +454,13 @@ impl RunningSipp {
         self
     }
 
+    /// Waits for the end and returns the statistics, whatever they are.
+    fn finish(mut self) -> Stats {
+        let limit = Duration::from_secs(self.sipp.timeout_secs + 15);
+        wait_bounded(&mut self.child, limit, &format!("sipp {}", self.sipp.name));
+        self.stats()
+    }
+
     fn finish_ok(mut self, calls: u64) -> Stats {
         let limit = Duration::from_secs(self.sipp.timeout_secs + 15);
         let exit = wait_bounded(&mut self.child, limit, &format!("sipp {}", self.sipp.name));
@@ -533,6 +540,34 @@ impl Bed {
 
     fn start_proxy(&self, name: &str) -> Proxy {
         Proxy::start(&self.dir, &self.data, self.udp, self.tcp, name)
+    }
+
+    /// The proxy with digest authentication on (its default), plus `extra` flags.
+    fn start_proxy_with_auth(&self, name: &str, extra: &[&str]) -> Proxy {
+        Proxy::start_with(&self.dir, &self.data, self.udp, self.tcp, name, extra)
+    }
+
+    /// `permit-proxy --data DIR user add NAME --password PW` (the operator's CLI).
+    fn add_user(&self, name: &str, password: &str) {
+        let out = Command::new(proxy_program())
+            .arg("--data")
+            .arg(&self.data)
+            .args([
+                "--domain",
+                DOMAIN,
+                "user",
+                "add",
+                name,
+                "--password",
+                password,
+            ])
+            .output()
+            .expect("run permit-proxy user add");
+        assert!(
+            out.status.success(),
+            "user add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn proxy_port(&self, transport: Transport) -> u16 {
@@ -928,4 +963,92 @@ fn tcp_garbage_does_not_stop_proxy() {
     uas.finish_ok(10);
     proxy.assert_alive();
     drop(endless);
+}
+
+// ------------------------------------------------------------- digest auth
+
+/// SIPp answers the MD5 challenge (RFC 3261 section 22, offered first): the callee
+/// registers with its password, the caller authenticates each INVITE (407 then
+/// retry), and 50 calls complete. Users are added with the CLI while no proxy runs
+/// and one more while it runs (no restart needed).
+#[test]
+fn digest_md5_register_and_calls() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("digest_md5");
+    bed.add_user("bob", "builder-pw");
+    let proxy = bed.start_proxy_with_auth("proxy", &[]);
+    bed.add_user("alice", "wonderland-pw");
+    let uas = bed.uas("uas", Transport::Udp, 50);
+    bed.registrar("register-bob", "register.xml", "bob", Transport::Udp, &uas)
+        .key("expires", "3600")
+        .arg(&["-au", "bob", "-ap", "builder-pw"])
+        .run_ok(1);
+    Sipp::new(
+        &bed.dir,
+        "uac-auth",
+        "uac_auth.xml",
+        Transport::Udp,
+        Some(bed.udp),
+    )
+    .arg(&[
+        "-s",
+        "bob",
+        "-au",
+        "alice",
+        "-ap",
+        "wonderland-pw",
+        "-auth_uri",
+        "bob@localhost",
+    ])
+    .arg(&[
+        "-m",
+        "50",
+        "-r",
+        "25",
+        "-l",
+        "50",
+        "-d",
+        "100",
+        "-pause_msg_ign",
+    ])
+    .timeout(60)
+    .run_ok(50);
+    uas.finish_ok(50);
+    proxy.stop_gracefully("TERM");
+}
+
+/// A wrong password never gets a 2xx: SIPp's REGISTER fails, and the AOR stays
+/// unregistered (an authenticated caller then gets 404 for it).
+#[test]
+fn digest_wrong_password_never_registers() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("digest_wrong_pw");
+    bed.add_user("bob", "builder-pw");
+    bed.add_user("alice", "wonderland-pw");
+    let proxy = bed.start_proxy_with_auth("proxy", &[]);
+    let uas = bed.uas("uas", Transport::Udp, 1);
+    let stats = bed
+        .registrar("register-bob", "register.xml", "bob", Transport::Udp, &uas)
+        .key("expires", "3600")
+        .arg(&["-au", "bob", "-ap", "not-the-password"])
+        .timeout(10)
+        .spawn()
+        .finish();
+    assert_eq!(
+        (stats.successful, stats.failed),
+        (0, 1),
+        "a wrong password must not register"
+    );
+    let seen = fs::read_to_string(bed.dir.join("register-bob_messages.log")).unwrap();
+    assert!(seen.contains("SIP/2.0 401"), "the REGISTER was challenged");
+    assert!(
+        !seen.contains("SIP/2.0 200"),
+        "no 2xx may be sent for a wrong password"
+    );
+    drop(uas);
+    proxy.stop_gracefully("TERM");
 }
