@@ -1,15 +1,40 @@
-//! The async shell around the sans-IO engines: UDP and TCP listeners on tokio, stream
-//! framing by Content-Length (RFC 3261 §18.3), connection reuse (responses and requests
-//! to a peer go over its open connection), idle close, and the driver loop that feeds an
-//! [`Engine`] with received bytes and timer expiries and sends what it asks to send.
+//! The async shell around the sans-IO engines: UDP, TCP and TLS listeners on tokio,
+//! stream framing by Content-Length (RFC 3261 §18.3), connection reuse, idle close, and
+//! the driver loop that feeds an [`Engine`] with received bytes and timer expiries and
+//! sends what it asks to send.
+//!
+//! # I/O contract
+//!
+//! - **In**: [`Network::inbound`] yields one [`Received`] per UDP datagram or per framed
+//!   stream message, tagged with its transport (`Udp`, `Tcp`, `Tls`), the local address
+//!   of the listener (or, for a connection we opened, the `local` of the transmit that
+//!   opened it) and the peer's address. Stream bytes are cut by Content-Length; CRLF
+//!   keep-alives between messages are dropped and a double-CRLF ping is answered with a
+//!   CRLF pong (RFC 5626 §3.5.1). A stream that cannot be framed is closed and counted
+//!   in [`NetStats::framing_errors`]. Nothing is parsed beyond framing.
+//! - **Out**: [`Sender::send`] takes a [`Transmit`]. On a stream transport an open
+//!   connection of that transport to `dest` is reused — an accepted one included, so a
+//!   response goes back over the connection its request came on (RFC 3261 §18.2.2) —
+//!   and otherwise one is opened. The connection table is keyed by (transport, peer
+//!   address): a TCP and a TLS connection to one address are distinct flows
+//!   (RFC 5626 §5.3). [`Sender::has_connection`] tells whether such a flow is open.
+//! - **Failures** are never returned to the engine: a message that cannot be sent or
+//!   queued is counted in [`NetStats`] and logged at debug level, as a lost datagram would
+//!   be; the transaction layer's timers handle the rest (RFC 3261 §17.1.4).
+//! - **TLS** (RFC 3261 §26.2) needs [`NetConfig::tls`]: a listener presents the
+//!   configured certificate; an outgoing connection verifies the server's certificate
+//!   against the configured trust anchors for the destination IP address (see
+//!   [`TlsSettings`]). [`self_signed`] makes a certificate for labs.
 //!
 //! Nothing here understands SIP beyond framing: protocol decisions live in the engines.
 
 mod driver;
 mod stream;
+mod tls;
 mod udp;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,7 +43,10 @@ use sip_core::transport::{Received, Transmit, Transport};
 use tokio::sync::mpsc;
 
 pub use driver::{Engine, run};
-pub use stream::StreamSet;
+pub use tls::{TlsSettings, load_tls, self_signed};
+
+use stream::StreamSet;
+use tls::TlsContext;
 
 /// Where to listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,12 +58,14 @@ pub struct Listen {
 /// Transport tuning.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// A TCP connection with no traffic for this long is closed.
+    /// A TCP or TLS connection that receives nothing for this long is closed.
     pub tcp_idle: Duration,
-    /// Most simultaneous TCP connections; more are refused.
+    /// Most simultaneous TCP and TLS connections; more incoming ones are refused.
     pub tcp_max_connections: usize,
     /// Depth of the queue between sockets and the engine; beyond it input is dropped and counted.
     pub queue_depth: usize,
+    /// TLS certificate and trust; `None` refuses TLS listeners and TLS sends.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for NetConfig {
@@ -44,16 +74,23 @@ impl Default for NetConfig {
             tcp_idle: Duration::from_mins(10),
             tcp_max_connections: 10_000,
             queue_depth: 16_384,
+            tls: None,
         }
     }
 }
 
-/// Counters of what the shell dropped (bad framing, full queues, send errors).
+/// Counters of what the shell dropped (bad framing, full queues, send errors, failed
+/// TLS handshakes).
 #[derive(Debug, Default)]
 pub struct NetStats {
+    /// Input dropped: engine queue full, or a connection refused at the limit.
     pub dropped_input: AtomicU64,
+    /// Stream connections closed because their bytes could not be framed.
     pub framing_errors: AtomicU64,
+    /// Messages not sent: no socket, connect or handshake failed, writer queue full.
     pub send_errors: AtomicU64,
+    /// TLS handshakes that failed or timed out, incoming and outgoing.
+    pub handshake_errors: AtomicU64,
 }
 
 impl NetStats {
@@ -74,11 +111,12 @@ pub struct Network {
 #[derive(Clone)]
 pub struct Sender {
     udp: Arc<Vec<(SocketAddr, Arc<tokio::net::UdpSocket>)>>,
-    tcp: StreamSet,
+    streams: StreamSet,
     pub stats: Arc<NetStats>,
 }
 
-/// Transport-shell errors: binding failed (local misconfiguration) or I/O.
+/// Transport-shell errors, all local: binding failed, or TLS material is missing,
+/// unreadable or inconsistent.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("cannot bind {transport:?} {addr}: {source}")]
@@ -87,6 +125,22 @@ pub enum NetError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on TLS {addr}: no certificate configured")]
+    TlsNotConfigured { addr: SocketAddr },
+    #[error("cannot read PEM file {path}: {source}")]
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot generate a certificate: {0}")]
+    CertGen(#[from] rcgen::Error),
 }
 
 impl Network {
@@ -96,7 +150,9 @@ impl Network {
         let stats = Arc::new(NetStats::default());
         let mut bound = Vec::new();
         let mut udp = Vec::new();
-        let tcp = StreamSet::new(cfg.clone(), tx.clone(), stats.clone());
+        let tls = cfg.tls.as_ref().map(TlsContext::new).transpose()?;
+        let tls_listener = tls.as_ref().is_some_and(|t| t.acceptor().is_some());
+        let streams = StreamSet::new(cfg.clone(), tls, tx.clone(), stats.clone());
         for l in listen {
             let err = |source| NetError::Bind {
                 transport: l.transport,
@@ -114,18 +170,15 @@ impl Network {
                         addr: local,
                     });
                 }
-                Transport::Tcp => {
-                    let local = tcp.listen(l.addr).await.map_err(err)?;
+                Transport::Tls if !tls_listener => {
+                    return Err(NetError::TlsNotConfigured { addr: l.addr });
+                }
+                Transport::Tcp | Transport::Tls => {
+                    let local = streams.listen(l.transport, l.addr).await.map_err(err)?;
                     bound.push(Listen {
-                        transport: Transport::Tcp,
+                        transport: l.transport,
                         addr: local,
                     });
-                }
-                Transport::Tls => {
-                    return Err(err(std::io::Error::new(
-                        std::io::ErrorKind::Unsupported,
-                        "TLS listener not configured",
-                    )));
                 }
             }
         }
@@ -133,7 +186,7 @@ impl Network {
             inbound: rx,
             sender: Sender {
                 udp: Arc::new(udp),
-                tcp,
+                streams,
                 stats,
             },
             bound,
@@ -143,7 +196,8 @@ impl Network {
 
 impl Sender {
     /// Sends one message. UDP goes out of the socket bound to `t.local` (or the first one
-    /// of the same address family); TCP reuses the connection to `t.dest` or opens one.
+    /// of the same address family); TCP and TLS reuse the connection of that transport
+    /// to `t.dest` or open one (RFC 3261 §18.2.2, §26.2).
     pub async fn send(&self, t: Transmit) {
         match t.transport {
             Transport::Udp => {
@@ -167,8 +221,15 @@ impl Sender {
                     tracing::debug!(error = %e, "udp send failed");
                 }
             }
-            Transport::Tcp => self.tcp.send(t.local, t.dest, t.data),
-            Transport::Tls => NetStats::bump(&self.stats.send_errors),
+            Transport::Tcp | Transport::Tls => {
+                self.streams.send(t.transport, t.local, t.dest, t.data);
+            }
         }
+    }
+
+    /// Whether a `transport` connection to `addr` is open or being opened, so that a
+    /// message sent there now reuses that flow (RFC 5626 §5.3). Always `false` for UDP.
+    pub fn has_connection(&self, transport: Transport, addr: SocketAddr) -> bool {
+        transport.is_reliable() && self.streams.has_connection(transport, addr)
     }
 }
