@@ -525,7 +525,10 @@ impl Proxy {
                     .first()
                     .and_then(|p| NameAddr::parse(p.as_bytes()))
                     .map(|n| n.uri);
-                let (transport, dest) = resolve(first_hop.unwrap_or(b.contact.as_bytes()))?;
+                let (transport, dest) = match (first_hop, registered_flow(b)) {
+                    (None, Some(flow)) => flow,
+                    _ => resolve(first_hop.unwrap_or(b.contact.as_bytes()))?,
+                };
                 Some(Target {
                     uri: Some(b.contact.clone()),
                     route: b.path.clone(),
@@ -1226,6 +1229,20 @@ impl Proxy {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+}
+
+/// The connection a binding was registered over, when requests must reuse it rather
+/// than connect to the Contact (RFC 5626 §5.3 flows; RFC 3261 §18.2.2): always for
+/// TLS (a phone has no server certificate and is usually behind NAT), and for TCP
+/// when the Contact carries the outbound `ob` parameter.
+fn registered_flow(b: &crate::location::Binding) -> Option<(Transport, std::net::SocketAddr)> {
+    let (transport, src) = b.source?;
+    let ob = SipUri::parse(b.contact.as_bytes()).is_some_and(|u| u.param(b"ob").is_some());
+    match transport {
+        Transport::Tls => Some((transport, src)),
+        Transport::Tcp if ob => Some((transport, src)),
+        _ => None,
     }
 }
 

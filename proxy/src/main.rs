@@ -53,6 +53,22 @@ enum Command {
     /// Manage the users who may authenticate (digest HA1 hashes; no passwords stored).
     #[command(subcommand)]
     User(UserCommand),
+    /// TLS certificates for labs.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed `cert.pem` and `key.pem` (lab use: phones must be told to
+    /// trust it). Names default to localhost, 127.0.0.1 and ::1.
+    SelfSigned {
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS name or IP address to put in the certificate (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -102,6 +118,18 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run => run(&cfg),
+        Command::Cert(CertCommand::SelfSigned { out, names }) => {
+            match sip_net::self_signed(&out, &names) {
+                Ok((cert, key)) => {
+                    println!("certificate {}\nkey {}", cert.display(), key.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("permit-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::User(cmd) => match user(&cfg, cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -210,7 +238,22 @@ fn run(cfg: &Config) -> ExitCode {
         } else if user_count == 0 {
             tracing::warn!("no users: every REGISTER and call will be refused; add one with `permit-proxy user add`");
         }
-        let net = match Network::bind(&cfg.listen, NetConfig::default()).await {
+        let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(cert), Some(key)) => match sip_net::load_tls(cert, key) {
+                Ok(mut t) => {
+                    t.verify_peer = cfg.tls.verify_peer;
+                    t.ca.clone_from(&cfg.tls.ca);
+                    Some(t)
+                }
+                Err(e) => {
+                    eprintln!("permit-proxy: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            _ => None,
+        };
+        let net_cfg = NetConfig { tls, ..NetConfig::default() };
+        let net = match Network::bind(&cfg.listen, net_cfg).await {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");

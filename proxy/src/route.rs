@@ -78,7 +78,9 @@ impl Identity {
 pub fn resolve(uri: &[u8]) -> Option<(Transport, SocketAddr)> {
     let u = SipUri::parse(uri)?;
     let ip = parse_ip(u.host)?;
+    // RFC 5630 §3.1.3: a SIPS URI is reached over TLS.
     let transport = match u.transport() {
+        _ if u.secure => Transport::Tls,
         Some(t) => Transport::from_token(t)?,
         None => Transport::Udp,
     };
@@ -141,6 +143,14 @@ mod tests {
             Some((Transport::Udp, "[::1]:5060".parse().unwrap()))
         );
         assert_eq!(resolve(b"sip:bob@example.com"), None);
+        assert_eq!(
+            resolve(b"sips:bob@127.0.0.1"),
+            Some((Transport::Tls, "127.0.0.1:5061".parse().unwrap()))
+        );
+        assert_eq!(
+            resolve(b"sip:bob@127.0.0.1:5071;transport=tls"),
+            Some((Transport::Tls, "127.0.0.1:5071".parse().unwrap()))
+        );
         assert_eq!(resolve(b"sip:bob@127.0.0.1;transport=sctp"), None);
     }
 }

@@ -44,7 +44,11 @@ impl Harness {
     pub(super) fn with_auth(settings: AuthSettings, users: MemoryUsers) -> Self {
         let identity = Identity {
             domain: "localhost".into(),
-            listeners: vec![(Transport::Udp, addr(PROXY)), (Transport::Tcp, addr(PROXY))],
+            listeners: vec![
+                (Transport::Udp, addr(PROXY)),
+                (Transport::Tcp, addr(PROXY)),
+                (Transport::Tls, addr("127.0.0.1:5061")),
+            ],
         };
         let location = Location::open(Box::new(MemoryStore::default())).unwrap();
         let auth = Auth::new(settings, "localhost".into(), Box::new(users), [9; 32]);
@@ -64,14 +68,41 @@ impl Harness {
     }
 
     pub(super) fn recv(&mut self, from: &str, data: &str) -> Vec<(SocketAddr, Message)> {
+        self.recv_over(Transport::Udp, from, data)
+            .into_iter()
+            .map(|(_, d, m)| (d, m))
+            .collect()
+    }
+
+    /// Like `recv`, over `transport`; the transmits keep their transport.
+    fn recv_over(
+        &mut self,
+        transport: Transport,
+        from: &str,
+        data: &str,
+    ) -> Vec<(Transport, SocketAddr, Message)> {
         let rx = Received {
-            transport: Transport::Udp,
+            transport,
             local: addr(PROXY),
             peer: addr(from),
             data: Bytes::copy_from_slice(data.replace('\n', "\r\n").as_bytes()),
         };
         self.proxy.handle_received(self.now, rx);
-        self.drain()
+        let mut out = Vec::new();
+        while let Some(Transmit {
+            transport,
+            dest,
+            data,
+            ..
+        }) = self.proxy.poll_transmit()
+        {
+            out.push((
+                transport,
+                dest,
+                Message::parse(data).expect("proxy sent an unparsable message"),
+            ));
+        }
+        out
     }
 
     fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
@@ -444,5 +475,43 @@ Content-Length: 0
     assert_eq!(
         fwd_bye.request_uri(),
         Some(format!("sip:alice@{ALICE}").as_bytes())
+    );
+}
+
+/// A phone registered over TLS is reached over its registered connection (the source
+/// address of its REGISTER), not at its Contact, which it cannot serve over TLS.
+#[test]
+fn tls_binding_is_reached_over_its_flow() {
+    let mut h = Harness::new();
+    let flow = "127.0.0.1:40123";
+    let out = h.recv_over(
+        Transport::Tls,
+        flow,
+        "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/TLS 127.0.0.1:5099;branch=z9hG4bKtls1
+From: <sip:bob@localhost>;tag=r1
+To: <sip:bob@localhost>
+Call-ID: reg-tls
+CSeq: 1 REGISTER
+Contact: <sip:bob@127.0.0.1:5099;transport=tls>
+Content-Length: 0
+
+",
+    );
+    assert_eq!(out[0].2.status(), Some(200));
+    assert_eq!(out[0].0, Transport::Tls, "the 200 goes back over TLS");
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKtlsinv", 70));
+    let fwd: Vec<_> = out.iter().filter(|(_, m)| m.is_request()).collect();
+    assert_eq!(fwd.len(), 1);
+    assert_eq!(fwd[0].0, addr(flow), "sent to the registered connection");
+    let via = fwd[0].1.top_via().unwrap();
+    assert_eq!(
+        (via.transport, via.host, via.port),
+        (&b"TLS"[..], &b"127.0.0.1"[..], Some(5061))
+    );
+    assert_eq!(
+        fwd[0].1.list(HeaderName::RecordRoute).next(),
+        Some(&b"<sip:127.0.0.1:5061;transport=tls;lr>"[..]),
+        "double Record-Route: the TLS side on top"
     );
 }
