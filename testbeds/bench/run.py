@@ -22,265 +22,31 @@ exit, on error and on SIGINT/SIGTERM. See testbeds/bench/README.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from procs import (
+    CLK_TCK, MemSampler, alive, cleanup, cpu_ticks, machine_ticks, on_signal, pick_ports,
+    pss_kib, reap, spawn, stop, tree, udp_drops,
+)
+from report import limit_hint, table, versions
+from sippstats import num, read_stats, rtd_ms
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SCEN = HERE / "scenarios"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 FAIL_RATIO = 0.001  # < 0.1 % failed
 RETRANS_RATIO = 0.01  # retransmissions < 1 % of calls
 SIPP_BUF = "4194304"  # SIPp socket buffers (capped by net.core.rmem_max/wmem_max)
-
-
-# --------------------------------------------------------------------------- processes
-
-_children: list[subprocess.Popen] = []
-_extra_pids: set[int] = set()
-
-
-def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        p = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    _children.append(p)
-    return p
-
-
-def proc_children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
-def tree(root: int) -> list[int]:
-    """root and all its descendants (Kamailio forks its workers from the main process)."""
-    kids = proc_children()
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
-def cpu_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(f[11]) + int(f[12])  # utime, stime (fields 14 and 15)
-    return total
-
-
-def machine_ticks(self_too: bool = False) -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine from /proc/stat; with self_too the
-    harness's own CPU is left out of busy (it is not load on the systems under test)."""
-    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = f[3] + f[4]
-    busy = sum(f[:8]) - idle
-    if self_too:
-        busy -= cpu_ticks([os.getpid()])
-    return busy, sum(f[:8])
-
-
-def mem_kib(pids: list[int]) -> tuple[int, int, int]:
-    """(sum PSS, sum RSS, max VmHWM) in KiB over pids."""
-    pss = rss = hwm = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-                elif line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    hwm = max(hwm, int(line.split()[1]))
-        except OSError:
-            continue
-    return pss, rss, hwm
-
-
-def stop(p: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM by PID, then SIGKILL; descendants that outlive the parent are killed by PID."""
-    if p.poll() is None:
-        family = tree(p.pid)
-        try:
-            p.send_signal(signal.SIGTERM)
-            p.wait(grace)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(2)
-        for pid in family[1:]:
-            kill_pid(pid)
-    if p in _children:
-        _children.remove(p)
-
-
-def kill_pid(pid: int) -> None:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def cleanup() -> None:
-    for p in list(_children):
-        try:
-            stop(p, grace=2.0)
-        except Exception:  # noqa: BLE001 - best effort on the way out
-            kill_pid(p.pid)
-    for pid in list(_extra_pids):
-        kill_pid(pid)
-
-
-def on_signal(signum, _frame):
-    cleanup()
-    sys.exit(128 + signum)
-
-
-def udp_drops() -> dict[int, int]:
-    """Datagrams the kernel dropped per local 127.0.0.1 UDP port (full receive buffer)."""
-    out: dict[int, int] = {}
-    try:
-        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
-    except OSError:
-        return out
-    for line in lines:
-        f = line.split()
-        ip, port = f[1].split(":")
-        if ip == "0100007F":
-            out[int(port, 16)] = out.get(int(port, 16), 0) + int(f[-1])
-    return out
-
-
-class MemSampler(threading.Thread):
-    """Samples PSS/RSS of the proxy's processes twice a second; peaks kept per phase."""
-
-    def __init__(self, root_pid: int):
-        super().__init__(daemon=True)
-        self.root = root_pid
-        self.halt = threading.Event()
-        self.lock = threading.Lock()
-        self.run_peak = [0, 0, 0]
-        self.phase_peak = [0, 0, 0]
-        self.drops_seen: dict[int, int] = {}
-
-    def run(self):
-        while not self.halt.is_set():
-            sample = mem_kib(tree(self.root))
-            drops = udp_drops()
-            with self.lock:
-                self.drops_seen.update(drops)
-                for i in range(3):
-                    self.run_peak[i] = max(self.run_peak[i], sample[i])
-                    self.phase_peak[i] = max(self.phase_peak[i], sample[i])
-            self.halt.wait(0.5)
-
-    def new_phase(self):
-        with self.lock:
-            self.phase_peak = [0, 0, 0]
-
-    def forget_drops(self, port: int) -> None:
-        """The next SIPp client binds this port anew: its counter starts again at 0."""
-        with self.lock:
-            self.drops_seen.pop(port, None)
-
-    def last_drops(self, port: int) -> int:
-        with self.lock:
-            return self.drops_seen.get(port, 0)
-
-    def phase(self) -> list[int]:
-        with self.lock:
-            return list(self.phase_peak)
-
-
-# --------------------------------------------------------------------------- SIPp
-
-
-def port_free(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-
-
-def pick_ports(base: int, n: int) -> list[int]:
-    ports, p = [], base
-    while len(ports) < n:
-        if p > base + 2000:
-            raise RuntimeError(f"no {n} free loopback ports from {base}")
-        if port_free(p):
-            ports.append(p)
-        p += 1
-    return ports
-
-
-def read_stats(path: Path) -> dict[str, str]:
-    """Last row of a SIPp -trace_stat file as {column: value}."""
-    try:
-        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
-    except OSError:
-        return {}
-    if len(lines) < 2:
-        return {}
-    head = lines[0].split(";")
-    rows = [dict(zip(head, r.split(";"))) for r in lines[1:]]
-    last = rows[-1]
-    last["_rows"] = rows  # type: ignore[assignment]
-    return last
-
-
-def num(stats: dict, key: str) -> int:
-    try:
-        return int(float(stats.get(key, "0") or 0))
-    except ValueError:
-        return 0
-
-
-def rtd_ms(stats: dict, key: str = "ResponseTime1(C)") -> float:
-    v = stats.get(key, "")
-    try:
-        h, m, s, us = (int(x) for x in v.split(":"))
-    except ValueError:
-        return float("nan")
-    return ((h * 60 + m) * 60 + s) * 1000 + us / 1000
 
 
 @dataclass
@@ -335,8 +101,6 @@ class Bench:
         if ticks is None:  # still running past its own -timeout: stop it
             ticks = cpu_ticks([p.pid])
             stop(p, grace=2.0)
-        elif p in _children:
-            _children.remove(p)
         return p.returncode, read_stats(Path(f"{stem}.csv")), wall, ticks
 
     # ------------------------------------------------------------------ one system
@@ -369,18 +133,18 @@ class Bench:
             # Common load first: memory then holds one binding, not the ramp's thousands.
             sampler.new_phase()
             step = self.call_step(ctx, self.a.common_cps, self.a.common_s)
-            pss, rss, hwm = sampler.phase()
+            pss, rss = pss_kib(tree(proxy.pid)), sampler.phase_rss()
             res["common"] = asdict(step) | {
                 "cps": self.a.common_cps,
                 "seconds": self.a.common_s,
                 "proxy_cpu_pct": step.pct(step.proxy_cpu_s),
+                "other_cpu_pct": step.pct(step.other_cpu_s),
                 "cpu_s_per_1000": step.proxy_cpu_s / max(step.success, 1) * 1000,
                 "sipp_cpu_s_per_1000": (step.uac_cpu_s + step.uas_cpu_s)
                 / max(step.success, 1) * 1000,
                 "setup_ms": self._last_setup_ms,
-                "peak_pss_mib": pss / 1024,
+                "end_pss_mib": pss / 1024,
                 "peak_rss_mib": rss / 1024,
-                "max_vmhwm_mib": hwm / 1024,
             }
             self.log(
                 f"[{name}] common load {self.a.common_cps} cps x {self.a.common_s}s: "
@@ -399,9 +163,12 @@ class Bench:
                 f"[{name}] REGISTER", lambda r: self.register_step(proxy, target, reg_port, r),
                 self.a.reg_start, self.a.reg_max, self.deadline,
             )
-            res["run_peak_pss_mib"] = sampler.run_peak[0] / 1024
-            res["run_peak_rss_mib"] = sampler.run_peak[1] / 1024
+            res["end_pss_mib"] = pss_kib(tree(proxy.pid)) / 1024
+            res["run_peak_rss_mib"] = sampler.run_peak_rss / 1024
             res["bindings_registered"] = 1 + sum(s["success"] for s in res["registers"]["steps"])
+            every = [res["common"]] + res["calls"]["steps"] + res["registers"]["steps"]
+            res["others_mean_pct"] = 100 * sum(s["other_cpu_s"] for s in every) / max(
+                sum(s["wall_s"] for s in every), 1e-9)
             sampler.halt.set()
             stop(uas)
         finally:
@@ -428,6 +195,11 @@ class Bench:
                 "--listen", f"tcp:127.0.0.1:{port}", "--data", str(data),
                 "--domain", "localhost",
             ]
+            # Authentication is not part of this comparison (Kamailio's config has none).
+            if "--no-auth" in subprocess.run(
+                [self.a.permit, "run", "--help"], capture_output=True, text=True, timeout=10
+            ).stdout:
+                args.append("--no-auth")
             # Kamailio logs notices and up; the proxy gets the same (no per-request lines).
             level = os.environ.get("BENCH_PERMIT_LOG", "warn")
             env = dict(os.environ, PERMIT_LOG=level, RUST_LOG=level)
@@ -599,134 +371,6 @@ class Bench:
             out["limit_hint"] = limit_hint(asdict(first_bad))
         self.log(f"{label}: highest steady {good}/s" + (f", first failing {bad}/s" if bad else ""))
         return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def reap(p: subprocess.Popen, timeout: float) -> int | None:
-    """Waits for p; returns the CPU ticks it used (from wait4's rusage), None on timeout."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-        if pid == p.pid:
-            p.returncode = os.waitstatus_to_exitcode(status)
-            return round((ru.ru_utime + ru.ru_stime) * CLK_TCK)
-        time.sleep(0.05)
-    return None
-
-
-def limit_hint(d: dict) -> str:
-    """What most likely stopped the first failing step, from the CPU it used."""
-    w = d["wall_s"] or 1.0
-    pct = {k: 100 * d[k] / w for k in ("proxy_cpu_s", "uac_cpu_s", "uas_cpu_s", "other_cpu_s")}
-    shares = (f"proxy {pct['proxy_cpu_s']:.0f}%, SIPp client {pct['uac_cpu_s']:.0f}%, "
-              f"SIPp UAS {pct['uas_cpu_s']:.0f}%, other processes {pct['other_cpu_s']:.0f}%")
-    ncpu = os.cpu_count() or 1
-    drops = {k: v for k, v in d.get("udp_drops", {}).items() if v}
-    if drops:
-        shares += "; UDP receive-buffer drops: " + ", ".join(f"{k} {v}" for k, v in drops.items())
-    if max(pct["uac_cpu_s"], pct["uas_cpu_s"]) >= 85:
-        return f"a SIPp process saturated its core ({shares})"
-    if sum(pct.values()) >= 85 * ncpu:
-        return f"the machine's {ncpu} cores were saturated ({shares})"
-    return f"no core saturated ({shares}): latency, loss or errors in the proxy"
-
-
-# --------------------------------------------------------------------------- report
-
-
-def versions(args) -> dict:
-    def out(cmd):
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            return (r.stdout + r.stderr).strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return "n/a"
-
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    git = out(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = out(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-        "kamailio": out([args.kamailio, "-v"]).splitlines()[0] if shutil.which(args.kamailio) else "n/a",
-        "sipp": out([args.sipp, "-v"]).splitlines()[0].strip() if shutil.which(args.sipp) else "n/a",
-        "git": git + (" (with local changes)" if dirty and dirty != "n/a" else ""),
-    }
-
-
-def fmt(v, spec=".0f"):
-    return "n/a" if v is None or v != v else format(v, spec)
-
-
-def table(results: dict, args) -> str:
-    sysn = [r["system"] for r in results["systems"]]
-    by = {r["system"]: r for r in results["systems"]}
-
-    def get(name, path):
-        v = by.get(name)
-        for k in path:
-            if not isinstance(v, dict) or k not in v:
-                return None
-            v = v[k]
-        return v
-
-    rows = [
-        ("highest steady calls/s (CPS)", ("calls", "highest_steady"), ".0f", True),
-        ("highest steady REGISTER/s", ("registers", "highest_steady"), ".0f", True),
-        (f"proxy CPU s per 1,000 calls at {args.common_cps} CPS", ("common", "cpu_s_per_1000"), ".3f", False),
-        (f"proxy CPU % (of one core) at {args.common_cps} CPS", ("common", "proxy_cpu_pct"), ".1f", False),
-        (f"SIPp UAC+UAS CPU s per 1,000 calls at {args.common_cps} CPS", ("common", "sipp_cpu_s_per_1000"), ".3f", False),
-        (f"other processes' CPU s during the {args.common_cps} CPS step", ("common", "other_cpu_s"), ".2f", False),
-        (f"peak memory at {args.common_cps} CPS, PSS MiB", ("common", "peak_pss_mib"), ".1f", False),
-        (f"peak memory at {args.common_cps} CPS, RSS sum MiB", ("common", "peak_rss_mib"), ".1f", False),
-        ("peak memory whole run, PSS MiB", ("run_peak_pss_mib",), ".1f", False),
-        ("bindings registered in the run", ("bindings_registered",), ".0f", False),
-        ("proxy processes", ("processes",), ".0f", False),
-    ]
-    head = "| metric | " + " | ".join(sysn)
-    ratio = "permit-proxy" in by and "kamailio" in by
-    if ratio:
-        head += " | permit / kamailio"
-    lines = [head + " |", "|" + "---|" * (len(sysn) + 1 + ratio)]
-    for label, path, spec, _higher_better in rows:
-        vals = [get(n, path) for n in sysn]
-        cells = [fmt(v, spec) for v in vals]
-        if ratio:
-            a, b = get("permit-proxy", path), get("kamailio", path)
-            cells.append(fmt(a / b, ".2f") if a and b else "n/a")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    notes = []
-    for n in sysn:
-        for kind in ("calls", "registers"):
-            r = by[n].get(kind) or {}
-            if r.get("limit_hint"):
-                notes.append(f"- {n}, {kind}: first failing step {r['first_failing']}/s: {r['limit_hint']}")
-            elif r.get("capped"):
-                notes.append(f"- {n}, {kind}: reached the ramp cap without failing")
-        c = by[n].get("common")
-        if c and not c["ok"]:
-            notes.append(f"- {n}: the {args.common_cps} CPS step was NOT steady: {'; '.join(c['reasons'])}")
-        if "error" in by[n]:
-            notes.append(f"- {n}: ERROR {by[n]['error']}")
-    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 # --------------------------------------------------------------------------- main
