@@ -16,6 +16,7 @@ use sip_core::transaction::{
 use sip_core::transport::{Received, Transmit, Transport};
 
 use crate::auth::{Auth, Decision, Role};
+use crate::gate::{Dialogs, GateSettings, PermitDirectory, QueryOutcome};
 use crate::location::{Location, aor_key};
 use crate::registrar::{Registered, RegistrarConfig, handle_register};
 use crate::route::{BRANCH_PREFIX, Flow, Identity, branch_for, loop_hash, resolve};
@@ -31,6 +32,7 @@ pub struct ProxyConfig {
     pub timer_c: Duration,
     /// How often expired bindings are purged from memory and storage.
     pub purge_interval: Duration,
+    pub gate: GateSettings,
 }
 
 impl ProxyConfig {
@@ -41,6 +43,7 @@ impl ProxyConfig {
             timers: TimerConfig::default(),
             timer_c: Duration::from_mins(3),
             purge_interval: Duration::from_mins(1),
+            gate: GateSettings::default(),
         }
     }
 }
@@ -58,6 +61,10 @@ pub struct Stats {
     pub stray_responses: u64,
     pub forwarded_requests: u64,
     pub registrations: u64,
+    /// Requests refused by the gate (caller not permitted, or unknown callee).
+    pub gate_refused: u64,
+    /// Calls answered 486 by the load check (limit reached or callee busy).
+    pub busy: u64,
 }
 
 /// RFC 3261 §17.2.3 matching: the branch plus INVITE/ACK vs CANCEL vs others.
@@ -147,8 +154,20 @@ struct ClientEntry {
     tx: ClientTx,
     flow: Flow,
     ctx: Option<u64>,
+    purpose: Purpose,
     /// The request as sent, parsed lazily for ACK/CANCEL generation.
     sent: Bytes,
+}
+
+/// Why a client transaction was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A branch of the proxied request.
+    Branch,
+    /// The load query (OPTIONS) to the callee before routing an INVITE.
+    LoadQuery,
+    /// A CANCEL of a branch.
+    Cancel,
 }
 
 /// One forwarding target: the Request-URI to use and the first hop.
@@ -160,6 +179,9 @@ struct Target {
     route: Vec<String>,
     transport: Transport,
     dest: std::net::SocketAddr,
+    /// From the binding: the UA's call limit and whether it wants the load query.
+    max_calls: Option<u32>,
+    load_query: bool,
 }
 
 /// The response context of a proxied request (§16.7), serving sequential forking.
@@ -176,6 +198,10 @@ struct Context {
     answered: bool,
     cancelled: bool,
     timer_c: Option<Instant>,
+    /// The local callee AOR, for gated requests (dialog counting).
+    callee: Option<String>,
+    /// Load queries still unanswered, while the INVITE waits for them.
+    querying: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -183,6 +209,8 @@ enum Wake {
     Server(u64),
     Client(u64),
     TimerC(u64),
+    /// The load query's deadline.
+    Query(u64),
     Purge,
 }
 
@@ -199,6 +227,8 @@ pub struct Proxy {
     out: VecDeque<Transmit>,
     rng: StdRng,
     auth: Auth,
+    permits: Box<dyn PermitDirectory>,
+    dialogs: Dialogs,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -213,6 +243,7 @@ impl Proxy {
         cfg: ProxyConfig,
         location: Location,
         auth: Auth,
+        permits: Box<dyn PermitDirectory>,
         now: Instant,
         unix_now: u64,
         seed: u64,
@@ -221,6 +252,8 @@ impl Proxy {
             cfg,
             location,
             auth,
+            permits,
+            dialogs: Dialogs::default(),
             server: HashMap::new(),
             client: HashMap::new(),
             contexts: HashMap::new(),
@@ -429,28 +462,10 @@ impl Proxy {
         if for_proxy_itself || (ruri_is_us && method == Method::Register && remaining.is_empty()) {
             return self.handle_local(now, key, msg, &method);
         }
-        // Out-of-dialog requests that would reach a user are authenticated before the
-        // callee is even looked up (no answer reveals whether the callee exists).
-        let challenged = matches!(
-            method,
-            Method::Invite
-                | Method::Message
-                | Method::Subscribe
-                | Method::Publish
-                | Method::Refer
-                | Method::Options
-        ) && msg.to_tag().is_none();
-        if challenged {
-            let Some(flow) = self.server.get(&key).map(|e| e.flow) else {
-                return;
-            };
-            if self
-                .authenticate(now, &key, &msg, flow, Role::Proxy)
-                .is_err()
-            {
-                return;
-            }
-        }
+        let gated = ruri_is_us && remaining.is_empty();
+        let Ok(callee) = self.admit(now, &key, &msg, &method, &uri, gated) else {
+            return;
+        };
         let targets = match self.targets(now, &uri, ruri, ruri_is_us, remaining) {
             Ok(t) => t,
             Err((status, reason)) => return self.reply(now, &key, &msg, status, reason, &[]),
@@ -458,6 +473,9 @@ impl Proxy {
         if targets.is_empty() {
             return self.reply(now, &key, &msg, 480, "Temporarily Unavailable", &[]);
         }
+        let Ok(query) = self.load_check(now, &key, &msg, callee.as_deref(), &targets) else {
+            return;
+        };
         let ctx_id = self.id();
         if let Some(e) = self.server.get_mut(&key) {
             e.ctx = Some(ctx_id);
@@ -476,9 +494,178 @@ impl Proxy {
                 answered: false,
                 cancelled: false,
                 timer_c: None,
+                callee,
+                querying: None,
             },
         );
-        self.try_next_target(now, ctx_id, hash);
+        if query {
+            self.start_load_query(now, ctx_id);
+        } else {
+            self.try_next_target(now, ctx_id, hash);
+        }
+    }
+
+    /// Authentication and the gate, before anything about the callee is looked up:
+    /// out-of-dialog requests that would reach a user are authenticated (§22.3), then
+    /// INVITE, MESSAGE and SUBSCRIBE to a local callee pass only for a permitted caller
+    /// (403 otherwise, the same for an unknown callee). Returns the local callee's AOR
+    /// for gated requests.
+    fn admit(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        method: &Method,
+        uri: &SipUri<'_>,
+        local_callee: bool,
+    ) -> Result<Option<String>, Answered> {
+        let out_of_dialog = msg.to_tag().is_none();
+        let challenged = out_of_dialog
+            && matches!(
+                method,
+                Method::Invite
+                    | Method::Message
+                    | Method::Subscribe
+                    | Method::Publish
+                    | Method::Refer
+                    | Method::Options
+            );
+        let mut who = None;
+        if challenged {
+            let flow = self.server.get(key).map(|e| e.flow).ok_or(Answered)?;
+            who = self.authenticate(now, key, msg, flow, Role::Proxy)?;
+        }
+        let gated = out_of_dialog
+            && local_callee
+            && matches!(method, Method::Invite | Method::Message | Method::Subscribe);
+        let domain = self.cfg.identity.domain.to_ascii_lowercase();
+        let callee = uri
+            .user
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .filter(|_| gated)
+            .map(|u| format!("{u}@{domain}"));
+        if let (Some(callee), Some(who), true) = (&callee, &who, self.cfg.gate.enabled) {
+            let from = format!("{}@{domain}", who.username);
+            if !self.permits.is_permitted(callee, &from) {
+                self.stats.gate_refused += 1;
+                tracing::debug!("gate: caller not permitted (or unknown callee)");
+                self.reply(now, key, msg, 403, "Forbidden", &[]);
+                return Err(Answered);
+            }
+        }
+        Ok(callee)
+    }
+
+    /// The load check of a gated INVITE: 486 at once when the callee's advertised call
+    /// limit is reached; otherwise whether to ask it with OPTIONS first.
+    fn load_check(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        callee: Option<&str>,
+        targets: &VecDeque<Target>,
+    ) -> Result<bool, Answered> {
+        let (Some(callee), true, Some(Method::Invite)) =
+            (callee, self.cfg.gate.enabled, msg.method())
+        else {
+            return Ok(false);
+        };
+        let limit = targets.iter().filter_map(|t| t.max_calls).min();
+        if limit.is_some_and(|l| self.dialogs.active(callee) >= l) {
+            self.stats.busy += 1;
+            self.reply(now, key, msg, 486, "Busy Here", &[]);
+            return Err(Answered);
+        }
+        Ok(self.cfg.gate.load_query && targets.iter().all(|t| t.load_query))
+    }
+
+    /// Sends OPTIONS (RFC 3261 §11) to every target of the context: its own Call-ID,
+    /// tag and branch, and nothing about the caller. The INVITE waits for the answers
+    /// until the query deadline.
+    fn start_load_query(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let targets: Vec<Target> = ctx.targets.iter().cloned().collect();
+        ctx.querying = Some(u32::try_from(targets.len()).unwrap_or(u32::MAX));
+        let deadline = now + self.cfg.gate.query_timeout;
+        self.heap.push(Reverse((deadline, Wake::Query(ctx_id))));
+        for t in targets {
+            let Some(local) = self.cfg.identity.local_for(t.transport, t.dest) else {
+                continue;
+            };
+            let branch = format!("{BRANCH_PREFIX}q{:016x}", self.rng.random::<u64>());
+            let tag = self.tag();
+            let call_id = format!("{:032x}@permit", self.rng.random::<u128>());
+            let uri = t
+                .uri
+                .clone()
+                .unwrap_or_else(|| format!("sip:{}", Identity::sent_by(t.dest)));
+            let domain = &self.cfg.identity.domain;
+            let mut req = format!(
+                "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n",
+                t.transport.via_token(),
+                Identity::sent_by(local)
+            );
+            for r in &t.route {
+                req.push_str("Route: ");
+                req.push_str(r);
+                req.push_str("\r\n");
+            }
+            req.push_str("Accept: application/sdp\r\nContent-Length: 0\r\n\r\n");
+            let bytes = Bytes::from(req);
+            let flow = Flow {
+                transport: t.transport,
+                local,
+                remote: t.dest,
+            };
+            let key = TxKey {
+                branch: Bytes::from(branch),
+                kind: Kind::Other,
+            };
+            let tx = ClientTx::NonInvite(ClientNonInvite::new(
+                now,
+                bytes.clone(),
+                flow.transport.is_reliable(),
+                &self.cfg.timers,
+            ));
+            self.client.insert(
+                key.clone(),
+                ClientEntry {
+                    tx,
+                    flow,
+                    ctx: Some(ctx_id),
+                    purpose: Purpose::LoadQuery,
+                    sent: bytes,
+                },
+            );
+            self.drain_client(now, &key);
+        }
+    }
+
+    /// A final answer to a load query (RFC 3261 §11.2).
+    fn handle_query_response(&mut self, now: Instant, ctx_id: u64, status: u16) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let Some(pending) = ctx.querying else { return };
+        match QueryOutcome::of(status) {
+            QueryOutcome::Available | QueryOutcome::Unknown => {
+                ctx.querying = None;
+                let hash = loop_hash(&ctx.request);
+                self.try_next_target(now, ctx_id, hash);
+            }
+            QueryOutcome::Busy if pending > 1 => ctx.querying = Some(pending - 1),
+            QueryOutcome::Busy => {
+                ctx.querying = None;
+                ctx.answered = true;
+                let (server, req) = (ctx.server.clone(), ctx.request.clone());
+                self.stats.busy += 1;
+                self.reply(now, &server, &req, 486, "Busy Here", &[]);
+            }
+        }
     }
 
     /// Next hops of a request (§16.5): the next Route, the callee's bindings by q, or
@@ -498,6 +685,8 @@ impl Proxy {
                     route: vec![],
                     transport,
                     dest,
+                    max_calls: None,
+                    load_query: false,
                 }])
             })
         };
@@ -534,6 +723,8 @@ impl Proxy {
                     route: b.path.clone(),
                     transport,
                     dest,
+                    max_calls: b.max_calls,
+                    load_query: b.load_query,
                 })
             })
             .collect();
@@ -764,6 +955,7 @@ impl Proxy {
                 tx,
                 flow,
                 ctx: Some(ctx_id),
+                purpose: Purpose::Branch,
                 sent: bytes,
             },
         );
@@ -949,6 +1141,7 @@ impl Proxy {
                 tx,
                 flow,
                 ctx: None,
+                purpose: Purpose::Cancel,
                 sent: cancel,
             },
         );
@@ -984,17 +1177,22 @@ impl Proxy {
             }
             ClientTx::NonInvite(t) => t.handle_response(now, status),
         };
-        let ctx_id = entry.ctx;
+        let (ctx_id, purpose) = (entry.ctx, entry.purpose);
         self.drain_client(now, &key);
         if !matches!(action, Ok(ResponseAction::PassUp)) {
             return;
         }
-        match ctx_id {
-            Some(ctx_id) if self.contexts.contains_key(&ctx_id) => {
+        match (ctx_id, purpose) {
+            (Some(ctx_id), Purpose::LoadQuery) => {
+                if status >= 200 {
+                    self.handle_query_response(now, ctx_id, status);
+                }
+            }
+            (Some(ctx_id), Purpose::Branch) if self.contexts.contains_key(&ctx_id) => {
                 self.handle_branch_response(now, ctx_id, &key, msg, status);
             }
-            Some(_) => self.forward_stateless_response(msg),
-            None => {}
+            (Some(_), Purpose::Branch) => self.forward_stateless_response(msg),
+            (None, _) | (_, Purpose::Cancel) => {}
         }
     }
 
@@ -1054,6 +1252,16 @@ impl Proxy {
         ctx.timer_c = None;
         if (200..300).contains(&status) {
             ctx.answered = true;
+            // Dialog accounting for the callee's call limit: a gated INVITE's 2xx
+            // opens a dialog, a BYE's 2xx closes it.
+            match (ctx.request.method(), &ctx.callee, ctx.request.call_id()) {
+                (Some(Method::Invite), Some(callee), Some(cid)) => {
+                    let cid = ctx.request.bytes().slice_ref(cid);
+                    self.dialogs.established(cid, callee, now);
+                }
+                (Some(Method::Bye), _, Some(cid)) => self.dialogs.ended(cid),
+                _ => {}
+            }
             let bytes = Forward::new(msg).drop_top_via().to_vec();
             return self.respond(now, &server, status, bytes.into());
         }
@@ -1211,7 +1419,19 @@ impl Proxy {
                         self.cancel_branch(now, ctx_id);
                     }
                 }
+                Wake::Query(ctx_id) => {
+                    // No usable answer in time: the callee is not reachable now.
+                    let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+                        continue;
+                    };
+                    if ctx.querying.take().is_some() && !ctx.answered {
+                        ctx.answered = true;
+                        let (server, req) = (ctx.server.clone(), ctx.request.clone());
+                        self.reply(now, &server, &req, 480, "Temporarily Unavailable", &[]);
+                    }
+                }
                 Wake::Purge => {
+                    self.dialogs.expire(now, self.cfg.gate.dialog_max_age);
                     let unix = self.unix(now);
                     if let Err(e) = self.location.purge(unix) {
                         tracing::warn!(error = %e, "purging expired bindings failed");
@@ -1333,5 +1553,7 @@ impl sip_net::Engine for Proxy {
 
 #[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod gate_tests;
 #[cfg(test)]
 mod tests;

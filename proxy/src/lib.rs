@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod gate;
 pub mod limiter;
 pub mod location;
 pub mod registrar;

@@ -25,6 +25,11 @@ pub struct Binding {
     pub path: Vec<String>,
     /// Where the REGISTER came from (transport and source address).
     pub source: Option<(Transport, SocketAddr)>,
+    /// Simultaneous calls the UA takes (`max-calls` Contact parameter), if it said.
+    pub max_calls: Option<u32>,
+    /// Whether the proxy asks this UA with OPTIONS before routing a call to it
+    /// (`load-query=0` in the Contact turns it off).
+    pub load_query: bool,
 }
 
 /// Bindings by AOR (`user@domain`, host lowercased). Known AORs without live bindings

@@ -265,7 +265,11 @@ fn run(cfg: &Config) -> ExitCode {
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let auth = Auth::new(cfg.auth.clone(), cfg.domain.clone(), Box::new(users), secret);
-        let mut proxy = Proxy::new(cfg.proxy_config(&net.bound), location, auth, Instant::now(), unix, seed);
+        let mut proxy_cfg = cfg.proxy_config(&net.bound);
+        // The durable permit table is not wired into the binary yet: the gate stays open.
+        proxy_cfg.gate.enabled = false;
+        let permits = Box::new(permit_proxy::gate::MemoryPermits::default());
+        let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {
             tracing::info!(transport = ?l.transport, addr = %l.addr, "listening");

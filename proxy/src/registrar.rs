@@ -145,6 +145,12 @@ pub fn handle_register(
             cseq: cseq.seq,
             path: path.clone(),
             source: Some(source),
+            max_calls: c
+                .param(crate::gate::MAX_CALLS_PARAM)
+                .and_then(|v| std::str::from_utf8(trim(v)).ok()?.parse().ok()),
+            load_query: c
+                .param(crate::gate::LOAD_QUERY_PARAM)
+                .is_none_or(|v| !matches!(trim(v), b"0" | b"off" | b"no")),
         };
         match existing {
             Some(i) => bindings[i] = binding,

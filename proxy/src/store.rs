@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS binding (
     cseq INTEGER NOT NULL,
     path TEXT NOT NULL,
     source TEXT,
+    max_calls INTEGER,
+    load_query INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (aor, contact)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS binding_expiry ON binding (expires_at);
@@ -105,6 +107,16 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.execute_batch(SCHEMA)?;
+        // Data directories from before the gate lack the two binding columns.
+        let has_max_calls: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('binding') WHERE name = 'max_calls'")?
+            .exists([])?;
+        if !has_max_calls {
+            conn.execute_batch(
+                "ALTER TABLE binding ADD COLUMN max_calls INTEGER;
+                 ALTER TABLE binding ADD COLUMN load_query INTEGER NOT NULL DEFAULT 1;",
+            )?;
+        }
         Ok(Self { conn })
     }
 }
@@ -127,7 +139,7 @@ impl LocationStore for SqliteStore {
             out.entry(aor?).or_default();
         }
         let mut stmt = self.conn.prepare(
-            "SELECT aor, contact, expires_at, q, call_id, cseq, path, source FROM binding",
+            "SELECT aor, contact, expires_at, q, call_id, cseq, path, source, max_calls, load_query FROM binding",
         )?;
         let rows = stmt.query_map([], |r| {
             let path: String = r.get(6)?;
@@ -141,6 +153,10 @@ impl LocationStore for SqliteStore {
                     cseq: r.get::<_, i64>(5)?.try_into().unwrap_or(0),
                     path: path.lines().map(str::to_owned).collect(),
                     source: source_from_text(r.get(7)?),
+                    max_calls: r
+                        .get::<_, Option<i64>>(8)?
+                        .and_then(|n| u32::try_from(n).ok()),
+                    load_query: r.get::<_, i64>(9)? != 0,
                 },
             ))
         })?;
@@ -159,8 +175,8 @@ impl LocationStore for SqliteStore {
             .execute([aor])?;
         {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO binding (aor, contact, expires_at, q, call_id, cseq, path, source)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO binding (aor, contact, expires_at, q, call_id, cseq, path, source, max_calls, load_query)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for b in bindings {
                 ins.execute(params![
@@ -172,6 +188,8 @@ impl LocationStore for SqliteStore {
                     i64::from(b.cseq),
                     b.path.join("\n"),
                     source_to_text(b.source),
+                    b.max_calls.map(i64::from),
+                    i64::from(b.load_query),
                 ])?;
             }
         }
@@ -201,6 +219,8 @@ mod tests {
             cseq: 7,
             path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()],
             source: Some((Transport::Tcp, "127.0.0.1:5099".parse().unwrap())),
+            max_calls: Some(2),
+            load_query: false,
         }
     }
 

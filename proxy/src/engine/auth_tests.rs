@@ -29,7 +29,7 @@ fn h(alg: &str, data: &str) -> String {
     }
 }
 
-fn users() -> MemoryUsers {
+pub(super) fn users() -> MemoryUsers {
     let mut u = MemoryUsers::default();
     for (name, pw) in [("alice", "wonderland"), ("bob", "builder")] {
         u.users
@@ -39,7 +39,7 @@ fn users() -> MemoryUsers {
 }
 
 /// `(algorithm, nonce)` of each challenge in a 401/407, in order.
-fn challenges(resp: &Message, name: HeaderName) -> Vec<(String, String)> {
+pub(super) fn challenges(resp: &Message, name: HeaderName) -> Vec<(String, String)> {
     resp.headers(name)
         .map(|v| {
             let v = String::from_utf8_lossy(v).into_owned();
@@ -56,7 +56,7 @@ fn challenges(resp: &Message, name: HeaderName) -> Vec<(String, String)> {
         .collect()
 }
 
-fn credentials(
+pub(super) fn credentials(
     user: &str,
     pw: &str,
     alg: &str,
@@ -75,7 +75,7 @@ response=\"{response}\", algorithm={alg}, qop=auth, nc={nc:08x}, cnonce=\"{cnonc
     )
 }
 
-fn register(user: &str, cseq: u32, auth: Option<&str>) -> String {
+pub(super) fn register(user: &str, cseq: u32, auth: Option<&str>) -> String {
     let auth = auth
         .map(|a| format!("Authorization: {a}\n"))
         .unwrap_or_default();

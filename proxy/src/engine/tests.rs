@@ -11,6 +11,7 @@ use sip_core::transport::{Received, Transmit, Transport};
 use super::{Proxy, ProxyConfig};
 use crate::auth::Auth;
 use crate::auth::AuthSettings;
+use crate::gate::{GateSettings, MemoryPermits};
 use crate::location::Location;
 use crate::route::Identity;
 use crate::store::MemoryStore;
@@ -25,7 +26,7 @@ pub(super) fn addr(s: &str) -> SocketAddr {
 }
 
 pub(super) struct Harness {
-    proxy: Proxy,
+    pub(super) proxy: Proxy,
     now: Instant,
     cseq: u32,
 }
@@ -42,6 +43,19 @@ impl Harness {
     }
 
     pub(super) fn with_auth(settings: AuthSettings, users: MemoryUsers) -> Self {
+        let gate = GateSettings {
+            enabled: false,
+            ..GateSettings::default()
+        };
+        Self::with(settings, users, gate, MemoryPermits::default())
+    }
+
+    pub(super) fn with(
+        settings: AuthSettings,
+        users: MemoryUsers,
+        gate: GateSettings,
+        permits: MemoryPermits,
+    ) -> Self {
         let identity = Identity {
             domain: "localhost".into(),
             listeners: vec![
@@ -55,9 +69,13 @@ impl Harness {
         let now = Instant::now();
         Self {
             proxy: Proxy::new(
-                ProxyConfig::new(identity),
+                ProxyConfig {
+                    gate,
+                    ..ProxyConfig::new(identity)
+                },
                 location,
                 auth,
+                Box::new(permits),
                 now,
                 1_800_000_000,
                 7,
@@ -116,7 +134,7 @@ impl Harness {
         out
     }
 
-    fn advance(&mut self, d: Duration) -> Vec<(SocketAddr, Message)> {
+    pub(super) fn advance(&mut self, d: Duration) -> Vec<(SocketAddr, Message)> {
         let end = self.now + d;
         let mut out = Vec::new();
         while let Some(at) = self.proxy.poll_timeout().filter(|t| *t <= end) {

@@ -1,0 +1,244 @@
+//! Engine tests of the gate: 403 for strangers and unknown callees alike, the load
+//! query (OPTIONS) before a permitted INVITE, 486 for a busy or full callee, and no
+//! byte of the callee's address in any answer to a refused caller.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sip_core::message::{HeaderName, Message, Method};
+
+use super::auth_tests::{challenges, credentials, register, users};
+use super::tests::{Harness, addr, status};
+use crate::auth::AuthSettings;
+use crate::gate::{GateSettings, MemoryPermits};
+
+const ALICE: &str = "127.0.0.1:5070";
+const BOB: &str = "127.0.0.1:5080";
+
+fn gated(load_query: bool) -> Harness {
+    let mut users = users();
+    users.users.insert(
+        "mallory".into(),
+        crate::users::UserRecord::new("mallory", "localhost", "evil"),
+    );
+    let mut permits = MemoryPermits::default();
+    permits
+        .lists
+        .insert("bob@localhost".into(), vec!["alice@localhost".into()]);
+    let gate = GateSettings {
+        load_query,
+        ..GateSettings::default()
+    };
+    Harness::with(AuthSettings::default(), users, gate, permits)
+}
+
+/// Registers bob (authenticated) at BOB with extra Contact parameters.
+fn register_bob(h: &mut Harness, contact_params: &str) {
+    let reg = |cseq, auth: Option<&str>| {
+        register("bob", cseq, auth).replace(ALICE, BOB).replace(
+            &format!("<sip:bob@{BOB}>"),
+            &format!("<sip:bob@{BOB}>{contact_params}"),
+        )
+    };
+    let out = h.recv(BOB, &reg(1, None));
+    let ch = challenges(&out[0].1, HeaderName::WwwAuthenticate);
+    let creds = credentials(
+        "bob",
+        "builder",
+        "MD5",
+        &ch[0].1,
+        "REGISTER",
+        "sip:localhost",
+        1,
+    );
+    assert_eq!(status(&h.recv(BOB, &reg(2, Some(&creds)))), vec![200]);
+}
+
+fn invite(from: &str, to: &str, n: u32, auth: Option<&str>) -> String {
+    let auth = auth
+        .map(|a| format!("Proxy-Authorization: {a}\n"))
+        .unwrap_or_default();
+    format!(
+        "INVITE sip:{to}@localhost SIP/2.0
+Via: SIP/2.0/UDP {ALICE};branch=z9hG4bKg{from}{n}
+From: <sip:{from}@localhost>;tag=f{n}
+To: <sip:{to}@localhost>
+Call-ID: gate-{from}-{n}
+CSeq: {n} INVITE
+Contact: <sip:{from}@{ALICE}>
+{auth}Max-Forwards: 70
+Content-Length: 0
+
+"
+    )
+}
+
+/// An INVITE from `user` (password `pw`) to `to`, authenticated after its 407.
+fn authed_invite(
+    h: &mut Harness,
+    user: &str,
+    pw: &str,
+    to: &str,
+    n: u32,
+) -> Vec<(SocketAddr, Message)> {
+    let out = h.recv(ALICE, &invite(user, to, n, None));
+    assert_eq!(status(&out), vec![100, 407]);
+    let ch = challenges(&out[1].1, HeaderName::ProxyAuthenticate);
+    let creds = credentials(
+        user,
+        pw,
+        "MD5",
+        &ch[0].1,
+        "INVITE",
+        &format!("sip:{to}@localhost"),
+        1,
+    );
+    h.recv(ALICE, &invite(user, to, n + 1000, Some(&creds)))
+}
+
+fn answer_options(query: &Message, code: u16) -> String {
+    let h = |n| String::from_utf8_lossy(query.header(n).unwrap()).into_owned();
+    format!(
+        "SIP/2.0 {code} Whatever\nVia: {}\nFrom: {}\nTo: {};tag=q1\nCall-ID: {}\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n",
+        h(HeaderName::Via),
+        h(HeaderName::From),
+        h(HeaderName::To),
+        h(HeaderName::CallId)
+    )
+}
+
+fn requests_to(out: &[(SocketAddr, Message)], dest: &str) -> Vec<Message> {
+    out.iter()
+        .filter(|(d, m)| *d == addr(dest) && m.is_request())
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
+#[test]
+fn permitted_caller_reaches_callee_after_the_load_query() {
+    let mut h = gated(true);
+    register_bob(&mut h, "");
+    let out = authed_invite(&mut h, "alice", "wonderland", "bob", 1);
+    let to_bob = requests_to(&out, BOB);
+    assert_eq!(to_bob.len(), 1);
+    let q = &to_bob[0];
+    assert_eq!(
+        q.method(),
+        Some(&Method::Options),
+        "the callee is asked first"
+    );
+    assert!(
+        !q.as_bytes().windows(5).any(|w| w == b"alice"),
+        "the query says nothing about the caller"
+    );
+    assert_ne!(
+        q.call_id(),
+        Some(&b"gate-alice-1001"[..]),
+        "own Call-ID (RFC 3261 §11)"
+    );
+    let out = h.recv(BOB, &answer_options(q, 200));
+    let to_bob = requests_to(&out, BOB);
+    assert_eq!(to_bob.len(), 1);
+    assert_eq!(to_bob[0].method(), Some(&Method::Invite));
+    assert_eq!(to_bob[0].call_id(), Some(&b"gate-alice-1001"[..]));
+}
+
+#[test]
+fn stranger_and_unknown_callee_get_the_same_403_and_learn_nothing() {
+    let mut h = gated(true);
+    register_bob(&mut h, "");
+    let refused = authed_invite(&mut h, "mallory", "evil", "bob", 1);
+    let unknown = authed_invite(&mut h, "mallory", "evil", "nobody", 10);
+    assert_eq!(status(&refused), vec![100, 403]);
+    assert_eq!(status(&unknown), vec![100, 403]);
+    assert!(
+        requests_to(&refused, BOB).is_empty(),
+        "nothing reaches the callee"
+    );
+    // Byte for byte the same apart from per-request fields.
+    let normalise = |m: &Message| {
+        let text = String::from_utf8_lossy(m.as_bytes()).into_owned();
+        text.lines()
+            .filter(|l| {
+                !l.starts_with("Via:")
+                    && !l.starts_with("From:")
+                    && !l.starts_with("Call-ID:")
+                    && !l.starts_with("CSeq:")
+            })
+            .map(|l| {
+                if l.starts_with("To:") {
+                    l.split(";tag=").next().unwrap().replace("nobody", "bob")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(normalise(&refused[1].1), normalise(&unknown[1].1));
+    // No byte of any response to the refused caller carries the callee's address.
+    for (_, m) in refused.iter().chain(&unknown) {
+        let bytes = m.as_bytes();
+        assert!(
+            !bytes.windows(BOB.len()).any(|w| w == BOB.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+        assert!(!bytes.windows(4).any(|w| w == b"5080"));
+        assert!(m.header(HeaderName::Contact).is_none());
+    }
+    assert_eq!(h.proxy.stats.gate_refused, 2);
+}
+
+#[test]
+fn busy_answer_to_the_query_gives_486_and_no_invite() {
+    let mut h = gated(true);
+    register_bob(&mut h, "");
+    let out = authed_invite(&mut h, "alice", "wonderland", "bob", 1);
+    let q = requests_to(&out, BOB).remove(0);
+    let out = h.recv(BOB, &answer_options(&q, 486));
+    assert_eq!(status(&out), vec![486]);
+    assert!(requests_to(&out, BOB).is_empty());
+}
+
+#[test]
+fn silent_callee_gives_480_at_the_query_deadline() {
+    let mut h = gated(true);
+    register_bob(&mut h, "");
+    let out = authed_invite(&mut h, "alice", "wonderland", "bob", 1);
+    assert_eq!(requests_to(&out, BOB).len(), 1);
+    // (The 407 of the first attempt is retransmitted meanwhile: it was never ACKed.)
+    let out = h.advance(Duration::from_millis(1999));
+    assert!(!status(&out).contains(&480));
+    let out = h.advance(Duration::from_millis(1));
+    assert_eq!(status(&out), vec![480]);
+}
+
+#[test]
+fn full_callee_gets_486_without_a_query() {
+    let mut h = gated(true);
+    register_bob(&mut h, ";max-calls=1;load-query=0");
+    // First call: no query (load-query=0), answered 200: one active dialog.
+    let out = authed_invite(&mut h, "alice", "wonderland", "bob", 1);
+    let inv = requests_to(&out, BOB).remove(0);
+    assert_eq!(inv.method(), Some(&Method::Invite));
+    let mut vias = String::new();
+    for v in inv.headers(HeaderName::Via) {
+        vias.push_str("Via: ");
+        vias.push_str(&String::from_utf8_lossy(v));
+        vias.push('\n');
+    }
+    let h_ = |n| String::from_utf8_lossy(inv.header(n).unwrap()).into_owned();
+    let ok = format!(
+        "SIP/2.0 200 OK\n{vias}From: {}\nTo: {};tag=b1\nCall-ID: {}\nCSeq: {}\nContact: <sip:bob@{BOB}>\nContent-Length: 0\n\n",
+        h_(HeaderName::From),
+        h_(HeaderName::To),
+        h_(HeaderName::CallId),
+        h_(HeaderName::CSeq)
+    );
+    assert_eq!(status(&h.recv(BOB, &ok)), vec![200]);
+    // Second call: the limit is reached, 486 at once and nothing sent to bob.
+    let out = authed_invite(&mut h, "alice", "wonderland", "bob", 2);
+    assert_eq!(status(&out), vec![100, 486]);
+    assert!(requests_to(&out, BOB).is_empty(), "no OPTIONS, no INVITE");
+    assert_eq!(h.proxy.stats.busy, 1);
+}
