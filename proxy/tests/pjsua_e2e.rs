@@ -132,11 +132,33 @@ struct ProxyOptions {
     digest_algorithms: Option<&'static str>,
     /// A TLS listener with a self-signed certificate.
     tls: bool,
+    /// `(callee, caller)` user pairs: the caller is put on the callee's
+    /// permitted-terminal list (`permit add`), which the gate checks for
+    /// every authenticated call.
+    permits: Vec<(&'static str, &'static str)>,
+}
+
+/// The proxy under test; `PERMIT_E2E_PROXY` may name another executable
+/// with the same command line.
+fn proxy_program() -> PathBuf {
+    std::env::var_os("PERMIT_E2E_PROXY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_permit-proxy")),
+        PathBuf::from,
+    )
+}
+
+/// `permit-proxy --help`.
+fn proxy_help() -> String {
+    let out = Command::new(proxy_program())
+        .arg("--help")
+        .output()
+        .expect("run permit-proxy --help");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs one `permit-proxy` administration command; panics unless it succeeds.
 fn proxy_admin(data: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_permit-proxy"))
+    let out = Command::new(proxy_program())
         .arg("--data")
         .arg(data)
         .args(["--domain", DOMAIN])
@@ -197,8 +219,14 @@ impl Proxy {
         for (user, password) in &options.users {
             proxy_admin(&data, &["user", "add", user, "--password", password]);
         }
+        // Releases before the gate had no `permit` command and no lists.
+        let has_gate = proxy_help().contains("\n  permit ");
+        for (callee, caller) in options.permits.iter().filter(|_| has_gate) {
+            let (callee, caller) = (format!("{callee}@{DOMAIN}"), format!("{caller}@{DOMAIN}"));
+            proxy_admin(&data, &["permit", "add", &callee, &caller]);
+        }
         let (udp, tcp) = (free_port(), free_port());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_permit-proxy"));
+        let mut command = Command::new(proxy_program());
         command
             .arg("run")
             .args(["--listen", &format!("udp:{HOST}:{udp}")])
@@ -772,6 +800,7 @@ fn sha256_call_with_passwords() {
     }
     let options = ProxyOptions {
         users: users(),
+        permits: vec![("alice", "bob")],
         digest_algorithms: Some("sha-256"),
         ..ProxyOptions::default()
     };
@@ -800,6 +829,7 @@ fn tls_sha256_callee_is_called_over_its_connection() {
     }
     let options = ProxyOptions {
         users: users(),
+        permits: vec![("alice", "bob")],
         digest_algorithms: Some("sha-256"),
         tls: true,
     };
