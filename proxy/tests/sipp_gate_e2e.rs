@@ -1,0 +1,1147 @@
+//! End-to-end tests of the gate (docs/profile.md: permitted-terminal lists, the load
+//! query, the advertised call limit) with SIPp as the real peers.
+//!
+//! Each test starts its own `permit-proxy` with its defaults (digest authentication and
+//! the gate on) on a free loopback UDP port with a fresh data directory, adds users and
+//! permitted-terminal lists with the operator CLI, registers a SIPp callee and drives
+//! SIPp callers through the proxy. The proxy, the callers and the registering SIPp use
+//! 127.0.0.1; every callee listens on 127.0.0.2, so that any trace of its address or
+//! port in what a refused caller received can be found by searching bytes. The
+//! scenarios live in `testbeds/sipp/` (see the README there). Every SIPp run is bounded
+//! by `-m`, `-timeout` and `-timeout_error`, and by a kill here if it overstays.
+//!
+//! SIPp must be on `PATH`. Without it a test prints a note and passes, unless the
+//! environment variable `CI` is set: then it fails.
+//!
+//! Logs, SIPp statistics and message traces of each test stay in
+//! `target/tmp/sipp-gate-e2e/<test>/`; a failure names the files.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// The proxy, the callers and the registrations.
+const HOST: &str = "127.0.0.1";
+/// The callees: an address no refused caller may ever see.
+const CALLEE_HOST: &str = "127.0.0.2";
+const DOMAIN: &str = "localhost";
+const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testbeds/sipp");
+
+/// The proxy under test; `PERMIT_E2E_PROXY` may name another executable with the same
+/// command line.
+fn proxy_program() -> PathBuf {
+    std::env::var_os("PERMIT_E2E_PROXY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_permit-proxy")),
+        PathBuf::from,
+    )
+}
+
+// ---------------------------------------------------------------- environment
+
+/// `true` if SIPp can run; `false` (after a note) if it is missing and `CI` is unset;
+/// panics if it is missing and `CI` is set.
+fn sipp_available() -> bool {
+    match Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => true,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but sipp is not on PATH"
+            );
+            eprintln!("note: sipp is not on PATH; SIPp end-to-end test not run");
+            false
+        }
+        Err(e) => panic!("cannot run sipp: {e}"),
+    }
+}
+
+/// `true` once some process holds UDP `port` on `host`: our own bind fails.
+fn udp_taken(host: &str, port: u16) -> bool {
+    matches!(UdpSocket::bind((host, port)), Err(e) if e.kind() == ErrorKind::AddrInUse)
+}
+
+/// A port free for UDP on both loopback addresses we use (and for TCP on 127.0.0.1,
+/// where SIPp binds its control socket), never handed out twice by this process.
+fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    for _ in 0..200 {
+        let udp = UdpSocket::bind((HOST, 0)).expect("bind an ephemeral UDP port");
+        let port = udp.local_addr().unwrap().port();
+        // SIPp binds its RTP echo sockets on port and port + 2.
+        let Some(plus_two) = port.checked_add(2) else {
+            continue;
+        };
+        let free = TcpListener::bind((HOST, port)).is_ok()
+            && UdpSocket::bind((HOST, plus_two)).is_ok()
+            && UdpSocket::bind((CALLEE_HOST, port)).is_ok()
+            && UdpSocket::bind((CALLEE_HOST, plus_two)).is_ok();
+        let mut given = GIVEN.lock().unwrap();
+        if free && !given.iter().any(|&g| g.abs_diff(port) <= 2) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port found");
+}
+
+/// A per-test directory under Cargo's scratch space, emptied on creation.
+fn workdir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("sipp-gate-e2e")
+        .join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the test directory");
+    dir
+}
+
+/// The last `max` bytes of a log file, for failure messages.
+fn tail(path: &Path, max: usize) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(start);
+    format!("--- {} (tail) ---\n{}", path.display(), &text[start..])
+}
+
+/// Waits for `child` to exit within `limit`; kills it by PID and panics otherwise.
+fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}; killed");
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `done` every 50 ms until it holds; panics with `what` after `limit`.
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------- the proxy
+
+/// A running `permit-proxy` on UDP; killed by its PID when dropped.
+struct Proxy {
+    child: Child,
+    udp: u16,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts the proxy with its defaults (authentication and the gate on) and waits
+    /// until it answers.
+    fn start(dir: &Path, data: &Path, udp: u16, name: &str) -> Proxy {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(proxy_program())
+            .arg("run")
+            .args(["--listen", &format!("udp:{HOST}:{udp}")])
+            .arg("--data")
+            .arg(data)
+            .args(["--domain", DOMAIN])
+            .env(
+                "PERMIT_LOG",
+                std::env::var("PERMIT_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join(format!("{name}.stdout"))).unwrap())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn permit-proxy");
+        let mut proxy = Proxy { child, udp, log };
+        proxy.wait_ready();
+        proxy
+    }
+
+    /// Ready when the proxy answers an OPTIONS to its domain (RFC 3261 section 11,
+    /// not challenged: it reaches no user) with any response.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let probe = UdpSocket::bind((HOST, 0)).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = probe.local_addr().unwrap().port();
+        for seq in 1.. {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "permit-proxy exited during start-up: {status}\n{}",
+                    tail(&self.log, 4000)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "permit-proxy did not answer OPTIONS\n{}",
+                tail(&self.log, 4000)
+            );
+            if !udp_taken(HOST, self.udp) {
+                sleep(Duration::from_millis(100));
+                continue;
+            }
+            let options = format!(
+                "OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:{me};branch=z9hG4bK-ready-{seq}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:probe@{DOMAIN}>;tag=ready\r\nTo: <sip:{DOMAIN}>\r\n\
+                 Call-ID: ready-{me}@{HOST}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            );
+            probe.send_to(options.as_bytes(), (HOST, self.udp)).unwrap();
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = probe.recv(&mut buf)
+                && buf[..n].starts_with(b"SIP/2.0 ")
+            {
+                return;
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything. Waits until the port is free again.
+    fn kill_hard(mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("permit-proxy died: {status}\n{}", tail(&self.log, 4000));
+        }
+        self.child.kill().expect("SIGKILL permit-proxy");
+        self.child.wait().unwrap();
+        wait_until(
+            Duration::from_secs(10),
+            "the proxy port is released",
+            || !udp_taken(HOST, self.udp),
+        );
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- SIPp
+
+/// Final statistics of one SIPp run, from its `-trace_stat` CSV.
+#[derive(Debug, Default)]
+struct Stats {
+    successful: u64,
+    failed: u64,
+}
+
+/// One SIPp invocation over UDP; its files are `<dir>/<name>.*`.
+struct Sipp {
+    dir: PathBuf,
+    name: String,
+    host: &'static str,
+    port: u16,
+    args: Vec<String>,
+    timeout_secs: u64,
+}
+
+impl Sipp {
+    /// `scenario` is a file in `testbeds/sipp/`; `remote` is the proxy port, `None`
+    /// for a UAS; SIPp binds `host`.
+    fn new(
+        dir: &Path,
+        name: &str,
+        scenario: &str,
+        host: &'static str,
+        remote: Option<u16>,
+    ) -> Sipp {
+        let mut args = Vec::new();
+        if let Some(remote) = remote {
+            args.push(format!("{HOST}:{remote}"));
+        }
+        args.extend(["-sf".into(), format!("{SCENARIOS}/{scenario}")]);
+        Sipp {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            host,
+            port: free_port(),
+            args,
+            timeout_secs: 30,
+        }
+    }
+
+    fn arg(mut self, args: &[&str]) -> Sipp {
+        self.args.extend(args.iter().map(|a| (*a).to_string()));
+        self
+    }
+
+    /// `-key NAME VALUE` for the scenario's `[NAME]` keywords.
+    fn key(self, name: &str, value: &str) -> Sipp {
+        self.arg(&["-key", name, value])
+    }
+
+    /// SIPp's global timeout, reached = failure; the harness kills SIPp 15 s later.
+    fn timeout(mut self, secs: u64) -> Sipp {
+        self.timeout_secs = secs;
+        self
+    }
+
+    fn file(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{}{suffix}", self.name))
+    }
+
+    fn spawn(self) -> RunningSipp {
+        let file = |suffix: &str| self.file(suffix).display().to_string();
+        let (port, mp, cp) = (
+            self.port.to_string(),
+            free_port().to_string(),
+            free_port().to_string(),
+        );
+        let mut args = self.args.clone();
+        #[rustfmt::skip]
+        args.extend([
+            "-t", "u1", "-i", self.host, "-p", &port, "-mp", &mp, "-cp", &cp,
+            "-key", "domain", DOMAIN, "-nostdin",
+            "-timeout", &format!("{}s", self.timeout_secs), "-timeout_error",
+            "-trace_stat", "-stf", &file(".csv"), "-fd", "1",
+            "-trace_msg", "-message_file", &file("_messages.log"),
+            "-trace_err", "-error_file", &file("_errors.log"),
+            "-trace_logs", "-log_file", &file("_logs.log"),
+            "-trace_screen", "-screen_file", &file("_screen.log"),
+        ].map(String::from));
+        fs::write(file(".cmd"), format!("sipp {}\n", args.join(" "))).unwrap();
+        let out = fs::File::create(file(".out")).unwrap();
+        let child = Command::new("sipp")
+            .args(&args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn sipp");
+        RunningSipp { child, sipp: self }
+    }
+
+    /// Runs to the end; asserts exit 0 with `calls` successful and 0 failed, and
+    /// returns the message trace.
+    fn run_ok(self, calls: u64) -> Vec<Traced> {
+        self.spawn().finish_ok(calls)
+    }
+}
+
+/// A SIPp process; killed by its PID when dropped.
+struct RunningSipp {
+    child: Child,
+    sipp: Sipp,
+}
+
+impl RunningSipp {
+    /// Waits until SIPp holds its SIP port, so a UAS is listening.
+    fn wait_listening(mut self) -> RunningSipp {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !udp_taken(self.sipp.host, self.sipp.port) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "sipp {} exited early: {status}\n{}",
+                    self.sipp.name,
+                    self.report()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipp {} does not listen on {}",
+                self.sipp.name,
+                self.sipp.port
+            );
+            sleep(Duration::from_millis(50));
+        }
+        self
+    }
+
+    /// Waits for the end; asserts exit 0 with `calls` successful and 0 failed.
+    fn finish_ok(mut self, calls: u64) -> Vec<Traced> {
+        let limit = Duration::from_secs(self.sipp.timeout_secs + 15);
+        let exit = wait_bounded(&mut self.child, limit, &format!("sipp {}", self.sipp.name));
+        let stats = self.stats();
+        assert!(
+            exit.success() && stats.successful == calls && stats.failed == 0,
+            "sipp {}: {exit}, {stats:?}; expected {calls} successful, 0 failed\n{}",
+            self.sipp.name,
+            self.report()
+        );
+        self.trace()
+    }
+
+    /// The messages SIPp sent and received so far (SIPp flushes the trace per message).
+    fn trace(&self) -> Vec<Traced> {
+        read_trace(&self.sipp.file("_messages.log"))
+    }
+
+    /// The last row of the `-trace_stat` CSV; `(C)` columns are cumulative.
+    fn stats(&self) -> Stats {
+        let csv = fs::read_to_string(self.sipp.file(".csv")).unwrap_or_default();
+        let mut rows = csv.lines().filter(|l| !l.trim().is_empty());
+        let (Some(header), Some(last)) = (rows.next(), rows.next_back()) else {
+            return Stats::default();
+        };
+        let header: Vec<&str> = header.split(';').collect();
+        let row: Vec<&str> = last.split(';').collect();
+        let get = |column: &str| {
+            let at = header.iter().position(|h| *h == column);
+            at.and_then(|i| row.get(i))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Stats {
+            successful: get("SuccessfulCall(C)"),
+            failed: get("FailedCall(C)"),
+        }
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "{}\n{}\n{}\nmessage trace: {}",
+            tail(&self.sipp.file("_errors.log"), 3000),
+            tail(&self.sipp.file("_logs.log"), 1000),
+            tail(&self.sipp.file(".out"), 1500),
+            self.sipp.file("_messages.log").display()
+        )
+    }
+}
+
+impl Drop for RunningSipp {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- message traces
+
+/// One message of a SIPp `-trace_msg` log, byte for byte as sent or received.
+#[derive(Debug, Clone)]
+struct Traced {
+    received: bool,
+    bytes: Vec<u8>,
+}
+
+impl Traced {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The response code, `None` for a request.
+    fn status(&self) -> Option<u16> {
+        let rest = self.bytes.strip_prefix(b"SIP/2.0 ")?;
+        std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()
+    }
+
+    fn is_request(&self, method: &str) -> bool {
+        self.bytes.starts_with(format!("{method} ").as_bytes())
+    }
+
+    /// The first value of header `name` (full name, case-insensitive).
+    fn header(&self, name: &str) -> Option<String> {
+        self.text()
+            .split("\r\n")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+    }
+}
+
+/// Reads a SIPp message log: each entry is a dashed date line, then
+/// `UDP message received [N] bytes :` or `UDP message sent (N bytes):`, a blank line
+/// and exactly N bytes of message.
+fn read_trace(path: &Path) -> Vec<Traced> {
+    const RECEIVED: &[u8] = b"UDP message received [";
+    const SENT: &[u8] = b"UDP message sent (";
+    let log = fs::read(path).unwrap_or_default();
+    let find = |from: usize, what: &[u8]| {
+        log[from..]
+            .windows(what.len())
+            .position(|w| w == what)
+            .map(|i| from + i)
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let next = [(find(at, RECEIVED), true), (find(at, SENT), false)]
+            .into_iter()
+            .filter_map(|(i, received)| Some((i?, received)))
+            .min();
+        let Some((start, received)) = next else {
+            return out;
+        };
+        let digits = start + if received { RECEIVED.len() } else { SENT.len() };
+        let len_end = digits
+            + log[digits..]
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .expect("message length in the trace");
+        let len: usize = std::str::from_utf8(&log[digits..len_end])
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = find(len_end, b"\n\n").expect("blank line after the trace header") + 2;
+        let end = (body + len).min(log.len());
+        out.push(Traced {
+            received,
+            bytes: log[body..end].to_vec(),
+        });
+        at = end;
+    }
+}
+
+/// The responses in `trace` with status `status` that SIPp received.
+fn received_responses(trace: &[Traced], status: u16) -> Vec<&Traced> {
+    trace
+        .iter()
+        .filter(|m| m.received && m.status() == Some(status))
+        .collect()
+}
+
+/// The requests with `method` that SIPp received.
+fn received_requests<'a>(trace: &'a [Traced], method: &str) -> Vec<&'a Traced> {
+    trace
+        .iter()
+        .filter(|m| m.received && m.is_request(method))
+        .collect()
+}
+
+/// A response with its per-request fields replaced by placeholders (RFC 3261
+/// section 8.2.6.2: Via, From, Call-ID and CSeq are copied from the request, To too,
+/// with the responder's tag). Everything else stays byte for byte. `callee` is the
+/// user the request was addressed to, echoed in To; `nonce="…"` is per challenge.
+fn normalised(msg: &Traced, callee: &str) -> String {
+    let text = msg.text();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let tagless = |v: &str| match v.find(";tag=") {
+        Some(i) => {
+            let rest = &v[i + 5..];
+            let end = rest.find(';').unwrap_or(rest.len());
+            format!("{};tag=<tag>{}", &v[..i], &rest[end..])
+        }
+        None => v.to_string(),
+    };
+    let lines = head.split("\r\n").map(|line| {
+        let Some((name, value)) = line.split_once(':') else {
+            return line.to_string();
+        };
+        let value = match name.trim().to_ascii_lowercase().as_str() {
+            "via" | "v" => " <via>".to_string(),
+            "call-id" | "i" => " <call-id>".to_string(),
+            "cseq" => " <cseq>".to_string(),
+            "from" | "f" => tagless(value),
+            "to" | "t" => tagless(value).replace(&format!("sip:{callee}@"), "sip:<callee>@"),
+            _ => match value.find("nonce=\"") {
+                Some(i) => {
+                    let rest = &value[i + 7..];
+                    let end = rest.find('"').unwrap_or(rest.len());
+                    format!("{}nonce=\"<nonce>{}", &value[..i], &rest[end..])
+                }
+                None => value.to_string(),
+            },
+        };
+        format!("{name}:{value}")
+    });
+    format!("{}\r\n\r\n{body}", lines.collect::<Vec<_>>().join("\r\n"))
+}
+
+/// Asserts that no message a refused caller received (its SIPp trace) carries
+/// anything of the callee: not its address, not its port, no Contact, no
+/// registration fact (`expires`, the advertised `max-calls`, `load-query`). The only
+/// addresses allowed are 127.0.0.1 with the proxy's and the caller's own ports.
+fn assert_nothing_of_callee(trace: &[Traced], callee_port: u16, allowed_ports: &[u16]) {
+    // A number the caller sent itself (its PID in tags and Call-ID, say) may come back
+    // in the copied fields; it can only be checked when it is not one of those.
+    let port = callee_port.to_string();
+    let echoed = trace.iter().filter(|m| !m.received).any(|m| {
+        m.text()
+            .split(|c: char| !c.is_ascii_digit())
+            .any(|t| t == port)
+    });
+    let received: Vec<&Traced> = trace.iter().filter(|m| m.received).collect();
+    assert!(!received.is_empty(), "the caller received nothing");
+    for msg in received {
+        let text = msg.text();
+        let lower = text.to_ascii_lowercase();
+        let fail = |what: &str| panic!("{what} in a response to a refused caller:\n{text}");
+        assert!(
+            msg.status().is_some(),
+            "a refused caller got a request:\n{text}"
+        );
+        if msg
+            .bytes
+            .windows(CALLEE_HOST.len())
+            .any(|w| w == CALLEE_HOST.as_bytes())
+        {
+            fail("the callee's address");
+        }
+        let numbers: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_digit() && c != '.')
+            .collect();
+        for n in &numbers {
+            let parts: Vec<&str> = n.split('.').collect();
+            if parts.len() == 4 && parts.iter().all(|p| p.parse::<u8>().is_ok()) && *n != HOST {
+                fail(&format!("the address {n}"));
+            }
+        }
+        if !echoed && text.split(|c: char| !c.is_ascii_digit()).any(|t| t == port) {
+            fail("the callee's port");
+        }
+        for (i, _) in text.match_indices(&format!("{HOST}:")) {
+            let port: String = text[i + HOST.len() + 1..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if !allowed_ports.iter().any(|p| p.to_string() == port) {
+                fail(&format!("the port {port}"));
+            }
+        }
+        if msg.header("Contact").is_some() || msg.header("m").is_some() {
+            fail("a Contact header");
+        }
+        for fact in ["expires", "max-calls", "load-query"] {
+            if lower.contains(fact) {
+                fail(fact);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- test bed
+
+/// One test's directory, data directory and proxy port.
+struct Bed {
+    dir: PathBuf,
+    data: PathBuf,
+    udp: u16,
+}
+
+/// Each user's password in these tests.
+fn password(user: &str) -> String {
+    format!("{user}-secret")
+}
+
+impl Bed {
+    /// A fresh bed with `users` added (password: [`password`]).
+    fn new(test: &str, users: &[&str]) -> Bed {
+        let dir = workdir(test);
+        let bed = Bed {
+            data: dir.join("data"),
+            dir,
+            udp: free_port(),
+        };
+        for user in users {
+            bed.cli(&["user", "add", user, "--password", &password(user)]);
+        }
+        bed
+    }
+
+    fn start_proxy(&self, name: &str) -> Proxy {
+        Proxy::start(&self.dir, &self.data, self.udp, name)
+    }
+
+    /// `permit-proxy --data DIR --domain localhost ARGS…` (the operator's CLI);
+    /// asserts success and returns its standard output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(proxy_program())
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--domain", DOMAIN])
+            .args(args)
+            .output()
+            .expect("run permit-proxy");
+        assert!(
+            out.status.success(),
+            "permit-proxy {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("CLI output is UTF-8")
+    }
+
+    /// `permit add CALLEE CALLER` for users of our domain.
+    fn permit(&self, callee: &str, caller: &str) {
+        let out = self.cli(&[
+            "permit",
+            "add",
+            &format!("{callee}@{DOMAIN}"),
+            &format!("{caller}@{DOMAIN}"),
+        ]);
+        assert!(out.starts_with("added "), "permit add: {out}");
+    }
+
+    fn list(&self, callee: &str) -> String {
+        self.cli(&["permit", "list", &format!("{callee}@{DOMAIN}")])
+    }
+
+    /// A listening callee on 127.0.0.2 that ends after `calls` SIPp calls.
+    fn callee(&self, name: &str, scenario: &str, calls: u64) -> RunningSipp {
+        Sipp::new(&self.dir, name, scenario, CALLEE_HOST, None)
+            .arg(&["-m", &calls.to_string()])
+            .timeout(50)
+            .spawn()
+            .wait_listening()
+    }
+
+    /// REGISTERs `user` (with its password) with a Contact at `uas`, plus the Contact
+    /// header parameters `params` (`register_params.xml`; `register.xml` when empty).
+    fn register(&self, user: &str, uas: &RunningSipp, params: &str) {
+        let scenario = if params.is_empty() {
+            "register.xml"
+        } else {
+            "register_params.xml"
+        };
+        let mut sipp = Sipp::new(
+            &self.dir,
+            &format!("register-{user}"),
+            scenario,
+            HOST,
+            Some(self.udp),
+        )
+        .arg(&["-s", user, "-au", user, "-ap", &password(user)])
+        .arg(&["-m", "1", "-auth_uri", DOMAIN])
+        .key("contact_host", uas.sipp.host)
+        .key("contact_port", &uas.sipp.port.to_string())
+        .key("contact_transport", "udp")
+        .key("expires", "3600");
+        if !params.is_empty() {
+            sipp = sipp.key("contact_params", params);
+        }
+        sipp.run_ok(1);
+    }
+
+    /// `uac_auth.xml`: `caller` calls `callee` `calls` times (5 per second, each call
+    /// `hold_ms` long).
+    fn calls(&self, name: &str, caller: &str, callee: &str, calls: u64, hold_ms: u64) -> Sipp {
+        Sipp::new(&self.dir, name, "uac_auth.xml", HOST, Some(self.udp))
+            .arg(&["-s", callee, "-au", caller, "-ap", &password(caller)])
+            .arg(&["-auth_uri", &format!("{callee}@{DOMAIN}")])
+            .arg(&["-m", &calls.to_string(), "-r", "5", "-l", "10"])
+            .arg(&["-d", &hold_ms.to_string(), "-pause_msg_ign"])
+            .timeout(50)
+    }
+
+    /// `uac_auth_expect.xml`: one authenticated INVITE from `caller` to `callee` that
+    /// must end in `status`; returns the caller's message trace and SIP port.
+    fn refused(&self, name: &str, caller: &str, callee: &str, status: u16) -> (Vec<Traced>, u16) {
+        let sipp = Sipp::new(&self.dir, name, "uac_auth_expect.xml", HOST, Some(self.udp))
+            .arg(&["-s", callee, "-au", caller, "-ap", &password(caller)])
+            .arg(&["-auth_uri", &format!("{callee}@{DOMAIN}"), "-m", "1"])
+            .key("expect", &status.to_string())
+            .timeout(20);
+        let port = sipp.port;
+        (sipp.run_ok(1), port)
+    }
+}
+
+/// The entity-tag in `permit list` output (`# AOR etag TAG`).
+fn etag_of(list: &str) -> String {
+    list.lines()
+        .next()
+        .and_then(|l| l.split_once(" etag "))
+        .map_or_else(
+            || panic!("no etag in `permit list` output:\n{list}"),
+            |(_, t)| t.trim().to_string(),
+        )
+}
+
+// ---------------------------------------------------------------- tests
+
+/// A permitted caller reaches the callee: the callee's UAS is first asked with
+/// OPTIONS (RFC 3261 section 11.2), a transaction of its own that says nothing about
+/// the caller, then gets the INVITE; every call rings (180) and completes (200).
+#[test]
+fn permitted_caller_gets_180_and_200_after_the_load_query() {
+    const CALLS: u64 = 10;
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("permitted", &["alice", "bob"]);
+    bed.permit("bob", "alice");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = bed.callee("uas", "uas_options.xml", 2 * CALLS);
+    bed.register("bob", &uas, "");
+    let uac = bed.calls("uac", "alice", "bob", CALLS, 200);
+    let uac_port = uac.port;
+    let caller = uac.run_ok(CALLS);
+    let callee = uas.finish_ok(2 * CALLS);
+
+    assert_eq!(received_responses(&caller, 180).len() as u64, CALLS, "180s");
+    let ok_to_invite = received_responses(&caller, 200)
+        .into_iter()
+        .filter(|m| m.header("CSeq").is_some_and(|c| c.ends_with("INVITE")))
+        .count() as u64;
+    assert_eq!(ok_to_invite, CALLS, "200s to INVITE");
+
+    let invites = received_requests(&callee, "INVITE");
+    let options = received_requests(&callee, "OPTIONS");
+    assert_eq!(
+        (options.len() as u64, invites.len() as u64),
+        (CALLS, CALLS),
+        "one OPTIONS per call"
+    );
+    let invite_ids: Vec<String> = invites.iter().filter_map(|m| m.header("Call-ID")).collect();
+    for q in &options {
+        let text = q.text();
+        let from = q.header("From").unwrap_or_default();
+        assert!(
+            from.contains(&format!("sip:permit@{DOMAIN}")),
+            "OPTIONS From:\n{text}"
+        );
+        let id = q.header("Call-ID").unwrap_or_default();
+        assert!(
+            !invite_ids.contains(&id),
+            "OPTIONS reuses an INVITE Call-ID:\n{text}"
+        );
+        for caller_fact in ["alice", "sipp@", &format!(":{uac_port}")] {
+            assert!(
+                !text.contains(caller_fact),
+                "OPTIONS names the caller ({caller_fact}):\n{text}"
+            );
+        }
+    }
+    // Each INVITE comes after its load query.
+    let mut asked = 0;
+    let mut invited = 0;
+    for m in callee.iter().filter(|m| m.received) {
+        asked += usize::from(m.is_request("OPTIONS"));
+        if m.is_request("INVITE") {
+            invited += 1;
+            assert!(invited <= asked, "INVITE #{invited} before its OPTIONS");
+        }
+    }
+}
+
+/// A caller who is not on the callee's list gets 403, the callee (registered and
+/// online) hears nothing, and nothing the caller received names the callee's address
+/// or port. A permitted caller then reaches the same callee.
+#[test]
+fn stranger_gets_403_and_callee_hears_nothing() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("stranger", &["alice", "bob", "mallory"]);
+    bed.permit("bob", "alice");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = bed.callee("uas", "uas_options.xml", 2);
+    bed.register("bob", &uas, "");
+    let (caller, port) = bed.refused("mallory-bob", "mallory", "bob", 403);
+    assert_eq!(received_responses(&caller, 403).len(), 1, "one 403");
+    assert_nothing_of_callee(&caller, uas.sipp.port, &[bed.udp, port]);
+    sleep(Duration::from_millis(300));
+    let heard: Vec<String> = uas.trace().iter().map(Traced::text).collect();
+    assert!(
+        heard.is_empty(),
+        "the callee was contacted for a refused caller:\n{heard:#?}"
+    );
+
+    bed.calls("alice-bob", "alice", "bob", 1, 100).run_ok(1);
+    uas.finish_ok(2);
+}
+
+/// The 403 for an unknown callee is the 403 for a refused one, byte for byte apart
+/// from the fields copied from the request (Via, From/To tags, Call-ID, CSeq; To
+/// echoes the callee's user), and so is every answer before it (100 Trying, the 407
+/// apart from its fresh nonce).
+/// Refused: a registered callee with a list, a user with a list but no binding, a
+/// user without a list; unknown: no such user, from a stranger and from a caller who
+/// is on other lists. None of them reveals anything of the registered callee.
+#[test]
+fn unknown_callee_gets_the_same_403_as_a_refused_caller() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("same_403", &["alice", "bob", "dave", "erin", "mallory"]);
+    bed.permit("bob", "alice");
+    bed.permit("dave", "alice");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = bed.callee("uas", "uas_options.xml", 1);
+    bed.register("bob", &uas, "");
+
+    let cases = [
+        ("mallory", "bob"),
+        ("mallory", "dave"),
+        ("mallory", "erin"),
+        ("mallory", "nobody"),
+        ("alice", "nobody"),
+    ];
+    let mut seen: Vec<(String, Vec<String>)> = Vec::new();
+    for (caller, callee) in cases {
+        let (trace, port) = bed.refused(&format!("{caller}-{callee}"), caller, callee, 403);
+        assert_nothing_of_callee(&trace, uas.sipp.port, &[bed.udp, port]);
+        for status in [407, 403] {
+            let n = received_responses(&trace, status).len();
+            assert_eq!(n, 1, "{caller} -> {callee}: one {status}");
+        }
+        // Everything the caller received (100s, 407, 403), in order.
+        let answers = trace
+            .iter()
+            .filter(|m| m.received)
+            .map(|m| normalised(m, callee))
+            .collect();
+        seen.push((format!("{caller} -> {callee}"), answers));
+    }
+    let (first, expected) = &seen[0];
+    for (case, answers) in &seen[1..] {
+        assert_eq!(answers, expected, "{case} got other answers than {first}");
+    }
+    sleep(Duration::from_millis(300));
+    assert!(uas.trace().is_empty(), "the callee was contacted");
+}
+
+/// A callee whose UA answers the load query 486 is busy: the permitted caller gets
+/// 486 and no INVITE reaches the callee. A stranger calling the same busy callee
+/// still gets 403, not 486 (it never learns whether the callee is busy), and causes
+/// no OPTIONS.
+#[test]
+fn busy_callee_gives_486_and_stranger_still_403() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("busy", &["alice", "bob", "mallory"]);
+    bed.permit("bob", "alice");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = bed.callee("uas", "uas_busy.xml", 1);
+    bed.register("bob", &uas, "");
+    let (stranger, port) = bed.refused("mallory-bob", "mallory", "bob", 403);
+    assert_nothing_of_callee(&stranger, uas.sipp.port, &[bed.udp, port]);
+    sleep(Duration::from_millis(300));
+    assert!(uas.trace().is_empty(), "OPTIONS sent for a refused caller");
+
+    let (caller, _) = bed.refused("alice-bob", "alice", "bob", 486);
+    assert!(
+        received_responses(&caller, 180).is_empty(),
+        "a 180 before the 486"
+    );
+    let callee = uas.finish_ok(1);
+    assert_eq!(
+        received_requests(&callee, "OPTIONS").len(),
+        1,
+        "one OPTIONS"
+    );
+    assert!(
+        received_requests(&callee, "INVITE").is_empty(),
+        "INVITE to a busy callee"
+    );
+}
+
+/// A callee registered with `max-calls=1` and one call up: the next INVITE gets 486
+/// at once and the callee is not asked (no second OPTIONS). After the first call's
+/// BYE the limit is free again and a call passes.
+#[test]
+fn over_limit_callee_gives_486_without_options() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("over_limit", &["alice", "bob", "carol"]);
+    bed.permit("bob", "alice");
+    bed.permit("bob", "carol");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = bed.callee("uas", "uas_options.xml", 4);
+    bed.register("bob", &uas, ";max-calls=1");
+
+    let held = bed.calls("alice-held", "alice", "bob", 1, 6000).spawn();
+    wait_until(
+        Duration::from_secs(10),
+        "the first call is established",
+        || !received_requests(&uas.trace(), "ACK").is_empty(),
+    );
+    let (caller, _) = bed.refused("carol-over", "carol", "bob", 486);
+    assert!(
+        received_responses(&caller, 180).is_empty(),
+        "a 180 before the 486"
+    );
+    sleep(Duration::from_millis(300));
+    let during = uas.trace();
+    assert_eq!(
+        (
+            received_requests(&during, "OPTIONS").len(),
+            received_requests(&during, "INVITE").len()
+        ),
+        (1, 1),
+        "the over-limit INVITE caused an OPTIONS or an INVITE at the callee"
+    );
+    held.finish_ok(1);
+
+    bed.calls("carol-after", "carol", "bob", 1, 100).run_ok(1);
+    let callee = uas.finish_ok(4);
+    assert_eq!(
+        received_requests(&callee, "OPTIONS").len(),
+        2,
+        "OPTIONS in all"
+    );
+}
+
+/// Permit lists and their entity-tags survive kill -9: a list added by the CLI before
+/// the proxy runs, one imported by the CLI while it runs, and a change the callee
+/// PUBLISHed whose 200 came just before the kill (its SIP-ETag is the list's tag
+/// afterwards). After the restart the gate still lets the permitted callers through
+/// (alice from the CLI, carol from the PUBLISH, and alice to dave from the import gets
+/// past the gate to the location service: 404, dave never registered) and refuses a
+/// stranger.
+#[test]
+fn permit_lists_and_etags_survive_sigkill() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new(
+        "lists_sigkill",
+        &["alice", "bob", "carol", "dave", "mallory"],
+    );
+    bed.permit("bob", "alice");
+    let bob_before = bed.list("bob");
+    let first_tag = etag_of(&bob_before);
+    assert_eq!(
+        bob_before.lines().nth(1),
+        Some("alice@localhost"),
+        "{bob_before}"
+    );
+
+    let proxy = bed.start_proxy("proxy-1");
+    let csv = bed.dir.join("permits.csv");
+    fs::write(
+        &csv,
+        "# callee,caller\ndave@localhost,alice@localhost\ndave@localhost,*@example.org\n",
+    )
+    .unwrap();
+    let imported = bed.cli(&["permit", "import", csv.to_str().unwrap()]);
+    assert!(
+        imported.starts_with("imported 2 entries for 1 callees"),
+        "{imported}"
+    );
+    let dave_before = bed.list("dave");
+
+    let publish = Sipp::new(
+        &bed.dir,
+        "publish-bob",
+        "publish_permits.xml",
+        HOST,
+        Some(bed.udp),
+    )
+    .arg(&["-s", "bob", "-au", "bob", "-ap", &password("bob")])
+    .arg(&["-auth_uri", &format!("bob@{DOMAIN}"), "-m", "1"])
+    .key("body", r#"{"add":["carol@localhost"]}"#)
+    .timeout(20)
+    .run_ok(1);
+    proxy.kill_hard();
+    let ok = received_responses(&publish, 200);
+    let published_tag = ok
+        .last()
+        .and_then(|m| m.header("SIP-ETag"))
+        .expect("SIP-ETag in the 200 to PUBLISH");
+    assert_ne!(
+        published_tag, first_tag,
+        "the PUBLISH made a new entity-tag"
+    );
+
+    let bob_after_kill = bed.list("bob");
+    assert_eq!(etag_of(&bob_after_kill), published_tag, "{bob_after_kill}");
+    let mut entries: Vec<&str> = bob_after_kill.lines().skip(1).collect();
+    entries.sort_unstable();
+    assert_eq!(
+        entries,
+        ["alice@localhost", "carol@localhost"],
+        "{bob_after_kill}"
+    );
+    assert_eq!(bed.list("dave"), dave_before, "the imported list");
+
+    let _proxy = bed.start_proxy("proxy-2");
+    assert_eq!(bed.list("bob"), bob_after_kill, "a restart changes no list");
+    assert_eq!(bed.list("dave"), dave_before, "a restart changes no list");
+    let uas = bed.callee("uas", "uas_options.xml", 4);
+    bed.register("bob", &uas, "");
+    bed.calls("alice-bob", "alice", "bob", 1, 100).run_ok(1);
+    bed.calls("carol-bob", "carol", "bob", 1, 100).run_ok(1);
+    bed.refused("alice-dave", "alice", "dave", 404);
+    let (stranger, port) = bed.refused("mallory-bob", "mallory", "bob", 403);
+    assert_nothing_of_callee(&stranger, uas.sipp.port, &[bed.udp, port]);
+    uas.finish_ok(4);
+}
+
+// ------------------------------------------------------- the checks themselves
+
+fn response(text: &str) -> Traced {
+    Traced {
+        received: true,
+        bytes: text.replace('\n', "\r\n").into_bytes(),
+    }
+}
+
+const FORBIDDEN: &str = "SIP/2.0 403 Forbidden\nVia: SIP/2.0/UDP 127.0.0.1:40001;branch=z9hG4bK-1\n\
+From: <sip:sipp@localhost>;tag=1\nTo: <sip:bob@localhost>;tag=a1\nCall-ID: 1-1@127.0.0.1\n\
+CSeq: 2 INVITE\nContent-Length: 0\n\n";
+
+/// The leak check finds the callee's address, its port, and a Contact; it accepts
+/// the proxy's and the caller's own addresses.
+#[test]
+fn leak_check_finds_callee_facts() {
+    let ok = [response(FORBIDDEN)];
+    assert_nothing_of_callee(&ok, 40999, &[5060, 40001]);
+    let leaks = [
+        FORBIDDEN.replace(
+            "Content-Length",
+            "Warning: 399 127.0.0.2 \"x\"\nContent-Length",
+        ),
+        FORBIDDEN.replace(
+            "Content-Length",
+            "Contact: <sip:bob@10.0.0.1>\nContent-Length",
+        ),
+        FORBIDDEN.replace("branch=z9hG4bK-1", "branch=z9hG4bK-1;x=40999"),
+        FORBIDDEN.replace("40001", "40002"),
+        FORBIDDEN.replace("Content-Length", "X: max-calls=1\nContent-Length"),
+    ];
+    for leak in leaks {
+        let trace = [response(&leak)];
+        let caught = std::panic::catch_unwind(|| {
+            assert_nothing_of_callee(&trace, 40999, &[5060, 40001]);
+        });
+        assert!(caught.is_err(), "not caught:\n{leak}");
+    }
+}
+
+/// Normalising removes exactly the per-request fields: two 403s to different
+/// requests compare equal, a 403 with one more header or another reason does not.
+#[test]
+fn normalising_keeps_all_but_per_request_fields() {
+    let other = FORBIDDEN
+        .replace(
+            "40001;branch=z9hG4bK-1",
+            "40007;branch=z9hG4bK-9;rport=40007",
+        )
+        .replace("tag=1", "tag=77")
+        .replace("bob@localhost>;tag=a1", "nobody@localhost>;tag=b2")
+        .replace("1-1@", "9-9@")
+        .replace("CSeq: 2", "CSeq: 7");
+    let base = normalised(&response(FORBIDDEN), "bob");
+    assert_eq!(base, normalised(&response(&other), "nobody"));
+    for changed in [
+        FORBIDDEN.replace("Forbidden", "Not Permitted"),
+        FORBIDDEN.replace("Content-Length", "Server: x\nContent-Length"),
+        FORBIDDEN.replace("sipp@", "eve@"),
+    ] {
+        assert_ne!(base, normalised(&response(&changed), "bob"), "{changed}");
+    }
+}
