@@ -13,6 +13,7 @@ use sip_core::digest::Algorithm;
 
 use crate::auth::AuthSettings;
 use crate::engine::ProxyConfig;
+use crate::gate::GateSettings;
 use crate::registrar::RegistrarConfig;
 use crate::route::Identity;
 use crate::store::Durability;
@@ -56,6 +57,18 @@ pub struct FileConfig {
     pub auth: AuthFile,
     #[serde(default)]
     pub tls: TlsFile,
+    #[serde(default)]
+    pub gate: GateFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateFile {
+    /// Off: every authenticated caller reaches every callee.
+    pub enabled: Option<bool>,
+    /// Ask the callee with OPTIONS before routing a permitted INVITE.
+    pub load_query: Option<bool>,
+    pub query_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +122,7 @@ pub struct Config {
     pub timer_c: Duration,
     pub auth: AuthSettings,
     pub tls: TlsPaths,
+    pub gate: GateSettings,
 }
 
 /// Where the TLS material is, if any.
@@ -131,6 +145,7 @@ pub struct Overrides {
     pub no_auth: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub no_gate: bool,
 }
 
 /// Parses digest algorithm names in order (RFC 8760 §2.4 tokens, case-insensitive).
@@ -209,6 +224,12 @@ impl Config {
         {
             return Err(ConfigError::TlsWithoutCert);
         }
+        let mut gate = GateSettings::default();
+        gate.enabled = f.gate.enabled.unwrap_or(gate.enabled) && !o.no_gate;
+        gate.load_query = f.gate.load_query.unwrap_or(gate.load_query);
+        if let Some(ms) = f.gate.query_timeout_ms {
+            gate.query_timeout = Duration::from_millis(ms);
+        }
         let r = RegistrarConfig::default();
         let t = TimerConfig::default();
         Ok(Self {
@@ -234,6 +255,7 @@ impl Config {
             timer_c: Duration::from_secs(f.timers.timer_c_s.unwrap_or(180)),
             auth,
             tls,
+            gate,
         })
     }
 
@@ -247,6 +269,7 @@ impl Config {
         cfg.registrar = self.registrar.clone();
         cfg.timers = self.timers;
         cfg.timer_c = self.timer_c;
+        cfg.gate = self.gate.clone();
         cfg
     }
 }

@@ -16,8 +16,10 @@ use sip_core::transaction::{
 use sip_core::transport::{Received, Transmit, Transport};
 
 use crate::auth::{Auth, Decision, Role};
-use crate::gate::{Dialogs, GateSettings, PermitDirectory, QueryOutcome};
+use crate::gate::{Dialogs, GateSettings, QueryOutcome};
 use crate::location::{Location, aor_key};
+use crate::manage;
+use crate::permits::{Aor, Permits};
 use crate::registrar::{Registered, RegistrarConfig, handle_register};
 use crate::route::{BRANCH_PREFIX, Flow, Identity, branch_for, loop_hash, resolve};
 
@@ -227,7 +229,7 @@ pub struct Proxy {
     out: VecDeque<Transmit>,
     rng: StdRng,
     auth: Auth,
-    permits: Box<dyn PermitDirectory>,
+    permits: Permits,
     dialogs: Dialogs,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
@@ -243,7 +245,7 @@ impl Proxy {
         cfg: ProxyConfig,
         location: Location,
         auth: Auth,
-        permits: Box<dyn PermitDirectory>,
+        permits: Permits,
         now: Instant,
         unix_now: u64,
         seed: u64,
@@ -463,6 +465,9 @@ impl Proxy {
             return self.handle_local(now, key, msg, &method);
         }
         let gated = ruri_is_us && remaining.is_empty();
+        if gated && method == Method::Publish && uri.user.is_some() && manage::is_management(&msg) {
+            return self.handle_manage(now, key, &msg, &uri);
+        }
         let Ok(callee) = self.admit(now, &key, &msg, &method, &uri, gated) else {
             return;
         };
@@ -503,6 +508,42 @@ impl Proxy {
         } else {
             self.try_next_target(now, ctx_id, hash);
         }
+    }
+
+    /// PUBLISH of a callee's own list (docs/profile.md "Managing the list"): the
+    /// request is authenticated as for the registrar (401) and only the owner of the
+    /// AOR may change it (403 otherwise, and without authentication).
+    fn handle_manage(&mut self, now: Instant, key: TxKey, msg: &Message, uri: &SipUri<'_>) {
+        let Some(flow) = self.server.get(&key).map(|e| e.flow) else {
+            return;
+        };
+        let Ok(who) = self.authenticate(now, &key, msg, flow, Role::Registrar) else {
+            return;
+        };
+        let user = uri
+            .user
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default();
+        let owner = Aor::parse(&format!("{user}@{}", self.cfg.identity.domain));
+        let (Some(who), Ok(owner)) = (who, owner) else {
+            return self.reply(now, &key, msg, 403, "Forbidden", &[]);
+        };
+        if who.username != user {
+            return self.reply(now, &key, msg, 403, "Forbidden", &[]);
+        }
+        let r = manage::handle_publish(&mut self.permits, &owner, msg);
+        let tag = self.tag();
+        let mut b = ResponseBuilder::new(msg, r.status, r.reason).to_tag(tag.as_bytes());
+        for (n, v) in &r.headers {
+            if *n != "Content-Type" {
+                b = b.header(n, v.as_bytes());
+            }
+        }
+        if let Some(body) = &r.body {
+            b = b.body(manage::CONTENT_TYPE.as_bytes(), body.as_bytes());
+        }
+        let bytes = b.to_vec();
+        self.respond(now, &key, r.status, bytes.into());
     }
 
     /// Authentication and the gate, before anything about the callee is looked up:

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-/// Who may reach whom. Implemented by the durable permit table.
+/// Who may reach whom: the gate's view of the permitted-terminal table
+/// ([`crate::permits::Permits`] is the durable implementation).
 pub trait PermitDirectory: Send {
     /// Whether `caller` (an AOR `user@domain`) may reach `callee`. `false` for an
     /// unknown callee: the two cases must not be told apart.
@@ -130,22 +131,6 @@ impl QueryOutcome {
     }
 }
 
-/// The in-memory directory: reference implementation and engine-test double.
-#[derive(Debug, Default)]
-pub struct MemoryPermits {
-    /// callee AOR → caller AORs (`*@domain` for a whole domain).
-    pub lists: HashMap<String, Vec<String>>,
-}
-
-impl PermitDirectory for MemoryPermits {
-    fn is_permitted(&mut self, callee: &str, caller: &str) -> bool {
-        let domain = caller.split_once('@').map(|(_, d)| format!("*@{d}"));
-        self.lists
-            .get(callee)
-            .is_some_and(|l| l.iter().any(|e| e == caller || Some(e) == domain.as_ref()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,16 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_permits() {
-        let mut p = MemoryPermits::default();
-        p.lists.insert(
-            "bob@x".into(),
-            vec!["alice@x".into(), "*@partner.example".into()],
-        );
-        assert!(p.is_permitted("bob@x", "alice@x"));
-        assert!(p.is_permitted("bob@x", "carol@partner.example"));
-        assert!(!p.is_permitted("bob@x", "mallory@x"));
-        assert!(!p.is_permitted("nobody@x", "alice@x"));
+    fn query_outcomes() {
         assert_eq!(QueryOutcome::of(200), QueryOutcome::Available);
         assert_eq!(QueryOutcome::of(600), QueryOutcome::Busy);
         assert_eq!(QueryOutcome::of(405), QueryOutcome::Unknown);

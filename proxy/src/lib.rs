@@ -13,6 +13,7 @@ pub mod engine;
 pub mod gate;
 pub mod limiter;
 pub mod location;
+pub mod manage;
 pub mod permits;
 pub mod registrar;
 pub mod route;

@@ -9,6 +9,7 @@ use permit_proxy::auth::Auth;
 use permit_proxy::config::{Config, Overrides};
 use permit_proxy::engine::Proxy;
 use permit_proxy::location::Location;
+use permit_proxy::permits::{Aor, PermitEntry, Permits};
 use permit_proxy::store::SqliteStore;
 use permit_proxy::users::{SqliteUsers, UserRecord};
 use rand::RngCore;
@@ -42,6 +43,9 @@ struct Cli {
     /// PEM private key for `tls:` listeners.
     #[arg(long, global = true)]
     tls_key: Option<PathBuf>,
+    /// Let every authenticated caller reach every callee (no permit lists).
+    #[arg(long, global = true)]
+    no_gate: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +60,21 @@ enum Command {
     /// TLS certificates for labs.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Manage permitted-terminal lists (who may reach a callee).
+    #[command(subcommand)]
+    Permit(PermitCommand),
+}
+
+#[derive(Subcommand)]
+enum PermitCommand {
+    /// Allow CALLER (`alice@example.org` or `*@example.org`) to reach CALLEE.
+    Add { callee: String, caller: String },
+    /// Remove CALLER from CALLEE's list.
+    Remove { callee: String, caller: String },
+    /// Print CALLEE's list and its entity-tag.
+    List { callee: String },
+    /// Add every `callee,caller` line of a CSV file (all or nothing).
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -108,6 +127,7 @@ fn main() -> ExitCode {
         no_auth: cli.no_auth,
         tls_cert: cli.tls_cert,
         tls_key: cli.tls_key,
+        no_gate: cli.no_gate,
     };
     let cfg = match Config::load(cli.config.as_deref(), overrides) {
         Ok(c) => c,
@@ -130,6 +150,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Permit(cmd) => match permit(&cfg, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::User(cmd) => match user(&cfg, cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -154,6 +181,54 @@ fn password(flag: Option<String>) -> Result<String, String> {
         return Err("empty password".into());
     }
     Ok(p)
+}
+
+fn permit(cfg: &Config, cmd: PermitCommand) -> Result<(), String> {
+    let mut permits = Permits::open_admin(&cfg.data, cfg.durability).map_err(|e| e.to_string())?;
+    let aor = |s: &str| Aor::parse(s).map_err(|e| e.to_string());
+    let entry = |s: &str| PermitEntry::parse(s).map_err(|e| e.to_string());
+    match cmd {
+        PermitCommand::Add { callee, caller } => {
+            let w = permits
+                .add(&aor(&callee)?, &entry(&caller)?, None)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{} {caller} to {callee} (etag {})",
+                if w.changed { "added" } else { "already had" },
+                w.etag
+            );
+        }
+        PermitCommand::Remove { callee, caller } => {
+            let w = permits
+                .remove(&aor(&callee)?, &entry(&caller)?, None)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{} {caller} from {callee} (etag {})",
+                if w.changed { "removed" } else { "did not have" },
+                w.etag
+            );
+        }
+        PermitCommand::List { callee } => {
+            let callee = aor(&callee)?;
+            match (permits.list(callee.as_str()), permits.etag(callee.as_str())) {
+                (Some(entries), Some(etag)) => {
+                    println!("# {callee} etag {etag}");
+                    for e in entries {
+                        println!("{e}");
+                    }
+                }
+                _ => println!("# {callee} has no list: nobody may reach it"),
+            }
+        }
+        PermitCommand::Import { file } => {
+            let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let n = permits
+                .import_csv(std::io::BufReader::new(f))
+                .map_err(|e| e.to_string())?;
+            println!("imported {} entries for {} callees", n.lines, n.callees);
+        }
+    }
+    Ok(())
 }
 
 fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
@@ -265,11 +340,17 @@ fn run(cfg: &Config) -> ExitCode {
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let auth = Auth::new(cfg.auth.clone(), cfg.domain.clone(), Box::new(users), secret);
-        let mut proxy_cfg = cfg.proxy_config(&net.bound);
-        // The durable permit table is not wired into the binary yet: the gate stays open.
-        proxy_cfg.gate.enabled = false;
-        let permits = Box::new(permit_proxy::gate::MemoryPermits::default());
-        let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
+        let permits = match Permits::open(&cfg.data, cfg.durability) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if cfg.gate.enabled && !cfg.auth.enabled {
+            tracing::warn!("the gate needs authentication: without it callers are not identified and the gate is open");
+        }
+        let mut proxy = Proxy::new(cfg.proxy_config(&net.bound), location, auth, permits, Instant::now(), unix, seed);
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {
             tracing::info!(transport = ?l.transport, addr = %l.addr, "listening");

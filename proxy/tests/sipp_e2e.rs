@@ -978,7 +978,7 @@ fn digest_md5_register_and_calls() {
     }
     let bed = Bed::new("digest_md5");
     bed.add_user("bob", "builder-pw");
-    let proxy = bed.start_proxy_with_auth("proxy", &[]);
+    let proxy = bed.start_proxy_with_auth("proxy", &["--no-gate"]);
     bed.add_user("alice", "wonderland-pw");
     let uas = bed.uas("uas", Transport::Udp, 50);
     bed.registrar("register-bob", "register.xml", "bob", Transport::Udp, &uas)

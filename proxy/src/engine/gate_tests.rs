@@ -8,9 +8,9 @@ use std::time::Duration;
 use sip_core::message::{HeaderName, Message, Method};
 
 use super::auth_tests::{challenges, credentials, register, users};
-use super::tests::{Harness, addr, status};
+use super::tests::{Harness, addr, permits, status};
 use crate::auth::AuthSettings;
-use crate::gate::{GateSettings, MemoryPermits};
+use crate::gate::GateSettings;
 
 const ALICE: &str = "127.0.0.1:5070";
 const BOB: &str = "127.0.0.1:5080";
@@ -21,15 +21,16 @@ fn gated(load_query: bool) -> Harness {
         "mallory".into(),
         crate::users::UserRecord::new("mallory", "localhost", "evil"),
     );
-    let mut permits = MemoryPermits::default();
-    permits
-        .lists
-        .insert("bob@localhost".into(), vec!["alice@localhost".into()]);
     let gate = GateSettings {
         load_query,
         ..GateSettings::default()
     };
-    Harness::with(AuthSettings::default(), users, gate, permits)
+    Harness::with(
+        AuthSettings::default(),
+        users,
+        gate,
+        permits(&[("bob@localhost", &["alice@localhost"])]),
+    )
 }
 
 /// Registers bob (authenticated) at BOB with extra Contact parameters.
@@ -241,4 +242,175 @@ fn full_callee_gets_486_without_a_query() {
     assert_eq!(status(&out), vec![100, 486]);
     assert!(requests_to(&out, BOB).is_empty(), "no OPTIONS, no INVITE");
     assert_eq!(h.proxy.stats.busy, 1);
+}
+
+fn publish(user: &str, owner: &str, n: u32, auth: Option<&str>, extra: &str, body: &str) -> String {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\n"))
+        .unwrap_or_default();
+    let ct = if body.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/permit-list+json\n".to_owned()
+    };
+    format!(
+        "PUBLISH sip:{owner}@localhost SIP/2.0
+Via: SIP/2.0/UDP {ALICE};branch=z9hG4bKpub{user}{n}
+From: <sip:{user}@localhost>;tag=p{n}
+To: <sip:{owner}@localhost>
+Call-ID: pub-{user}-{n}
+CSeq: {n} PUBLISH
+Event: permit-list
+{auth}{extra}{ct}Max-Forwards: 70
+Content-Length: {}
+
+{body}",
+        body.len()
+    )
+}
+
+/// PUBLISH as `user` (password `pw`) to `owner`'s list, authenticated after its 401.
+fn authed_publish(
+    h: &mut Harness,
+    user: &str,
+    pw: &str,
+    owner: &str,
+    n: u32,
+    extra: &str,
+    body: &str,
+) -> Message {
+    let out = h.recv(ALICE, &publish(user, owner, n, None, extra, body));
+    assert_eq!(status(&out), vec![401]);
+    let ch = challenges(&out[0].1, HeaderName::WwwAuthenticate);
+    let creds = credentials(
+        user,
+        pw,
+        "MD5",
+        &ch[0].1,
+        "PUBLISH",
+        &format!("sip:{owner}@localhost"),
+        1,
+    );
+    let out = h.recv(
+        ALICE,
+        &publish(user, owner, n + 1, Some(&creds), extra, body),
+    );
+    assert_eq!(out.len(), 1);
+    out[0].1.clone()
+}
+
+#[test]
+fn callee_manages_its_own_list_over_sip() {
+    let mut h = gated(false);
+    register_bob(&mut h, "");
+    // Mallory is not on bob's list yet.
+    assert_eq!(
+        status(&authed_invite(&mut h, "mallory", "evil", "bob", 1)),
+        vec![100, 403]
+    );
+    // Bob adds mallory; the 200 carries a fresh entity-tag.
+    let r = authed_publish(
+        &mut h,
+        "bob",
+        "builder",
+        "bob",
+        10,
+        "",
+        r#"{"add":["mallory@localhost"]}"#,
+    );
+    assert_eq!(r.status(), Some(200));
+    let etag = String::from_utf8(r.other_headers(b"SIP-ETag").next().unwrap().to_vec()).unwrap();
+    let out = authed_invite(&mut h, "mallory", "evil", "bob", 20);
+    assert_eq!(
+        requests_to(&out, BOB).len(),
+        1,
+        "now permitted (no load query configured)"
+    );
+    // Reading the list: PUBLISH without body.
+    let r = authed_publish(&mut h, "bob", "builder", "bob", 30, "", "");
+    assert_eq!(r.status(), Some(200));
+    let listed = String::from_utf8_lossy(r.body()).into_owned();
+    assert!(
+        listed.contains("alice@localhost") && listed.contains("mallory@localhost"),
+        "{listed}"
+    );
+    // A stale SIP-If-Match is refused with 412 and changes nothing.
+    let r = authed_publish(
+        &mut h,
+        "bob",
+        "builder",
+        "bob",
+        40,
+        "SIP-If-Match: 0000000000000001\n",
+        r#"{"replace":[]}"#,
+    );
+    assert_eq!(r.status(), Some(412));
+    // The current tag works: bob replaces his list with alice only.
+    let hdr = format!("SIP-If-Match: {etag}\n");
+    let r = authed_publish(
+        &mut h,
+        "bob",
+        "builder",
+        "bob",
+        50,
+        &hdr,
+        r#"{"replace":["alice@localhost"]}"#,
+    );
+    assert_eq!(r.status(), Some(200));
+    assert_ne!(
+        r.other_headers(b"SIP-ETag").next().unwrap(),
+        etag.as_bytes()
+    );
+    assert_eq!(
+        status(&authed_invite(&mut h, "mallory", "evil", "bob", 60)),
+        vec![100, 403]
+    );
+}
+
+#[test]
+fn only_the_owner_changes_a_list_and_bad_bodies_are_refused() {
+    let mut h = gated(false);
+    let r = authed_publish(
+        &mut h,
+        "mallory",
+        "evil",
+        "bob",
+        1,
+        "",
+        r#"{"add":["mallory@localhost"]}"#,
+    );
+    assert_eq!(r.status(), Some(403));
+    let r = authed_publish(&mut h, "bob", "builder", "bob", 10, "", "{not json");
+    assert_eq!(r.status(), Some(400));
+    let r = authed_publish(
+        &mut h,
+        "bob",
+        "builder",
+        "bob",
+        20,
+        "",
+        r#"{"add":["not an aor"]}"#,
+    );
+    assert_eq!(r.status(), Some(400));
+    let wrong_type = publish("bob", "bob", 30, None, "", "x")
+        .replace("application/permit-list+json", "text/plain");
+    let out = h.recv(ALICE, &wrong_type);
+    let ch = challenges(&out[0].1, HeaderName::WwwAuthenticate);
+    let creds = credentials(
+        "bob",
+        "builder",
+        "MD5",
+        &ch[0].1,
+        "PUBLISH",
+        "sip:bob@localhost",
+        1,
+    );
+    let signed = publish("bob", "bob", 31, Some(&creds), "", "x")
+        .replace("application/permit-list+json", "text/plain");
+    let out = h.recv(ALICE, &signed);
+    assert_eq!(status(&out), vec![415]);
+    assert_eq!(
+        out[0].1.header(HeaderName::Accept),
+        Some(&b"application/permit-list+json"[..])
+    );
 }

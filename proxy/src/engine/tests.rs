@@ -11,8 +11,9 @@ use sip_core::transport::{Received, Transmit, Transport};
 use super::{Proxy, ProxyConfig};
 use crate::auth::Auth;
 use crate::auth::AuthSettings;
-use crate::gate::{GateSettings, MemoryPermits};
+use crate::gate::GateSettings;
 use crate::location::Location;
+use crate::permits::{Aor, MemoryPermitStore, PermitEntry, Permits};
 use crate::route::Identity;
 use crate::store::MemoryStore;
 use crate::users::MemoryUsers;
@@ -20,6 +21,25 @@ use crate::users::MemoryUsers;
 const PROXY: &str = "127.0.0.1:5060";
 const ALICE: &str = "127.0.0.1:5070";
 const BOB: &str = "127.0.0.1:5080";
+
+/// In-memory permit lists: `(callee, [callers])`.
+pub(super) fn permits(lists: &[(&str, &[&str])]) -> Permits {
+    use rand::SeedableRng;
+    let mut p = Permits::with_store(
+        Box::new(MemoryPermitStore::new()),
+        rand::rngs::StdRng::seed_from_u64(3),
+    )
+    .unwrap();
+    for (callee, callers) in lists {
+        let entries: Vec<PermitEntry> = callers
+            .iter()
+            .map(|c| PermitEntry::parse(c).unwrap())
+            .collect();
+        p.replace(&Aor::parse(callee).unwrap(), &entries, None)
+            .unwrap();
+    }
+    p
+}
 
 pub(super) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -47,14 +67,14 @@ impl Harness {
             enabled: false,
             ..GateSettings::default()
         };
-        Self::with(settings, users, gate, MemoryPermits::default())
+        Self::with(settings, users, gate, permits(&[]))
     }
 
     pub(super) fn with(
         settings: AuthSettings,
         users: MemoryUsers,
         gate: GateSettings,
-        permits: MemoryPermits,
+        permits: Permits,
     ) -> Self {
         let identity = Identity {
             domain: "localhost".into(),
@@ -75,7 +95,7 @@ impl Harness {
                 },
                 location,
                 auth,
-                Box::new(permits),
+                permits,
                 now,
                 1_800_000_000,
                 7,
