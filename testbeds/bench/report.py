@@ -53,7 +53,11 @@ def versions(args) -> dict:
         st = binary.stat()
         built = datetime.datetime.fromtimestamp(st.st_mtime).astimezone().isoformat(timespec="seconds")
         sha = hashlib.sha256(binary.read_bytes()).hexdigest()[:12]
-        permit = f"{binary} (built {built}, sha256 {sha})"
+        src = binary.resolve().parent
+        rev = out(["git", "-C", str(src), "rev-parse", "--short", "HEAD"])
+        changes = out(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"])
+        tree = f"source tree at {rev}" + (" with uncommitted changes" if changes else "")
+        permit = f"{binary} (built {built}, sha256 {sha}, {tree})"
     else:
         permit = "n/a"
     return {
@@ -65,7 +69,7 @@ def versions(args) -> dict:
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "kamailio": out([args.kamailio, "-v"]).splitlines()[0] if shutil.which(args.kamailio) else "n/a",
         "sipp": out([args.sipp, "-v"]).splitlines()[0].strip() if shutil.which(args.sipp) else "n/a",
-        "git": git + (" (with local changes)" if dirty and dirty != "n/a" else ""),
+        "harness_git": git + (" (with uncommitted changes)" if dirty and dirty != "n/a" else ""),
     }
 
 

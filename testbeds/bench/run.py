@@ -112,6 +112,7 @@ class Bench:
         sysdir.mkdir()
         res: dict = {"system": name, "proxy_port": proxy_port}
         proxy = self.start_proxy(name, proxy_port, sysdir)
+        self.proxy_pid = proxy.pid
         try:
             target = f"127.0.0.1:{proxy_port}"
             if not self.wait_ready(target, uas_port):
@@ -349,6 +350,18 @@ class Bench:
         )
         return step
 
+    def settle(self) -> None:
+        """After an overload the proxy still retransmits and times out transactions for a
+        while; the next step starts only when it is idle again (or after settle_s)."""
+        pids = tree(self.proxy_pid)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.a.settle_s:
+            c0 = cpu_ticks(pids)
+            time.sleep(1.0)
+            if (cpu_ticks(pids) - c0) / CLK_TCK < 0.03:
+                break
+        self.log(f"    (settled for {time.monotonic() - t0:.0f}s after the failing step)")
+
     def ramp(self, label: str, run_step, start: int, cap: int, deadline: float) -> dict:
         """Doubles the rate until a step fails (or the cap), then bisects the gap."""
         self.log(f"{label} ramp from {start}/s (steps of {self.a.step_s}s)")
@@ -359,6 +372,7 @@ class Bench:
             steps.append(s)
             if not s.ok:
                 bad = rate
+                self.settle()
                 break
             good = rate
             rate *= 2
@@ -374,6 +388,7 @@ class Bench:
                 good = mid
             else:
                 bad = mid
+                self.settle()
         first_bad = next((s for s in steps if s.rate == bad), None) if bad else None
         out = {
             "highest_steady": good,
@@ -414,6 +429,7 @@ def main() -> int:
         args.call_start, args.call_max = 400, 6400
         args.reg_start, args.reg_max = 1000, 128000
         args.reg_pool, args.prefill_rate = 20000, 5000
+        args.settle_s = 5
     else:
         args.step_s, args.bisect, budget = 10, 3, 14 * 60
         args.common_cps = args.common_cps or 300
@@ -421,6 +437,7 @@ def main() -> int:
         args.call_start, args.call_max = 250, 8000
         args.reg_start, args.reg_max = 1000, 128000
         args.reg_pool, args.prefill_rate = 100000, 5000
+        args.settle_s = 30
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -446,7 +463,7 @@ def main() -> int:
     results["meta"]["settings"] = {
         k: getattr(args, k) for k in
         ("step_s", "bisect", "common_cps", "common_s", "call_start", "call_max",
-         "reg_start", "reg_max", "reg_pool", "prefill_rate", "hold_ms", "kam_shm", "kam_pkg")
+         "reg_start", "reg_max", "reg_pool", "prefill_rate", "settle_s", "hold_ms", "kam_shm", "kam_pkg")
     }
     print(f"logs: {work}")
     print(json.dumps(results["meta"], indent=1))
