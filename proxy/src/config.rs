@@ -225,7 +225,9 @@ impl Config {
             return Err(ConfigError::TlsWithoutCert);
         }
         let mut gate = GateSettings::default();
-        gate.enabled = f.gate.enabled.unwrap_or(gate.enabled) && !o.no_gate;
+        // Without authentication nobody is identified: the gate (and with it the load
+        // query and call limits) cannot apply.
+        gate.enabled = f.gate.enabled.unwrap_or(gate.enabled) && !o.no_gate && auth.enabled;
         gate.load_query = f.gate.load_query.unwrap_or(gate.load_query);
         if let Some(ms) = f.gate.query_timeout_ms {
             gate.query_timeout = Duration::from_millis(ms);

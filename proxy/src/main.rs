@@ -347,8 +347,8 @@ fn run(cfg: &Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if cfg.gate.enabled && !cfg.auth.enabled {
-            tracing::warn!("the gate needs authentication: without it callers are not identified and the gate is open");
+        if !cfg.gate.enabled {
+            tracing::warn!("the gate is OFF: every caller reaches every callee, without a load query");
         }
         let mut proxy = Proxy::new(cfg.proxy_config(&net.bound), location, auth, permits, Instant::now(), unix, seed);
         let (aors, bindings) = proxy.location_counts();
