@@ -92,11 +92,16 @@ fn workdir(test: &str) -> PathBuf {
     dir
 }
 
+/// A file's text (lossy), empty if it cannot be read.
+fn read_text(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 /// The last `max` bytes of a log file, for failure messages.
 fn tail(path: &Path, max: usize) -> String {
-    let text = fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let text = read_text(path);
     let start = text.len().saturating_sub(max);
     let start = (start..text.len())
         .find(|&i| text.is_char_boundary(i))
@@ -165,15 +170,6 @@ fn proxy_program() -> PathBuf {
     )
 }
 
-/// `permit-proxy --help`.
-fn proxy_help() -> String {
-    let out = Command::new(proxy_program())
-        .arg("--help")
-        .output()
-        .expect("run permit-proxy --help");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Runs one `permit-proxy` administration command; panics unless it succeeds.
 fn proxy_admin(data: &Path, args: &[&str]) {
     let out = Command::new(proxy_program())
@@ -204,17 +200,36 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// Adds the users and permits, then starts the proxy on fresh ports. A
+    /// start-up that lost a port to another process on the machine (bind:
+    /// address in use) is retried on other ports, twice at most.
     fn start(dir: &Path, options: &ProxyOptions) -> Proxy {
         let data = dir.join("data");
         for (user, password) in &options.users {
             proxy_admin(&data, &["user", "add", user, "--password", password]);
         }
-        // Releases before the gate had no `permit` command and no lists.
-        let has_gate = proxy_help().contains("\n  permit ");
-        for (callee, caller) in options.permits.iter().filter(|_| has_gate) {
+        for (callee, caller) in &options.permits {
             let (callee, caller) = (format!("{callee}@{DOMAIN}"), format!("{caller}@{DOMAIN}"));
             proxy_admin(&data, &["permit", "add", &callee, &caller]);
         }
+        let tls_files = options.tls.then(|| self_signed(dir, &data));
+        let mut attempt = 1;
+        loop {
+            let mut proxy = Proxy::spawn(dir, &data, options, tls_files.as_ref());
+            match proxy.wait_ready() {
+                Ok(()) => return proxy,
+                Err(log) if attempt < 3 && log.contains("in use") => attempt += 1,
+                Err(log) => panic!("permit-proxy did not start\n{log}"),
+            }
+        }
+    }
+
+    fn spawn(
+        dir: &Path,
+        data: &Path,
+        options: &ProxyOptions,
+        tls_files: Option<&(PathBuf, PathBuf)>,
+    ) -> Proxy {
         let (udp, tcp) = (free_port(), free_port());
         let mut command = Command::new(proxy_program());
         command
@@ -222,7 +237,7 @@ impl Proxy {
             .args(["--listen", &format!("udp:{HOST}:{udp}")])
             .args(["--listen", &format!("tcp:{HOST}:{tcp}")])
             .arg("--data")
-            .arg(&data)
+            .arg(data)
             .args(["--domain", DOMAIN]);
         if options.users.is_empty() {
             command.arg("--no-auth");
@@ -230,9 +245,8 @@ impl Proxy {
         if let Some(algorithms) = options.digest_algorithms {
             command.args(["--digest-algorithms", algorithms]);
         }
-        let tls = options.tls.then(|| {
+        let tls = tls_files.map(|(cert, key)| {
             let port = free_port();
-            let (cert, key) = self_signed(dir, &data);
             command
                 .args(["--listen", &format!("tls:{HOST}:{port}")])
                 .arg("--tls-cert")
@@ -252,20 +266,19 @@ impl Proxy {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn permit-proxy");
-        let mut proxy = Proxy {
+        Proxy {
             child,
             udp,
             tcp,
             tls,
             log,
-        };
-        proxy.wait_ready();
-        proxy
+        }
     }
 
     /// Ready when the TCP (and TLS) listeners accept and the proxy answers an
-    /// OPTIONS (RFC 3261 section 11) over UDP with any response.
-    fn wait_ready(&mut self) {
+    /// OPTIONS (RFC 3261 section 11) over UDP with any response; the tail of
+    /// its log if it exited first.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let probe = UdpSocket::bind((HOST, 0)).unwrap();
         probe
@@ -273,7 +286,9 @@ impl Proxy {
             .unwrap();
         let me = probe.local_addr().unwrap().port();
         for seq in 1.. {
-            self.assert_alive();
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!("exit: {status}\n{}", tail(&self.log, 4000)));
+            }
             assert!(
                 Instant::now() < deadline,
                 "permit-proxy did not answer OPTIONS\n{}",
@@ -297,9 +312,10 @@ impl Proxy {
             if let Ok(n) = probe.recv(&mut buf)
                 && buf[..n].starts_with(b"SIP/2.0 ")
             {
-                return;
+                return Ok(());
             }
         }
+        unreachable!("the probe loop only ends by returning")
     }
 
     fn port(&self, transport: Transport) -> u16 {
@@ -307,12 +323,6 @@ impl Proxy {
             Transport::Udp => self.udp,
             Transport::Tcp => self.tcp,
             Transport::Tls => self.tls.expect("the proxy was started without TLS"),
-        }
-    }
-
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("permit-proxy exited: {status}\n{}", tail(&self.log, 4000));
         }
     }
 }
@@ -609,8 +619,21 @@ struct Baresip {
 }
 
 impl Baresip {
-    /// Writes the UA's config from the template and starts baresip.
+    /// Writes the UA's config from the template and starts baresip. A
+    /// start-up that lost a port to another process on the machine (bind:
+    /// address in use) is retried on other ports, twice at most.
     fn start(dir: &Path, name: &str, proxy: &Proxy) -> Baresip {
+        let mut attempt = 1;
+        loop {
+            match Baresip::try_start(dir, name, proxy) {
+                Ok(ua) => return ua,
+                Err(why) if attempt < 3 && why.contains("in use") => attempt += 1,
+                Err(why) => panic!("baresip {name}: {why}"),
+            }
+        }
+    }
+
+    fn try_start(dir: &Path, name: &str, proxy: &Proxy) -> Result<Baresip, String> {
         let home = dir.join(name);
         fs::create_dir_all(&home).unwrap();
         let (sip_port, ctrl_port) = (free_port(), free_port());
@@ -635,27 +658,29 @@ impl Baresip {
             .expect("spawn baresip");
         let deadline = Instant::now() + Duration::from_secs(10);
         let ctrl = loop {
+            // A ctrl_tcp that could not bind leaves baresip running without it.
+            if read_text(&log).contains("Address already in use") {
+                kill(&mut child);
+                return Err(format!("a port was in use\n{}", tail(&log, 3000)));
+            }
             if let Ok(stream) = TcpStream::connect((HOST, ctrl_port)) {
                 break stream;
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "baresip {name} exited during start-up: {status}\n{}",
+                return Err(format!(
+                    "exited during start-up: {status}\n{}",
                     tail(&log, 3000)
-                );
+                ));
             }
             if Instant::now() > deadline {
                 kill(&mut child);
-                panic!(
-                    "baresip {name}: no ctrl_tcp on {ctrl_port}\n{}",
-                    tail(&log, 3000)
-                );
+                return Err(format!("no ctrl_tcp on {ctrl_port}\n{}", tail(&log, 3000)));
             }
             sleep(Duration::from_millis(50));
         };
         ctrl.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        Baresip {
+        Ok(Baresip {
             name: name.to_string(),
             child,
             ctrl,
@@ -666,7 +691,7 @@ impl Baresip {
             token: 0,
             log,
             proxy_log: proxy.log.clone(),
-        }
+        })
     }
 
     /// Reads what `ctrl_tcp` sent so far (waiting up to its read timeout)
@@ -816,9 +841,7 @@ impl Baresip {
 
     /// The SIP trace baresip printed so far (`-s`).
     fn trace(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_text(&self.log)
     }
 
     /// The messages of the SIP trace (`-s`), in order.
@@ -1176,7 +1199,6 @@ fn tls_callee_with_password_is_called_over_its_registered_connection() {
 /// same order), so a refused caller cannot tell the two apart; a permitted
 /// caller gets through.
 #[test]
-#[ignore = "needs the gate wired into permit-proxy (permit lists)"]
 fn gate_refuses_unlisted_callers_and_unknown_callees_alike() {
     if !baresip_available() {
         return;

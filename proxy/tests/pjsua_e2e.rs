@@ -147,15 +147,6 @@ fn proxy_program() -> PathBuf {
     )
 }
 
-/// `permit-proxy --help`.
-fn proxy_help() -> String {
-    let out = Command::new(proxy_program())
-        .arg("--help")
-        .output()
-        .expect("run permit-proxy --help");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Runs one `permit-proxy` administration command; panics unless it succeeds.
 fn proxy_admin(data: &Path, args: &[&str]) {
     let out = Command::new(proxy_program())
@@ -214,17 +205,36 @@ struct Proxy {
 }
 
 impl Proxy {
+    /// Adds the users and permits, then starts the proxy on fresh ports. A
+    /// start-up that lost a port to another process on the machine (bind:
+    /// address in use) is retried on other ports, twice at most.
     fn start(dir: &Path, options: &ProxyOptions) -> Proxy {
         let data = dir.join("data");
         for (user, password) in &options.users {
             proxy_admin(&data, &["user", "add", user, "--password", password]);
         }
-        // Releases before the gate had no `permit` command and no lists.
-        let has_gate = proxy_help().contains("\n  permit ");
-        for (callee, caller) in options.permits.iter().filter(|_| has_gate) {
+        for (callee, caller) in &options.permits {
             let (callee, caller) = (format!("{callee}@{DOMAIN}"), format!("{caller}@{DOMAIN}"));
             proxy_admin(&data, &["permit", "add", &callee, &caller]);
         }
+        let tls_files = options.tls.then(|| self_signed(dir, &data));
+        let mut attempt = 1;
+        loop {
+            let mut proxy = Proxy::spawn(dir, &data, options, tls_files.as_ref());
+            match proxy.wait_ready() {
+                Ok(()) => return proxy,
+                Err(log) if attempt < 3 && log.contains("in use") => attempt += 1,
+                Err(log) => panic!("permit-proxy did not start\n{log}"),
+            }
+        }
+    }
+
+    fn spawn(
+        dir: &Path,
+        data: &Path,
+        options: &ProxyOptions,
+        tls_files: Option<&(PathBuf, PathBuf)>,
+    ) -> Proxy {
         let (udp, tcp) = (free_port(), free_port());
         let mut command = Command::new(proxy_program());
         command
@@ -232,7 +242,7 @@ impl Proxy {
             .args(["--listen", &format!("udp:{HOST}:{udp}")])
             .args(["--listen", &format!("tcp:{HOST}:{tcp}")])
             .arg("--data")
-            .arg(&data)
+            .arg(data)
             .args(["--domain", DOMAIN]);
         if options.users.is_empty() {
             command.arg("--no-auth");
@@ -240,9 +250,8 @@ impl Proxy {
         if let Some(algorithms) = options.digest_algorithms {
             command.args(["--digest-algorithms", algorithms]);
         }
-        let tls = options.tls.then(|| {
+        let tls = tls_files.map(|(cert, key)| {
             let port = free_port();
-            let (cert, key) = self_signed(dir, &data);
             command
                 .args(["--listen", &format!("tls:{HOST}:{port}")])
                 .arg("--tls-cert")
@@ -262,20 +271,19 @@ impl Proxy {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn permit-proxy");
-        let mut proxy = Proxy {
+        Proxy {
             child,
             udp,
             tcp,
             tls,
             log,
-        };
-        proxy.wait_ready();
-        proxy
+        }
     }
 
     /// Ready when the TCP (and TLS) listeners accept and the proxy answers an
-    /// OPTIONS (RFC 3261 section 11) over UDP with any response.
-    fn wait_ready(&mut self) {
+    /// OPTIONS (RFC 3261 section 11) over UDP with any response; the tail of
+    /// its log if it exited first.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let probe = UdpSocket::bind((HOST, 0)).unwrap();
         probe
@@ -284,7 +292,7 @@ impl Proxy {
         let me = probe.local_addr().unwrap().port();
         for seq in 1.. {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("permit-proxy exited: {status}\n{}", tail(&self.log, 4000));
+                return Err(format!("exit: {status}\n{}", tail(&self.log, 4000)));
             }
             assert!(
                 Instant::now() < deadline,
@@ -309,9 +317,10 @@ impl Proxy {
             if let Ok(n) = probe.recv(&mut buf)
                 && buf[..n].starts_with(b"SIP/2.0 ")
             {
-                return;
+                return Ok(());
             }
         }
+        unreachable!("the probe loop only ends by returning")
     }
 
     fn port(&self, transport: Transport) -> u16 {
