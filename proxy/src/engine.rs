@@ -35,6 +35,10 @@ pub struct ProxyConfig {
     /// How often expired bindings are purged from memory and storage.
     pub purge_interval: Duration,
     pub gate: GateSettings,
+    /// Sequential forking: a branch that has not answered even provisionally this long
+    /// is given up for the next target (a stale binding must not hold the call for
+    /// Timer B). Only while targets remain.
+    pub branch_no_answer: Duration,
 }
 
 impl ProxyConfig {
@@ -46,6 +50,7 @@ impl ProxyConfig {
             timer_c: Duration::from_mins(3),
             purge_interval: Duration::from_mins(1),
             gate: GateSettings::default(),
+            branch_no_answer: Duration::from_secs(4),
         }
     }
 }
@@ -213,6 +218,8 @@ enum Wake {
     TimerC(u64),
     /// The load query's deadline.
     Query(u64),
+    /// A sequential-forking branch (context, branch number) without any answer.
+    Branch(u64, u32),
     Purge,
 }
 
@@ -970,6 +977,11 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
             kind: Kind::of(&method),
         };
         let reliable = flow.transport.is_reliable();
+        if !ctx.targets.is_empty() {
+            let at = now + self.cfg.branch_no_answer;
+            self.heap
+                .push(Reverse((at, Wake::Branch(ctx_id, ctx.branches))));
+        }
         let tx = if method == Method::Invite {
             ctx.timer_c = Some(now + self.cfg.timer_c);
             self.heap
@@ -1458,6 +1470,21 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
                             c.targets.clear();
                         }
                         self.cancel_branch(now, ctx_id);
+                    }
+                }
+                Wake::Branch(ctx_id, n) => {
+                    // Still the same branch, no provisional, more targets: move on. A
+                    // late final on the abandoned branch is ignored; a late 2xx is
+                    // still forwarded (§16.7 step 5).
+                    let give_up = self.contexts.get(&ctx_id).is_some_and(|c| {
+                        c.branches == n
+                            && !c.provisional_seen
+                            && !c.answered
+                            && !c.targets.is_empty()
+                    });
+                    if give_up && let Some(c) = self.contexts.get(&ctx_id) {
+                        let hash = loop_hash(&c.request);
+                        self.try_next_target(now, ctx_id, hash);
                     }
                 }
                 Wake::Query(ctx_id) => {

@@ -553,3 +553,42 @@ Content-Length: 0
         "double Record-Route: the TLS side on top"
     );
 }
+
+/// Regression: a stale binding (no answer at all) held the call until Timer B
+/// (32 s) before the next, live binding was tried.
+#[test]
+fn silent_branch_is_abandoned_for_the_next_target() {
+    let mut h = Harness::new();
+    let reg = |h: &mut Harness, contact: &str, q: &str, cseq: u32| {
+        h.recv(
+            contact,
+            &format!(
+                "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/UDP {contact};branch=z9hG4bKs{cseq}
+From: <sip:erin@localhost>;tag=r1
+To: <sip:erin@localhost>
+Call-ID: reg-erin
+CSeq: {cseq} REGISTER
+Contact: <sip:erin@{contact}>;q={q}
+Content-Length: 0
+
+"
+            ),
+        )
+    };
+    reg(&mut h, "127.0.0.1:6101", "1.0", 1);
+    reg(&mut h, "127.0.0.1:6102", "0.5", 2);
+    let out = h.recv(ALICE, &invite("erin", "z9hG4bKs9", 70));
+    assert_eq!(out[1].0, addr("127.0.0.1:6101"));
+    let out = h.advance(Duration::from_millis(3999));
+    assert!(
+        out.iter().all(|(d, _)| *d == addr("127.0.0.1:6101")),
+        "only retransmissions to the silent one"
+    );
+    let out = h.advance(Duration::from_millis(1));
+    assert!(
+        out.iter()
+            .any(|(d, m)| *d == addr("127.0.0.1:6102") && m.is_request()),
+        "the next target after 4 s"
+    );
+}
