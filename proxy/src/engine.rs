@@ -21,7 +21,7 @@ use crate::location::{Location, aor_key};
 use crate::manage;
 use crate::permits::{Aor, Permits};
 use crate::registrar::{Registered, RegistrarConfig, handle_register};
-use crate::route::{BRANCH_PREFIX, Flow, Identity, branch_for, loop_hash, resolve};
+use crate::route::{BRANCH_PREFIX, Flow, Identity, branch_for, loop_hash, received_via, resolve};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -339,9 +339,12 @@ impl Proxy {
     /// A response sent without a transaction (to malformed requests, §16.3 / §8.2).
     fn reply_stateless(&mut self, req: &Message, flow: Flow, status: u16, reason: &str) {
         let tag = self.tag();
-        let bytes = ResponseBuilder::new(req, status, reason)
-            .to_tag(tag.as_bytes())
-            .to_vec();
+        let via = received_via(req, flow.remote);
+        let mut b = ResponseBuilder::new(req, status, reason).to_tag(tag.as_bytes());
+        if let Some(v) = &via {
+            b = b.top_via(v.as_bytes());
+        }
+        let bytes = b.to_vec();
         self.send(flow, bytes.into());
     }
 
@@ -399,7 +402,12 @@ impl Proxy {
         );
         if method == Method::Invite {
             // §16.2: a stateful proxy sends 100 Trying for an INVITE at once.
-            let trying = ResponseBuilder::new(&msg, 100, "Trying").to_vec();
+            let via = received_via(&msg, flow.remote);
+            let mut b = ResponseBuilder::new(&msg, 100, "Trying");
+            if let Some(v) = &via {
+                b = b.top_via(v.as_bytes());
+            }
+            let trying = b.to_vec();
             self.respond(now, &key, 100, trying.into());
         }
         self.route_request(now, key, msg);
@@ -431,7 +439,14 @@ impl Proxy {
         headers: &[(&str, &[u8])],
     ) {
         let tag = self.tag();
+        let via = self
+            .server
+            .get(key)
+            .and_then(|e| received_via(req, e.flow.remote));
         let mut b = ResponseBuilder::new(req, status, reason).to_tag(tag.as_bytes());
+        if let Some(v) = &via {
+            b = b.top_via(v.as_bytes());
+        }
         for (n, v) in headers {
             b = b.header(n, v);
         }
@@ -927,46 +942,15 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
             ctx.best.get_or_insert_with(|| msg.clone());
             return self.finish(now, ctx_id);
         };
-        let sent_by = Identity::sent_by(local);
-        let via = format!(
-            "SIP/2.0/{} {sent_by};branch={branch}",
-            target.transport.via_token()
-        );
         let server_flow = self.server.get(&ctx.server).map(|e| e.flow);
-        let inbound = server_flow.map_or((target.transport, local), |f| (f.transport, f.local));
-        let outbound = (target.transport, local);
-        // RFC 5658 §3.2: when the two sides differ in transport or interface, one
-        // Record-Route per side; the callee's side on top.
-        let rr = if inbound == outbound {
-            record_route(inbound)
-        } else {
-            format!("{}, {}", record_route(outbound), record_route(inbound))
-        };
-        let dialog_creating = matches!(method, Method::Invite | Method::Subscribe | Method::Refer)
-            && msg.to_tag().is_none();
-        let mf = msg
-            .max_forwards()
-            .ok()
-            .flatten()
-            .unwrap_or(70)
-            .saturating_sub(1);
-        let mut fwd = Forward::new(msg).push_via(via.as_bytes()).max_forwards(mf);
-        if self.auth.enabled() {
-            // Our credentials are consumed here (RFC 3261 §22.3); none go downstream.
-            fwd = fwd.drop_header(HeaderName::ProxyAuthorization);
-        }
-        if let Some(uri) = &target.uri {
-            fwd = fwd.request_uri(uri.as_bytes());
-        }
-        let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
-        fwd = fwd.drop_routes(own_routes(&self.cfg.identity, &routes));
-        if dialog_creating {
-            fwd = fwd.record_route(rr.as_bytes());
-        }
-        for r in &target.route {
-            fwd = fwd.header("Route", r.as_bytes());
-        }
-        let bytes: Bytes = fwd.to_vec().into();
+        let bytes = branch_request(
+            &self.cfg.identity,
+            self.auth.enabled(),
+            msg,
+            &target,
+            (local, server_flow),
+            &branch,
+        );
         let flow = Flow {
             transport: target.transport,
             local,
@@ -1532,6 +1516,65 @@ fn registered_flow(b: &crate::location::Binding) -> Option<(Transport, std::net:
         Transport::Tcp if ob => Some((transport, src)),
         _ => None,
     }
+}
+
+/// The request of one branch (§16.6): the received bytes plus our Via (with the
+/// client's `received`/`rport`), Max-Forwards − 1, the target's Request-URI and Path
+/// routes, our own Route values removed, our credentials consumed (§22.3), and
+/// Record-Route on dialog-creating requests (twice across transports, RFC 5658).
+fn branch_request(
+    identity: &Identity,
+    consume_credentials: bool,
+    msg: &Message,
+    target: &Target,
+    (local, server_flow): (std::net::SocketAddr, Option<Flow>),
+    branch: &str,
+) -> Bytes {
+    let method = msg.method().cloned().unwrap_or(Method::Options);
+    let sent_by = Identity::sent_by(local);
+    let via = format!(
+        "SIP/2.0/{} {sent_by};branch={branch}",
+        target.transport.via_token()
+    );
+    let dialog_creating = matches!(method, Method::Invite | Method::Subscribe | Method::Refer)
+        && msg.to_tag().is_none();
+    let mf = msg
+        .max_forwards()
+        .ok()
+        .flatten()
+        .unwrap_or(70)
+        .saturating_sub(1);
+    let received = server_flow.and_then(|f| received_via(msg, f.remote));
+    let mut fwd = Forward::new(msg).push_via(via.as_bytes()).max_forwards(mf);
+    if let Some(v) = &received {
+        fwd = fwd.replace_top_via(v.as_bytes());
+    }
+    if consume_credentials {
+        // Our credentials are consumed here (RFC 3261 §22.3); none go downstream.
+        fwd = fwd.drop_header(HeaderName::ProxyAuthorization);
+    }
+    if let Some(uri) = &target.uri {
+        fwd = fwd.request_uri(uri.as_bytes());
+    }
+    let routes: Vec<&[u8]> = msg.list(HeaderName::Route).collect();
+    fwd = fwd.drop_routes(own_routes(identity, &routes));
+    let rr;
+    if dialog_creating {
+        let inbound = server_flow.map_or((target.transport, local), |f| (f.transport, f.local));
+        let outbound = (target.transport, local);
+        // RFC 5658 §3.2: when the two sides differ in transport or interface, one
+        // Record-Route per side; the callee's side on top.
+        rr = if inbound == outbound {
+            record_route(inbound)
+        } else {
+            format!("{}, {}", record_route(outbound), record_route(inbound))
+        };
+        fwd = fwd.record_route(rr.as_bytes());
+    }
+    for r in &target.route {
+        fwd = fwd.header("Route", r.as_bytes());
+    }
+    fwd.to_vec().into()
 }
 
 /// How many leading Route values name us (§16.4; two after double record-routing).

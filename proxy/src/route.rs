@@ -88,6 +88,42 @@ pub fn resolve(uri: &[u8]) -> Option<(Transport, SocketAddr)> {
     Some((transport, SocketAddr::new(ip, port)))
 }
 
+/// The top Via as this server saw the request (RFC 3261 §18.2.1, RFC 3581 §4):
+/// `received=<source IP>` when the sent-by host is not that address, and
+/// `rport=<source port>` when the client asked with an empty `rport`. `None` when
+/// neither applies (the Via stays byte for byte).
+pub fn received_via(msg: &Message, source: SocketAddr) -> Option<String> {
+    let raw = msg.list(sip_core::message::HeaderName::Via).next()?;
+    let via = sip_core::message::Via::parse(raw).ok()?;
+    let wants_rport = via.rport() == Some(None);
+    let host_is_source = parse_ip(via.host).is_some_and(|ip| ip == source.ip());
+    if !wants_rport && host_is_source {
+        return None;
+    }
+    let params_at = via.params.as_ptr() as usize - raw.as_ptr() as usize;
+    let head = std::str::from_utf8(&raw[..params_at]).ok()?.trim_end();
+    let mut out = head.to_owned();
+    for p in std::str::from_utf8(via.params).ok()?.split(';') {
+        let p = p.trim();
+        let name = p.split('=').next().unwrap_or_default().trim();
+        if p.is_empty()
+            || name.eq_ignore_ascii_case("received")
+            || name.eq_ignore_ascii_case("rport")
+        {
+            continue;
+        }
+        out.push(';');
+        out.push_str(p);
+    }
+    out.push_str(";received=");
+    out.push_str(&source.ip().to_string());
+    if wants_rport {
+        out.push_str(";rport=");
+        out.push_str(&source.port().to_string());
+    }
+    Some(out)
+}
+
 /// The §16.3 item 4 loop-detection hash over the fields a loop leaves unchanged:
 /// Request-URI, From tag, To tag, Call-ID, CSeq number. A spiral (changed
 /// Request-URI) hashes differently and is allowed.
@@ -130,6 +166,33 @@ mod tests {
         assert!(!us(b"sip:127.0.0.1"));
         assert!(!us(b"sip:bob@192.0.2.1:5070"));
         assert!(!us(b"sip:bob@example.com"));
+    }
+
+    #[test]
+    fn received_and_rport() {
+        let msg = |via: &str| {
+            let raw = format!("OPTIONS sip:x@y SIP/2.0\r\nVia: {via}\r\nCall-ID: c\r\n\r\n");
+            Message::parse(bytes::Bytes::from(raw)).unwrap()
+        };
+        let src: SocketAddr = "192.0.2.9:40000".parse().unwrap();
+        assert_eq!(
+            received_via(&msg("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;rport"), src).as_deref(),
+            Some("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;received=192.0.2.9;rport=40000")
+        );
+        assert_eq!(
+            received_via(&msg("SIP/2.0/UDP phone.example ;branch=z9hG4bK2"), src).as_deref(),
+            Some("SIP/2.0/UDP phone.example;branch=z9hG4bK2;received=192.0.2.9")
+        );
+        assert_eq!(
+            received_via(&msg("SIP/2.0/UDP 192.0.2.9:40000;branch=z9hG4bK3"), src),
+            None
+        );
+        // Only the top Via of a comma list is rewritten.
+        let m = msg("SIP/2.0/UDP 10.0.0.1;rport;branch=z9hG4bK4, SIP/2.0/UDP h2;branch=z9hG4bK5");
+        assert_eq!(
+            received_via(&m, src).as_deref(),
+            Some("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK4;received=192.0.2.9;rport=40000")
+        );
     }
 
     #[test]

@@ -592,3 +592,25 @@ Content-Length: 0
         "the next target after 4 s"
     );
 }
+
+/// RFC 3581: a client asking with `rport` learns its source address in every answer,
+/// and the forwarded request carries it downstream.
+#[test]
+fn rport_and_received_are_filled() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    let natted = invite("bob", "z9hG4bKn1", 70).replace(
+        &format!("Via: SIP/2.0/UDP {ALICE};branch=z9hG4bKn1"),
+        "Via: SIP/2.0/UDP 10.1.1.1:5060;rport;branch=z9hG4bKn1",
+    );
+    let out = h.recv(ALICE, &natted);
+    let trying = &out[0].1;
+    assert_eq!(trying.status(), Some(100));
+    let v = trying.top_via().unwrap();
+    assert_eq!(v.received(), Some(&b"127.0.0.1"[..]));
+    assert_eq!(v.rport(), Some(Some(5070)));
+    let fwd = &out[1].1;
+    let client_via = fwd.vias().nth(1).unwrap().unwrap();
+    assert_eq!(client_via.rport(), Some(Some(5070)));
+    assert_eq!(client_via.branch(), Some(&b"z9hG4bKn1"[..]));
+}
