@@ -660,7 +660,6 @@ fn call_to_unknown_user_gets_404() {
 /// transaction times out (Timer B, 32 s; RFC 3261 16.6 leaves the forking
 /// order to the proxy, 16.7 lets it cancel or skip a branch).
 #[test]
-#[ignore = "permit-proxy forks sequentially: a stale binding with equal q delays the call by Timer B"]
 fn stale_binding_does_not_delay_the_live_one() {
     if !pjsua_available() {
         return;
