@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sip_core::message::{Forward, HeaderName, Message, Method, NameAddr, ResponseBuilder, SipUri};
+use sip_core::message::{
+    Forward, HeaderName, Message, Method, NameAddr, ParseError, ResponseBuilder, SipUri,
+};
 use sip_core::transaction::{
     AckAction, ClientInvite, ClientNonInvite, ResponseAction, ServerInvite, ServerNonInvite,
     TimerConfig, Transaction, TransactionEvent,
@@ -312,8 +314,20 @@ impl Proxy {
         if rx.data.iter().all(|b| matches!(b, b'\r' | b'\n' | 0)) {
             return; // keep-alive (RFC 5626 §4.4.1)
         }
-        let msg = match Message::parse(rx.data) {
+        let msg = match Message::parse(rx.data.clone()) {
             Ok(m) => m,
+            Err(ParseError::ContentLengthMismatch) if !flow.transport.is_reliable() => {
+                // RFC 3261 §18.3: a datagram shorter than its Content-Length gets a 400.
+                self.stats.bad_requests += 1;
+                if let Ok(m) = Message::parse_truncated(rx.data)
+                    && m.is_request()
+                    && m.method() != Some(&Method::Ack)
+                    && m.top_via().is_ok()
+                {
+                    self.reply_stateless(&m, flow, 400, "Content-Length Mismatch");
+                }
+                return;
+            }
             Err(e) => {
                 self.stats.unparsable += 1;
                 tracing::debug!(error = %e, "unparsable message dropped");

@@ -614,3 +614,14 @@ fn rport_and_received_are_filled() {
     assert_eq!(client_via.rport(), Some(Some(5070)));
     assert_eq!(client_via.branch(), Some(&b"z9hG4bKn1"[..]));
 }
+
+/// RFC 3261 §18.3: a datagram shorter than its Content-Length is answered 400.
+#[test]
+fn short_datagram_gets_400() {
+    let mut h = Harness::new();
+    let short =
+        invite("bob", "z9hG4bKshort", 70).replace("Content-Length: 0", "Content-Length: 500");
+    let out = h.recv(ALICE, &short);
+    assert_eq!(status(&out), vec![400]);
+    assert_eq!(out[0].1.reason(), Some(&b"Content-Length Mismatch"[..]));
+}

@@ -234,6 +234,18 @@ impl Message {
     /// Bytes beyond Content-Length are ignored; a Content-Length larger than what was
     /// received is an error (RFC 3261 §18.3). Without Content-Length the body runs to the end.
     pub fn parse(data: Bytes) -> Result<Self, ParseError> {
+        Self::parse_with(data, false)
+    }
+
+    /// Parses a datagram whose Content-Length exceeds what arrived, keeping the body
+    /// short, so that its sender can be told why with a 400 (RFC 3261 §18.3). `Ok` only
+    /// for such a message: use it after [`Message::parse`] failed with
+    /// [`ParseError::ContentLengthMismatch`].
+    pub fn parse_truncated(data: Bytes) -> Result<Self, ParseError> {
+        Self::parse_with(data, true)
+    }
+
+    fn parse_with(data: Bytes, truncated: bool) -> Result<Self, ParseError> {
         if data.len() > MAX_MESSAGE_SIZE {
             return Err(ParseError::TooLarge);
         }
@@ -282,7 +294,10 @@ impl Message {
         }
         let body_start = (head_end + 4).min(buf.len());
         let body_end = match content_length {
-            Some(n) if body_start + n > buf.len() => return Err(ParseError::ContentLengthMismatch),
+            Some(n) if body_start + n > buf.len() && !truncated => {
+                return Err(ParseError::ContentLengthMismatch);
+            }
+            Some(_) if truncated => buf.len(),
             Some(n) => body_start + n,
             None => buf.len(),
         };

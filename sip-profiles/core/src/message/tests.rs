@@ -193,3 +193,12 @@ fn stream_framing() {
     );
     assert_eq!(skip_keepalives(b"\r\n\r\nOPT"), 4);
 }
+
+#[test]
+fn truncated_datagram_can_still_be_answered() {
+    let raw = b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 10\r\n\r\nabc";
+    assert_eq!(parse(raw).err(), Some(ParseError::ContentLengthMismatch));
+    let m = Message::parse_truncated(Bytes::copy_from_slice(raw)).unwrap();
+    assert_eq!(m.body(), b"abc");
+    assert!(m.top_via().is_ok());
+}
