@@ -61,6 +61,16 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def ticks_by_pid(pids: list[int]) -> dict[int, int]:
+    return {pid: cpu_ticks([pid]) for pid in pids}
+
+
+def delta(before: dict[int, int], after: dict[int, int]) -> tuple[int, int]:
+    """(total, busiest single process) CPU ticks between two ticks_by_pid snapshots."""
+    d = [after[p] - before.get(p, 0) for p in after]
+    return sum(d), max(d, default=0)
+
+
 def machine_ticks(self_too: bool = False) -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine from /proc/stat; with self_too the
     harness's own CPU is left out of busy (it is not load on the systems under test)."""

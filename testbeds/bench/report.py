@@ -17,7 +17,9 @@ def limit_hint(d: dict) -> str:
     """What most likely stopped the first failing step, from CPU use and socket drops."""
     w = d["wall_s"] or 1.0
     pct = {k: 100 * d[k] / w for k in ("proxy_cpu_s", "uac_cpu_s", "uas_cpu_s", "other_cpu_s")}
-    shares = (f"mean CPU: proxy {pct['proxy_cpu_s']:.0f}%, SIPp client {pct['uac_cpu_s']:.0f}%, "
+    busiest = 100 * d.get("proxy_busiest_cpu_s", d["proxy_cpu_s"]) / w
+    shares = (f"mean CPU: proxy {pct['proxy_cpu_s']:.0f}% (busiest process {busiest:.0f}%), "
+              f"SIPp client {pct['uac_cpu_s']:.0f}%, "
               f"SIPp UAS {pct['uas_cpu_s']:.0f}%, other processes {pct['other_cpu_s']:.0f}%")
     ncpu = os.cpu_count() or 1
     drops = {k: v for k, v in d.get("udp_drops", {}).items() if v}
@@ -25,11 +27,13 @@ def limit_hint(d: dict) -> str:
         shares += "; UDP receive-buffer drops: " + ", ".join(f"{k} {v}" for k, v in drops.items())
     if max(pct["uac_cpu_s"], pct["uas_cpu_s"]) >= 85:
         return f"a SIPp process saturated its core ({shares})"
+    if busiest >= 85:
+        return f"a proxy process saturated its core ({shares})"
     if sum(pct.values()) >= 85 * ncpu:
         return f"the machine's {ncpu} cores were saturated ({shares})"
     if drops.get("proxy"):
-        return (f"the proxy's socket overflowed while its mean CPU stayed low: it did not read "
-                f"fast enough at moments ({shares})")
+        return (f"the proxy's socket overflowed while no core was saturated on average: it "
+                f"did not read fast enough at moments ({shares})")
     return f"no process saturated on average ({shares}): latency or errors in the proxy"
 
 

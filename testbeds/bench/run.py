@@ -35,10 +35,10 @@ from pathlib import Path
 
 from procs import (
     CLK_TCK, MemSampler, alive, cleanup, cpu_ticks, machine_ticks, on_signal, pick_ports,
-    pss_kib, reap, spawn, stop, tree, udp_drops,
+    delta, pss_kib, reap, spawn, stop, ticks_by_pid, tree, udp_drops,
 )
 from report import limit_hint, table, versions
-from sippstats import num, read_stats, rtd_ms
+from sippstats import generation_s, num, read_stats, rtd_ms
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -61,6 +61,7 @@ class Step:
     uas_retrans: int
     wall_s: float  # from the client's start to the end of the measurement window
     proxy_cpu_s: float
+    proxy_busiest_cpu_s: float  # the busiest single proxy process (Kamailio has several)
     uac_cpu_s: float  # the SIPp client (UAC, or the REGISTER client)
     uas_cpu_s: float
     other_cpu_s: float  # everything else on the machine (other users, kernel threads)
@@ -86,7 +87,7 @@ class Bench:
     def sipp(self, name: str, target: str, extra: list[str], timeout_s: float):
         """Run one SIPp client to completion; returns (rc, stats, wall, cpu ticks of it)."""
         self.seq += 1
-        stem = self.work / f"{self.seq:03d}-{name}"
+        stem = self.sysdir / f"{self.seq:03d}-{name}"
         args = [
             self.a.sipp, target, "-i", "127.0.0.1", "-nostdin",
             "-trace_stat", "-stf", f"{stem}.csv", "-fd", "1",
@@ -108,7 +109,7 @@ class Bench:
     def run_system(self, name: str) -> dict:
         ports = pick_ports(self.a.base_port, 4)
         proxy_port, uas_port, uac_port, reg_port = ports
-        sysdir = self.work / name
+        sysdir = self.sysdir = self.work / name
         sysdir.mkdir()
         res: dict = {"system": name, "proxy_port": proxy_port}
         proxy = self.start_proxy(name, proxy_port, sysdir)
@@ -239,7 +240,7 @@ class Bench:
         u0 = read_stats(uas_stats)
         self.sampler.forget_drops(uac_port)
         d0 = udp_drops()
-        c0, s0, m0 = cpu_ticks(pids), cpu_ticks([uas.pid]), machine_ticks(self_too=True)
+        c0, s0, m0 = ticks_by_pid(pids), cpu_ticks([uas.pid]), machine_ticks(self_too=True)
         rc, st, wall, uac_ticks = self.sipp(
             f"call-{rate}", target,
             ["-sf", str(SCEN / "uac.xml"), "-s", "uas1", "-p", str(uac_port),
@@ -248,14 +249,14 @@ class Bench:
             timeout_s=secs * 1.5 + 8,
         )
         time.sleep(1.2)  # the UAS finishes its calls (timewait) and dumps a stats row
-        c1, s1, m1 = cpu_ticks(pids), cpu_ticks([uas.pid]), machine_ticks(self_too=True)
+        c1, s1, m1 = ticks_by_pid(pids), cpu_ticks([uas.pid]), machine_ticks(self_too=True)
         d1 = udp_drops()
         u1 = read_stats(uas_stats)
         span = wall + 1.2
         self._last_setup_ms = rtd_ms(st)
         return self.judge(
             rate, n, st, wall, secs, proxy.pid,
-            proxy_ticks=c1 - c0, uac_ticks=uac_ticks, uas_ticks=s1 - s0, span=span,
+            proxy_ticks=delta(c0, c1), uac_ticks=uac_ticks, uas_ticks=s1 - s0, span=span,
             machine_busy=m1[0] - m0[0],
             uas_failed=num(u1, "FailedCall(C)") - num(u0, "FailedCall(C)"),
             uas_retrans=num(u1, "Retransmissions(C)") - num(u0, "Retransmissions(C)"),
@@ -281,7 +282,7 @@ class Bench:
         proxy_port = int(target.rsplit(":", 1)[1])
         self.sampler.forget_drops(port)
         d0 = udp_drops()
-        c0, m0 = cpu_ticks(pids), machine_ticks(self_too=True)
+        c0, m0 = ticks_by_pid(pids), machine_ticks(self_too=True)
         rc, st, wall, ticks = self.sipp(
             f"{label}-{rate}", target,
             ["-sf", str(SCEN / "register.xml"), "-inf", str(pool),
@@ -289,10 +290,10 @@ class Bench:
              "-l", str(max(rate * 3, 50)), "-recv_timeout", "4000"],
             timeout_s=secs * 1.5 + 8,
         )
-        c1, m1 = cpu_ticks(pids), machine_ticks(self_too=True)
+        c1, m1 = ticks_by_pid(pids), machine_ticks(self_too=True)
         d1 = udp_drops()
         return self.judge(
-            rate, n, st, wall, secs, proxy.pid, proxy_ticks=c1 - c0,
+            rate, n, st, wall, secs, proxy.pid, proxy_ticks=delta(c0, c1),
             uac_ticks=ticks, uas_ticks=0, span=wall, machine_busy=m1[0] - m0[0],
             uas_failed=0, uas_retrans=0,
             drops={
@@ -312,8 +313,11 @@ class Bench:
             reasons.append(f"success {success}/{n}")
         if uas_failed > n * FAIL_RATIO:
             reasons.append(f"UAS failed {uas_failed}")
-        if wall > secs * 1.1 + 1.5:
-            reasons.append(f"overran: {wall:.1f}s for {secs}s of load")
+        gen = generation_s(st, n)
+        if gen is None or gen > secs * 1.1 + 1.5:
+            made = num(st, "TotalCallCreated")
+            reasons.append(f"SIPp did not keep the rate: {made}/{n} started"
+                           + (f" in {gen:.0f}s" if gen else "") + f" for {secs:.0f}s of load")
         if retrans + uas_retrans > n * RETRANS_RATIO:
             reasons.append(f"retransmissions {retrans}+{uas_retrans}")
         rows = st.get("_rows", []) if st else []
@@ -331,11 +335,13 @@ class Bench:
             if k.startswith("Failed") and k.endswith("(C)") and num(st, k)
         }
         sec = lambda t: t / CLK_TCK  # noqa: E731
+        proxy_ticks, busiest = proxy_ticks
         other = max(sec(machine_busy - proxy_ticks - uac_ticks - uas_ticks), 0.0)
         step = Step(
             rate=rate, planned=n, ok=not reasons, success=success, failed=failed,
             retrans=retrans, uas_failed=uas_failed, uas_retrans=uas_retrans,
-            wall_s=round(span, 3), proxy_cpu_s=sec(proxy_ticks), uac_cpu_s=sec(uac_ticks),
+            wall_s=round(span, 3), proxy_cpu_s=sec(proxy_ticks),
+            proxy_busiest_cpu_s=sec(busiest), uac_cpu_s=sec(uac_ticks),
             uas_cpu_s=sec(uas_ticks), other_cpu_s=round(other, 2),
             reasons=reasons, failures=failures, udp_drops=drops,
         )

@@ -36,3 +36,20 @@ def rtd_ms(stats: dict, key: str = "ResponseTime1(C)") -> float:
     return ((h * 60 + m) * 60 + s) * 1000 + us / 1000
 
 
+
+
+def elapsed_s(row: dict) -> float | None:
+    try:
+        h, m, s = (int(x) for x in row.get("ElapsedTime(C)", "").split(":"))
+    except ValueError:
+        return None
+    return h * 3600 + m * 60 + s
+
+
+def generation_s(stats: dict, n: int) -> float | None:
+    """Seconds SIPp took to start all n calls (first periodic row that counts them all),
+    None if it never did. Whole seconds: the rows come once a second (-fd 1)."""
+    for row in stats.get("_rows", []) if stats else []:
+        if num(row, "TotalCallCreated") >= n:
+            return elapsed_s(row)
+    return None
