@@ -19,19 +19,21 @@
 //! The proxy log and each baresip's output with its SIP trace (`-s`) stay in
 //! `target/tmp/baresip-e2e/<test>/` for inspection; a failure names them.
 
+mod common;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const HOST: &str = "127.0.0.1";
-const DOMAIN: &str = "localhost";
+use common::proxy::{Bed, Proxy, ProxyOptions};
+use common::{DOMAIN, HOST, Transport, free_port, kill, read_text, tail};
+
 const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testbeds/baresip");
 /// Longest wait for one expected event.
 const EVENT_WAIT: Duration = Duration::from_secs(15);
@@ -41,98 +43,15 @@ const EVENT_WAIT: Duration = Duration::from_secs(15);
 /// `true` if baresip can run; `false` (after a note) if it is missing and
 /// `CI` is unset; panics if it is missing and `CI` is set.
 fn baresip_available() -> bool {
-    match Command::new("baresip")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => true,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but baresip is not on PATH (apt-get install baresip-core)"
-            );
-            eprintln!("note: baresip is not on PATH; baresip end-to-end test not run");
-            false
-        }
-        Err(e) => panic!("cannot run baresip: {e}"),
-    }
-}
-
-/// A loopback port free for UDP and TCP whose next port is free for TCP too
-/// (baresip listens for TLS on its SIP port + 1), never handed out twice by
-/// this process (tests run in parallel).
-fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    for _ in 0..200 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind an ephemeral UDP port");
-        let port = udp.local_addr().unwrap().port();
-        let Some(next) = port.checked_add(1) else {
-            continue;
-        };
-        let free =
-            TcpListener::bind((HOST, port)).is_ok() && TcpListener::bind((HOST, next)).is_ok();
-        let mut given = GIVEN.lock().unwrap();
-        if free && !given.iter().any(|&g| g.abs_diff(port) <= 1) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no free loopback port found");
-}
-
-/// A per-test directory under Cargo's scratch space, emptied on creation.
-fn workdir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("baresip-e2e")
-        .join(test);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create the test directory");
-    dir
-}
-
-/// A file's text (lossy), empty if it cannot be read.
-fn read_text(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The last `max` bytes of a log file, for failure messages.
-fn tail(path: &Path, max: usize) -> String {
-    let text = read_text(path);
-    let start = text.len().saturating_sub(max);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(start);
-    format!("--- {} (tail) ---\n{}", path.display(), &text[start..])
-}
-
-/// Kills a child that is still running and reaps it.
-fn kill(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(None)) {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
-    Udp,
-    Tcp,
-    Tls,
+    common::program_available(
+        "baresip",
+        "-h",
+        " (apt-get install baresip-core)",
+        "baresip",
+    )
 }
 
 impl Transport {
-    fn uri_param(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-
     /// How baresip's SIP trace names a message's transport.
     fn trace_name(self) -> &'static str {
         match self {
@@ -141,228 +60,6 @@ impl Transport {
             Transport::Tls => "TLS",
         }
     }
-}
-
-// ---------------------------------------------------------------- the proxy
-
-/// What a test asks of the proxy beyond UDP and TCP listeners.
-#[derive(Default)]
-struct ProxyOptions {
-    /// `(user, password)` pairs added with `user add` before the start; with
-    /// none the proxy runs open (`--no-auth`).
-    users: Vec<(&'static str, &'static str)>,
-    /// `--digest-algorithms` value, if any.
-    digest_algorithms: Option<&'static str>,
-    /// A TLS listener with a self-signed certificate.
-    tls: bool,
-    /// `(callee, caller)` user pairs: the caller is put on the callee's
-    /// permitted-terminal list (`permit add`), which the gate checks for
-    /// every authenticated call.
-    permits: Vec<(&'static str, &'static str)>,
-}
-
-/// The proxy under test; `PERMIT_E2E_PROXY` may name another executable
-/// with the same command line.
-fn proxy_program() -> PathBuf {
-    std::env::var_os("PERMIT_E2E_PROXY").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_permit-proxy")),
-        PathBuf::from,
-    )
-}
-
-/// Runs one `permit-proxy` administration command; panics unless it succeeds.
-fn proxy_admin(data: &Path, args: &[&str]) {
-    let out = Command::new(proxy_program())
-        .arg("--data")
-        .arg(data)
-        .args(["--domain", DOMAIN])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run permit-proxy");
-    assert!(
-        out.status.success(),
-        "permit-proxy {}: {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A running `permit-proxy`; killed by its PID when dropped.
-struct Proxy {
-    child: Child,
-    udp: u16,
-    tcp: u16,
-    tls: Option<u16>,
-    log: PathBuf,
-}
-
-impl Proxy {
-    /// Adds the users and permits, then starts the proxy on fresh ports. A
-    /// start-up that lost a port to another process on the machine (bind:
-    /// address in use) is retried on other ports, twice at most.
-    fn start(dir: &Path, options: &ProxyOptions) -> Proxy {
-        let data = dir.join("data");
-        for (user, password) in &options.users {
-            proxy_admin(&data, &["user", "add", user, "--password", password]);
-        }
-        for (callee, caller) in &options.permits {
-            let (callee, caller) = (format!("{callee}@{DOMAIN}"), format!("{caller}@{DOMAIN}"));
-            proxy_admin(&data, &["permit", "add", &callee, &caller]);
-        }
-        let tls_files = options.tls.then(|| self_signed(dir, &data));
-        let mut attempt = 1;
-        loop {
-            let mut proxy = Proxy::spawn(dir, &data, options, tls_files.as_ref());
-            match proxy.wait_ready() {
-                Ok(()) => return proxy,
-                Err(log) if attempt < 3 && log.contains("in use") => attempt += 1,
-                Err(log) => panic!("permit-proxy did not start\n{log}"),
-            }
-        }
-    }
-
-    fn spawn(
-        dir: &Path,
-        data: &Path,
-        options: &ProxyOptions,
-        tls_files: Option<&(PathBuf, PathBuf)>,
-    ) -> Proxy {
-        let (udp, tcp) = (free_port(), free_port());
-        let mut command = Command::new(proxy_program());
-        command
-            .arg("run")
-            .args(["--listen", &format!("udp:{HOST}:{udp}")])
-            .args(["--listen", &format!("tcp:{HOST}:{tcp}")])
-            .arg("--data")
-            .arg(data)
-            .args(["--domain", DOMAIN]);
-        if options.users.is_empty() {
-            command.arg("--no-auth");
-        }
-        if let Some(algorithms) = options.digest_algorithms {
-            command.args(["--digest-algorithms", algorithms]);
-        }
-        let tls = tls_files.map(|(cert, key)| {
-            let port = free_port();
-            command
-                .args(["--listen", &format!("tls:{HOST}:{port}")])
-                .arg("--tls-cert")
-                .arg(cert)
-                .arg("--tls-key")
-                .arg(key);
-            port
-        });
-        let log = dir.join("proxy.log");
-        let child = command
-            .env(
-                "PERMIT_LOG",
-                std::env::var("PERMIT_LOG").unwrap_or_else(|_| "debug".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.join("proxy.stdout")).unwrap())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn permit-proxy");
-        Proxy {
-            child,
-            udp,
-            tcp,
-            tls,
-            log,
-        }
-    }
-
-    /// Ready when the TCP (and TLS) listeners accept and the proxy answers an
-    /// OPTIONS (RFC 3261 section 11) over UDP with any response; the tail of
-    /// its log if it exited first.
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let probe = UdpSocket::bind((HOST, 0)).unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let me = probe.local_addr().unwrap().port();
-        for seq in 1.. {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("exit: {status}\n{}", tail(&self.log, 4000)));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "permit-proxy did not answer OPTIONS\n{}",
-                tail(&self.log, 4000)
-            );
-            let listening = [Some(self.tcp), self.tls]
-                .into_iter()
-                .flatten()
-                .all(|port| TcpStream::connect((HOST, port)).is_ok());
-            if !listening {
-                sleep(Duration::from_millis(100));
-                continue;
-            }
-            let options = format!(
-                "OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:{me};branch=z9hG4bK-ready-{seq}\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:probe@{DOMAIN}>;tag=ready\r\nTo: <sip:{DOMAIN}>\r\n\
-                 Call-ID: ready-{me}@{HOST}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
-            );
-            let _ = probe.send_to(options.as_bytes(), (HOST, self.udp));
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = probe.recv(&mut buf)
-                && buf[..n].starts_with(b"SIP/2.0 ")
-            {
-                return Ok(());
-            }
-        }
-        unreachable!("the probe loop only ends by returning")
-    }
-
-    fn port(&self, transport: Transport) -> u16 {
-        match transport {
-            Transport::Udp => self.udp,
-            Transport::Tcp => self.tcp,
-            Transport::Tls => self.tls.expect("the proxy was started without TLS"),
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-    }
-}
-
-/// A self-signed certificate and its key for the proxy's TLS listener, made
-/// by `permit-proxy cert self-signed --out DIR`: the PEM file with "key" in
-/// its name is the key, the other one the certificate.
-fn self_signed(dir: &Path, data: &Path) -> (PathBuf, PathBuf) {
-    let certs = dir.join("certs");
-    proxy_admin(
-        data,
-        &["cert", "self-signed", "--out", &certs.display().to_string()],
-    );
-    let files: Vec<PathBuf> = fs::read_dir(&certs)
-        .expect("read the certificate directory")
-        .map(|e| e.unwrap().path())
-        .collect();
-    let pick = |key: bool| {
-        files
-            .iter()
-            .find(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().to_lowercase();
-                name.contains("key") == key
-                    && [".pem", ".crt", ".key"].iter().any(|x| name.ends_with(x))
-            })
-            .cloned()
-            .unwrap_or_else(|| {
-                panic!(
-                    "cert self-signed wrote no {} file: {files:?}",
-                    if key { "key" } else { "certificate" }
-                )
-            })
-    };
-    (pick(false), pick(true))
 }
 
 // ---------------------------------------------------------------- ctrl_tcp
@@ -907,19 +604,7 @@ impl Drop for Baresip {
 
 // ---------------------------------------------------------------- tests
 
-/// One test's directory and proxy.
-struct Bed {
-    dir: PathBuf,
-    proxy: Proxy,
-}
-
 impl Bed {
-    fn new(test: &str, options: &ProxyOptions) -> Bed {
-        let dir = workdir(test);
-        let proxy = Proxy::start(&dir, options);
-        Bed { dir, proxy }
-    }
-
     /// A baresip UA registered with `account`.
     fn registered(&self, name: &str, account: &Account) -> Baresip {
         let mut ua = Baresip::start(&self.dir, name, &self.proxy);

@@ -19,16 +19,17 @@
 //! The proxy log, each script's output and its PJSIP log with every SIP
 //! message stay in `target/tmp/pjsua-e2e/<test>/`; a failure names them.
 
+mod common;
+
 use std::fs;
-use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const HOST: &str = "127.0.0.1";
-const DOMAIN: &str = "localhost";
+use common::proxy::{Bed, Proxy, ProxyOptions};
+use common::{DOMAIN, HOST, Transport, kill, read_text, tail};
+
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testbeds/pjsua/pjsua_ua.py");
 
 // ---------------------------------------------------------------- environment
@@ -42,300 +43,11 @@ fn pjsua_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but python3 cannot import pjsua2 \
-             (pip install -r testbeds/pjsua/requirements.txt)"
-        );
-        eprintln!("note: python3 cannot import pjsua2; PJSIP end-to-end test not run");
-    }
-    ok
-}
-
-/// A loopback port free for both UDP and TCP, never handed out twice by this
-/// process (tests run in parallel).
-fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    for _ in 0..200 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind an ephemeral UDP port");
-        let port = udp.local_addr().unwrap().port();
-        let free = TcpListener::bind((HOST, port)).is_ok();
-        let mut given = GIVEN.lock().unwrap();
-        if free && !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no free loopback port found");
-}
-
-/// A per-test directory under Cargo's scratch space, emptied on creation.
-fn workdir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("pjsua-e2e")
-        .join(test);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create the test directory");
-    dir
-}
-
-fn read(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The last `max` bytes of a log file, for failure messages.
-fn tail(path: &Path, max: usize) -> String {
-    let text = read(path);
-    let start = text.len().saturating_sub(max);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(start);
-    format!("--- {} (tail) ---\n{}", path.display(), &text[start..])
-}
-
-fn kill(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(None)) {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    fn name(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-}
-
-// ---------------------------------------------------------------- the proxy
-
-/// What a test asks of the proxy beyond UDP and TCP listeners.
-#[derive(Default)]
-struct ProxyOptions {
-    /// `(user, password)` pairs added with `user add` before the start; with
-    /// none the proxy runs open (`--no-auth`).
-    users: Vec<(&'static str, &'static str)>,
-    /// `--digest-algorithms` value, if any.
-    digest_algorithms: Option<&'static str>,
-    /// A TLS listener with a self-signed certificate.
-    tls: bool,
-    /// `(callee, caller)` user pairs: the caller is put on the callee's
-    /// permitted-terminal list (`permit add`), which the gate checks for
-    /// every authenticated call.
-    permits: Vec<(&'static str, &'static str)>,
-}
-
-/// The proxy under test; `PERMIT_E2E_PROXY` may name another executable
-/// with the same command line.
-fn proxy_program() -> PathBuf {
-    std::env::var_os("PERMIT_E2E_PROXY").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_permit-proxy")),
-        PathBuf::from,
+    ok || common::peer_missing(
+        "python3 cannot import pjsua2",
+        " (pip install -r testbeds/pjsua/requirements.txt)",
+        "PJSIP",
     )
-}
-
-/// Runs one `permit-proxy` administration command; panics unless it succeeds.
-fn proxy_admin(data: &Path, args: &[&str]) {
-    let out = Command::new(proxy_program())
-        .arg("--data")
-        .arg(data)
-        .args(["--domain", DOMAIN])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run permit-proxy");
-    assert!(
-        out.status.success(),
-        "permit-proxy {}: {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed certificate and key from `permit-proxy cert self-signed`:
-/// the PEM file with "key" in its name is the key, the other the certificate.
-fn self_signed(dir: &Path, data: &Path) -> (PathBuf, PathBuf) {
-    let certs = dir.join("certs");
-    proxy_admin(
-        data,
-        &["cert", "self-signed", "--out", &certs.display().to_string()],
-    );
-    let files: Vec<PathBuf> = fs::read_dir(&certs)
-        .expect("read the certificate directory")
-        .map(|e| e.unwrap().path())
-        .collect();
-    let pick = |key: bool| {
-        files
-            .iter()
-            .find(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().to_lowercase();
-                name.contains("key") == key
-                    && [".pem", ".crt", ".key"].iter().any(|x| name.ends_with(x))
-            })
-            .cloned()
-            .unwrap_or_else(|| {
-                panic!("cert self-signed wrote no such file (key: {key}): {files:?}")
-            })
-    };
-    (pick(false), pick(true))
-}
-
-/// A running `permit-proxy`; killed by its PID when dropped.
-struct Proxy {
-    child: Child,
-    udp: u16,
-    tcp: u16,
-    tls: Option<u16>,
-    log: PathBuf,
-}
-
-impl Proxy {
-    /// Adds the users and permits, then starts the proxy on fresh ports. A
-    /// start-up that lost a port to another process on the machine (bind:
-    /// address in use) is retried on other ports, twice at most.
-    fn start(dir: &Path, options: &ProxyOptions) -> Proxy {
-        let data = dir.join("data");
-        for (user, password) in &options.users {
-            proxy_admin(&data, &["user", "add", user, "--password", password]);
-        }
-        for (callee, caller) in &options.permits {
-            let (callee, caller) = (format!("{callee}@{DOMAIN}"), format!("{caller}@{DOMAIN}"));
-            proxy_admin(&data, &["permit", "add", &callee, &caller]);
-        }
-        let tls_files = options.tls.then(|| self_signed(dir, &data));
-        let mut attempt = 1;
-        loop {
-            let mut proxy = Proxy::spawn(dir, &data, options, tls_files.as_ref());
-            match proxy.wait_ready() {
-                Ok(()) => return proxy,
-                Err(log) if attempt < 3 && log.contains("in use") => attempt += 1,
-                Err(log) => panic!("permit-proxy did not start\n{log}"),
-            }
-        }
-    }
-
-    fn spawn(
-        dir: &Path,
-        data: &Path,
-        options: &ProxyOptions,
-        tls_files: Option<&(PathBuf, PathBuf)>,
-    ) -> Proxy {
-        let (udp, tcp) = (free_port(), free_port());
-        let mut command = Command::new(proxy_program());
-        command
-            .arg("run")
-            .args(["--listen", &format!("udp:{HOST}:{udp}")])
-            .args(["--listen", &format!("tcp:{HOST}:{tcp}")])
-            .arg("--data")
-            .arg(data)
-            .args(["--domain", DOMAIN]);
-        if options.users.is_empty() {
-            command.arg("--no-auth");
-        }
-        if let Some(algorithms) = options.digest_algorithms {
-            command.args(["--digest-algorithms", algorithms]);
-        }
-        let tls = tls_files.map(|(cert, key)| {
-            let port = free_port();
-            command
-                .args(["--listen", &format!("tls:{HOST}:{port}")])
-                .arg("--tls-cert")
-                .arg(cert)
-                .arg("--tls-key")
-                .arg(key);
-            port
-        });
-        let log = dir.join("proxy.log");
-        let child = command
-            .env(
-                "PERMIT_LOG",
-                std::env::var("PERMIT_LOG").unwrap_or_else(|_| "debug".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.join("proxy.stdout")).unwrap())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn permit-proxy");
-        Proxy {
-            child,
-            udp,
-            tcp,
-            tls,
-            log,
-        }
-    }
-
-    /// Ready when the TCP (and TLS) listeners accept and the proxy answers an
-    /// OPTIONS (RFC 3261 section 11) over UDP with any response; the tail of
-    /// its log if it exited first.
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let probe = UdpSocket::bind((HOST, 0)).unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let me = probe.local_addr().unwrap().port();
-        for seq in 1.. {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("exit: {status}\n{}", tail(&self.log, 4000)));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "permit-proxy did not answer OPTIONS\n{}",
-                tail(&self.log, 4000)
-            );
-            let listening = [Some(self.tcp), self.tls]
-                .into_iter()
-                .flatten()
-                .all(|port| TcpStream::connect((HOST, port)).is_ok());
-            if !listening {
-                sleep(Duration::from_millis(100));
-                continue;
-            }
-            let options = format!(
-                "OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:{me};branch=z9hG4bK-ready-{seq}\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:probe@{DOMAIN}>;tag=ready\r\nTo: <sip:{DOMAIN}>\r\n\
-                 Call-ID: ready-{me}@{HOST}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
-            );
-            let _ = probe.send_to(options.as_bytes(), (HOST, self.udp));
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = probe.recv(&mut buf)
-                && buf[..n].starts_with(b"SIP/2.0 ")
-            {
-                return Ok(());
-            }
-        }
-        unreachable!("the probe loop only ends by returning")
-    }
-
-    fn port(&self, transport: Transport) -> u16 {
-        match transport {
-            Transport::Udp => self.udp,
-            Transport::Tcp => self.tcp,
-            Transport::Tls => self.tls.expect("the proxy was started without TLS"),
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-    }
 }
 
 // ---------------------------------------------------------------- pjsua_ua.py
@@ -396,7 +108,7 @@ impl Agent {
         command
             .arg(SCRIPT)
             .args(["--proxy", &format!("{HOST}:{}", proxy.port(self.transport))])
-            .args(["--transport", self.transport.name()])
+            .args(["--transport", self.transport.uri_param()])
             .args(["--domain", DOMAIN, "--user", self.user])
             .args(["--timeout", &self.timeout.to_string()])
             .arg("--log")
@@ -471,7 +183,7 @@ impl Running {
     /// The script's result lines so far (PJSIP's start-up chatter before
     /// its log is redirected is left out).
     fn lines(&self) -> Vec<String> {
-        read(&self.out)
+        read_text(&self.out)
             .lines()
             .filter(|l| {
                 l.split(' ')
@@ -525,7 +237,7 @@ impl Running {
         Outcome {
             status,
             lines: self.lines(),
-            log: read(&self.log),
+            log: read_text(&self.log),
         }
     }
 
@@ -551,19 +263,7 @@ impl Drop for Running {
     }
 }
 
-/// One test's directory and proxy.
-struct Bed {
-    dir: PathBuf,
-    proxy: Proxy,
-}
-
 impl Bed {
-    fn new(test: &str, options: &ProxyOptions) -> Bed {
-        let dir = workdir(test);
-        let proxy = Proxy::start(&dir, options);
-        Bed { dir, proxy }
-    }
-
     fn run(&self, name: &str, agent: &Agent) -> Running {
         agent.spawn(&self.dir, name, &self.proxy)
     }

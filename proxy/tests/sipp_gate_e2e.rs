@@ -16,502 +16,20 @@
 //! Logs, SIPp statistics and message traces of each test stay in
 //! `target/tmp/sipp-gate-e2e/<test>/`; a failure names the files.
 
+mod common;
+
 use std::fs;
-use std::io::ErrorKind;
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::path::PathBuf;
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The proxy, the callers and the registrations.
-const HOST: &str = "127.0.0.1";
-/// The callees: an address no refused caller may ever see.
-const CALLEE_HOST: &str = "127.0.0.2";
-const DOMAIN: &str = "localhost";
-const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testbeds/sipp");
-
-/// The proxy under test; `PERMIT_E2E_PROXY` may name another executable with the same
-/// command line.
-fn proxy_program() -> PathBuf {
-    std::env::var_os("PERMIT_E2E_PROXY").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_permit-proxy")),
-        PathBuf::from,
-    )
-}
-
-// ---------------------------------------------------------------- environment
-
-/// `true` if SIPp can run; `false` (after a note) if it is missing and `CI` is unset;
-/// panics if it is missing and `CI` is set.
-fn sipp_available() -> bool {
-    match Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => true,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but sipp is not on PATH"
-            );
-            eprintln!("note: sipp is not on PATH; SIPp end-to-end test not run");
-            false
-        }
-        Err(e) => panic!("cannot run sipp: {e}"),
-    }
-}
-
-/// `true` once some process holds UDP `port` on `host`: our own bind fails.
-fn udp_taken(host: &str, port: u16) -> bool {
-    matches!(UdpSocket::bind((host, port)), Err(e) if e.kind() == ErrorKind::AddrInUse)
-}
-
-/// A port free for UDP on both loopback addresses we use (and for TCP on 127.0.0.1,
-/// where SIPp binds its control socket), never handed out twice by this process.
-fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    for _ in 0..200 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind an ephemeral UDP port");
-        let port = udp.local_addr().unwrap().port();
-        // SIPp binds its RTP echo sockets on port and port + 2.
-        let Some(plus_two) = port.checked_add(2) else {
-            continue;
-        };
-        let free = TcpListener::bind((HOST, port)).is_ok()
-            && UdpSocket::bind((HOST, plus_two)).is_ok()
-            && UdpSocket::bind((CALLEE_HOST, port)).is_ok()
-            && UdpSocket::bind((CALLEE_HOST, plus_two)).is_ok();
-        let mut given = GIVEN.lock().unwrap();
-        if free && !given.iter().any(|&g| g.abs_diff(port) <= 2) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no free loopback port found");
-}
-
-/// A per-test directory under Cargo's scratch space, emptied on creation.
-fn workdir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("sipp-gate-e2e")
-        .join(test);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create the test directory");
-    dir
-}
-
-/// The last `max` bytes of a log file, for failure messages.
-fn tail(path: &Path, max: usize) -> String {
-    let text = fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let start = text.len().saturating_sub(max);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(start);
-    format!("--- {} (tail) ---\n{}", path.display(), &text[start..])
-}
-
-/// Waits for `child` to exit within `limit`; kills it by PID and panics otherwise.
-fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {limit:?}; killed");
-        }
-        sleep(Duration::from_millis(50));
-    }
-}
-
-/// Polls `done` every 50 ms until it holds; panics with `what` after `limit`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        sleep(Duration::from_millis(50));
-    }
-}
-
-// ---------------------------------------------------------------- the proxy
-
-/// A running `permit-proxy` on UDP; killed by its PID when dropped.
-struct Proxy {
-    child: Child,
-    udp: u16,
-    log: PathBuf,
-}
-
-impl Proxy {
-    /// Starts the proxy with its defaults (authentication and the gate on) and waits
-    /// until it answers.
-    fn start(dir: &Path, data: &Path, udp: u16, name: &str) -> Proxy {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(proxy_program())
-            .arg("run")
-            .args(["--listen", &format!("udp:{HOST}:{udp}")])
-            .arg("--data")
-            .arg(data)
-            .args(["--domain", DOMAIN])
-            .env(
-                "PERMIT_LOG",
-                std::env::var("PERMIT_LOG").unwrap_or_else(|_| "debug".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.join(format!("{name}.stdout"))).unwrap())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn permit-proxy");
-        let mut proxy = Proxy { child, udp, log };
-        proxy.wait_ready();
-        proxy
-    }
-
-    /// Ready when the proxy answers an OPTIONS to its domain (RFC 3261 section 11,
-    /// not challenged: it reaches no user) with any response.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let probe = UdpSocket::bind((HOST, 0)).unwrap();
-        probe
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let me = probe.local_addr().unwrap().port();
-        for seq in 1.. {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "permit-proxy exited during start-up: {status}\n{}",
-                    tail(&self.log, 4000)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "permit-proxy did not answer OPTIONS\n{}",
-                tail(&self.log, 4000)
-            );
-            if !udp_taken(HOST, self.udp) {
-                sleep(Duration::from_millis(100));
-                continue;
-            }
-            let options = format!(
-                "OPTIONS sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:{me};branch=z9hG4bK-ready-{seq}\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:probe@{DOMAIN}>;tag=ready\r\nTo: <sip:{DOMAIN}>\r\n\
-                 Call-ID: ready-{me}@{HOST}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
-            );
-            probe.send_to(options.as_bytes(), (HOST, self.udp)).unwrap();
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = probe.recv(&mut buf)
-                && buf[..n].starts_with(b"SIP/2.0 ")
-            {
-                return;
-            }
-        }
-    }
-
-    /// SIGKILL: no chance to flush anything. Waits until the port is free again.
-    fn kill_hard(mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("permit-proxy died: {status}\n{}", tail(&self.log, 4000));
-        }
-        self.child.kill().expect("SIGKILL permit-proxy");
-        self.child.wait().unwrap();
-        wait_until(
-            Duration::from_secs(10),
-            "the proxy port is released",
-            || !udp_taken(HOST, self.udp),
-        );
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------- SIPp
-
-/// Final statistics of one SIPp run, from its `-trace_stat` CSV.
-#[derive(Debug, Default)]
-struct Stats {
-    successful: u64,
-    failed: u64,
-}
-
-/// One SIPp invocation over UDP; its files are `<dir>/<name>.*`.
-struct Sipp {
-    dir: PathBuf,
-    name: String,
-    host: &'static str,
-    port: u16,
-    args: Vec<String>,
-    timeout_secs: u64,
-}
-
-impl Sipp {
-    /// `scenario` is a file in `testbeds/sipp/`; `remote` is the proxy port, `None`
-    /// for a UAS; SIPp binds `host`.
-    fn new(
-        dir: &Path,
-        name: &str,
-        scenario: &str,
-        host: &'static str,
-        remote: Option<u16>,
-    ) -> Sipp {
-        let mut args = Vec::new();
-        if let Some(remote) = remote {
-            args.push(format!("{HOST}:{remote}"));
-        }
-        args.extend(["-sf".into(), format!("{SCENARIOS}/{scenario}")]);
-        Sipp {
-            dir: dir.to_path_buf(),
-            name: name.to_string(),
-            host,
-            port: free_port(),
-            args,
-            timeout_secs: 30,
-        }
-    }
-
-    fn arg(mut self, args: &[&str]) -> Sipp {
-        self.args.extend(args.iter().map(|a| (*a).to_string()));
-        self
-    }
-
-    /// `-key NAME VALUE` for the scenario's `[NAME]` keywords.
-    fn key(self, name: &str, value: &str) -> Sipp {
-        self.arg(&["-key", name, value])
-    }
-
-    /// SIPp's global timeout, reached = failure; the harness kills SIPp 15 s later.
-    fn timeout(mut self, secs: u64) -> Sipp {
-        self.timeout_secs = secs;
-        self
-    }
-
-    fn file(&self, suffix: &str) -> PathBuf {
-        self.dir.join(format!("{}{suffix}", self.name))
-    }
-
-    fn spawn(self) -> RunningSipp {
-        let file = |suffix: &str| self.file(suffix).display().to_string();
-        let (port, mp, cp) = (
-            self.port.to_string(),
-            free_port().to_string(),
-            free_port().to_string(),
-        );
-        let mut args = self.args.clone();
-        #[rustfmt::skip]
-        args.extend([
-            "-t", "u1", "-i", self.host, "-p", &port, "-mp", &mp, "-cp", &cp,
-            "-key", "domain", DOMAIN, "-nostdin",
-            "-timeout", &format!("{}s", self.timeout_secs), "-timeout_error",
-            "-trace_stat", "-stf", &file(".csv"), "-fd", "1",
-            "-trace_msg", "-message_file", &file("_messages.log"),
-            "-trace_err", "-error_file", &file("_errors.log"),
-            "-trace_logs", "-log_file", &file("_logs.log"),
-            "-trace_screen", "-screen_file", &file("_screen.log"),
-        ].map(String::from));
-        fs::write(file(".cmd"), format!("sipp {}\n", args.join(" "))).unwrap();
-        let out = fs::File::create(file(".out")).unwrap();
-        let child = Command::new("sipp")
-            .args(&args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn sipp");
-        RunningSipp { child, sipp: self }
-    }
-
-    /// Runs to the end; asserts exit 0 with `calls` successful and 0 failed, and
-    /// returns the message trace.
-    fn run_ok(self, calls: u64) -> Vec<Traced> {
-        self.spawn().finish_ok(calls)
-    }
-}
-
-/// A SIPp process; killed by its PID when dropped.
-struct RunningSipp {
-    child: Child,
-    sipp: Sipp,
-}
-
-impl RunningSipp {
-    /// Waits until SIPp holds its SIP port, so a UAS is listening.
-    fn wait_listening(mut self) -> RunningSipp {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !udp_taken(self.sipp.host, self.sipp.port) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "sipp {} exited early: {status}\n{}",
-                    self.sipp.name,
-                    self.report()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sipp {} does not listen on {}",
-                self.sipp.name,
-                self.sipp.port
-            );
-            sleep(Duration::from_millis(50));
-        }
-        self
-    }
-
-    /// Waits for the end; asserts exit 0 with `calls` successful and 0 failed.
-    fn finish_ok(mut self, calls: u64) -> Vec<Traced> {
-        let limit = Duration::from_secs(self.sipp.timeout_secs + 15);
-        let exit = wait_bounded(&mut self.child, limit, &format!("sipp {}", self.sipp.name));
-        let stats = self.stats();
-        assert!(
-            exit.success() && stats.successful == calls && stats.failed == 0,
-            "sipp {}: {exit}, {stats:?}; expected {calls} successful, 0 failed\n{}",
-            self.sipp.name,
-            self.report()
-        );
-        self.trace()
-    }
-
-    /// The messages SIPp sent and received so far (SIPp flushes the trace per message).
-    fn trace(&self) -> Vec<Traced> {
-        read_trace(&self.sipp.file("_messages.log"))
-    }
-
-    /// The last row of the `-trace_stat` CSV; `(C)` columns are cumulative.
-    fn stats(&self) -> Stats {
-        let csv = fs::read_to_string(self.sipp.file(".csv")).unwrap_or_default();
-        let mut rows = csv.lines().filter(|l| !l.trim().is_empty());
-        let (Some(header), Some(last)) = (rows.next(), rows.next_back()) else {
-            return Stats::default();
-        };
-        let header: Vec<&str> = header.split(';').collect();
-        let row: Vec<&str> = last.split(';').collect();
-        let get = |column: &str| {
-            let at = header.iter().position(|h| *h == column);
-            at.and_then(|i| row.get(i))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Stats {
-            successful: get("SuccessfulCall(C)"),
-            failed: get("FailedCall(C)"),
-        }
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "{}\n{}\n{}\nmessage trace: {}",
-            tail(&self.sipp.file("_errors.log"), 3000),
-            tail(&self.sipp.file("_logs.log"), 1000),
-            tail(&self.sipp.file(".out"), 1500),
-            self.sipp.file("_messages.log").display()
-        )
-    }
-}
-
-impl Drop for RunningSipp {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use common::proxy::{Ports, Proxy};
+use common::sipp::{RunningSipp, Sipp, Traced, sipp_available};
+use common::{
+    CALLEE_HOST, DOMAIN, HOST, Transport, add_permit, free_port, proxy_cli, wait_until, workdir,
+};
 
 // ---------------------------------------------------------------- message traces
-
-/// One message of a SIPp `-trace_msg` log, byte for byte as sent or received.
-#[derive(Debug, Clone)]
-struct Traced {
-    received: bool,
-    bytes: Vec<u8>,
-}
-
-impl Traced {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-
-    /// The response code, `None` for a request.
-    fn status(&self) -> Option<u16> {
-        let rest = self.bytes.strip_prefix(b"SIP/2.0 ")?;
-        std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()
-    }
-
-    fn is_request(&self, method: &str) -> bool {
-        self.bytes.starts_with(format!("{method} ").as_bytes())
-    }
-
-    /// The first value of header `name` (full name, case-insensitive).
-    fn header(&self, name: &str) -> Option<String> {
-        self.text()
-            .split("\r\n")
-            .skip(1)
-            .take_while(|l| !l.is_empty())
-            .find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| v.trim().to_string())
-            })
-    }
-}
-
-/// Reads a SIPp message log: each entry is a dashed date line, then
-/// `UDP message received [N] bytes :` or `UDP message sent (N bytes):`, a blank line
-/// and exactly N bytes of message.
-fn read_trace(path: &Path) -> Vec<Traced> {
-    const RECEIVED: &[u8] = b"UDP message received [";
-    const SENT: &[u8] = b"UDP message sent (";
-    let log = fs::read(path).unwrap_or_default();
-    let find = |from: usize, what: &[u8]| {
-        log[from..]
-            .windows(what.len())
-            .position(|w| w == what)
-            .map(|i| from + i)
-    };
-    let mut out = Vec::new();
-    let mut at = 0;
-    loop {
-        let next = [(find(at, RECEIVED), true), (find(at, SENT), false)]
-            .into_iter()
-            .filter_map(|(i, received)| Some((i?, received)))
-            .min();
-        let Some((start, received)) = next else {
-            return out;
-        };
-        let digits = start + if received { RECEIVED.len() } else { SENT.len() };
-        let len_end = digits
-            + log[digits..]
-                .iter()
-                .position(|b| !b.is_ascii_digit())
-                .expect("message length in the trace");
-        let len: usize = std::str::from_utf8(&log[digits..len_end])
-            .unwrap()
-            .parse()
-            .unwrap();
-        let body = find(len_end, b"\n\n").expect("blank line after the trace header") + 2;
-        let end = (body + len).min(log.len());
-        out.push(Traced {
-            received,
-            bytes: log[body..end].to_vec(),
-        });
-        at = end;
-    }
-}
 
 /// The responses in `trace` with status `status` that SIPp received.
 fn received_responses(trace: &[Traced], status: u16) -> Vec<&Traced> {
@@ -659,38 +177,25 @@ impl Bed {
         bed
     }
 
+    /// The proxy with its defaults (authentication and the gate on), on UDP only.
     fn start_proxy(&self, name: &str) -> Proxy {
-        Proxy::start(&self.dir, &self.data, self.udp, name)
+        let ports = Ports {
+            udp: self.udp,
+            tcp: None,
+            tls: None,
+        };
+        Proxy::start(&self.dir, name, &self.data, ports, &[])
     }
 
     /// `permit-proxy --data DIR --domain localhost ARGS…` (the operator's CLI);
     /// asserts success and returns its standard output.
     fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(proxy_program())
-            .arg("--data")
-            .arg(&self.data)
-            .args(["--domain", DOMAIN])
-            .args(args)
-            .output()
-            .expect("run permit-proxy");
-        assert!(
-            out.status.success(),
-            "permit-proxy {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("CLI output is UTF-8")
+        proxy_cli(&self.data, args)
     }
 
     /// `permit add CALLEE CALLER` for users of our domain.
     fn permit(&self, callee: &str, caller: &str) {
-        let out = self.cli(&[
-            "permit",
-            "add",
-            &format!("{callee}@{DOMAIN}"),
-            &format!("{caller}@{DOMAIN}"),
-        ]);
-        assert!(out.starts_with("added "), "permit add: {out}");
+        add_permit(&self.data, callee, caller);
     }
 
     fn list(&self, callee: &str) -> String {
@@ -699,7 +204,8 @@ impl Bed {
 
     /// A listening callee on 127.0.0.2 that ends after `calls` SIPp calls.
     fn callee(&self, name: &str, scenario: &str, calls: u64) -> RunningSipp {
-        Sipp::new(&self.dir, name, scenario, CALLEE_HOST, None)
+        Sipp::new(&self.dir, name, scenario, Transport::Udp, None)
+            .bind(CALLEE_HOST)
             .arg(&["-m", &calls.to_string()])
             .timeout(50)
             .spawn()
@@ -718,7 +224,7 @@ impl Bed {
             &self.dir,
             &format!("register-{user}"),
             scenario,
-            HOST,
+            Transport::Udp,
             Some(self.udp),
         )
         .arg(&["-s", user, "-au", user, "-ap", &password(user)])
@@ -736,24 +242,36 @@ impl Bed {
     /// `uac_auth.xml`: `caller` calls `callee` `calls` times (5 per second, each call
     /// `hold_ms` long).
     fn calls(&self, name: &str, caller: &str, callee: &str, calls: u64, hold_ms: u64) -> Sipp {
-        Sipp::new(&self.dir, name, "uac_auth.xml", HOST, Some(self.udp))
-            .arg(&["-s", callee, "-au", caller, "-ap", &password(caller)])
-            .arg(&["-auth_uri", &format!("{callee}@{DOMAIN}")])
-            .arg(&["-m", &calls.to_string(), "-r", "5", "-l", "10"])
-            .arg(&["-d", &hold_ms.to_string(), "-pause_msg_ign"])
-            .timeout(50)
+        Sipp::new(
+            &self.dir,
+            name,
+            "uac_auth.xml",
+            Transport::Udp,
+            Some(self.udp),
+        )
+        .arg(&["-s", callee, "-au", caller, "-ap", &password(caller)])
+        .arg(&["-auth_uri", &format!("{callee}@{DOMAIN}")])
+        .arg(&["-m", &calls.to_string(), "-r", "5", "-l", "10"])
+        .arg(&["-d", &hold_ms.to_string(), "-pause_msg_ign"])
+        .timeout(50)
     }
 
     /// `uac_auth_expect.xml`: one authenticated INVITE from `caller` to `callee` that
     /// must end in `status`; returns the caller's message trace and SIP port.
     fn refused(&self, name: &str, caller: &str, callee: &str, status: u16) -> (Vec<Traced>, u16) {
-        let sipp = Sipp::new(&self.dir, name, "uac_auth_expect.xml", HOST, Some(self.udp))
-            .arg(&["-s", callee, "-au", caller, "-ap", &password(caller)])
-            .arg(&["-auth_uri", &format!("{callee}@{DOMAIN}"), "-m", "1"])
-            .key("expect", &status.to_string())
-            .timeout(20);
+        let sipp = Sipp::new(
+            &self.dir,
+            name,
+            "uac_auth_expect.xml",
+            Transport::Udp,
+            Some(self.udp),
+        )
+        .arg(&["-s", callee, "-au", caller, "-ap", &password(caller)])
+        .arg(&["-auth_uri", &format!("{callee}@{DOMAIN}"), "-m", "1"])
+        .key("expect", &status.to_string())
+        .timeout(20);
         let port = sipp.port;
-        (sipp.run_ok(1), port)
+        (sipp.run_ok(1).trace(), port)
     }
 }
 
@@ -786,8 +304,8 @@ fn permitted_caller_gets_180_and_200_after_the_load_query() {
     bed.register("bob", &uas, "");
     let uac = bed.calls("uac", "alice", "bob", CALLS, 200);
     let uac_port = uac.port;
-    let caller = uac.run_ok(CALLS);
-    let callee = uas.finish_ok(2 * CALLS);
+    let caller = uac.run_ok(CALLS).trace();
+    let callee = uas.finish_ok(2 * CALLS).trace();
 
     assert_eq!(received_responses(&caller, 180).len() as u64, CALLS, "180s");
     let ok_to_invite = received_responses(&caller, 200)
@@ -936,7 +454,7 @@ fn busy_callee_gives_486_and_stranger_still_403() {
         received_responses(&caller, 180).is_empty(),
         "a 180 before the 486"
     );
-    let callee = uas.finish_ok(1);
+    let callee = uas.finish_ok(1).trace();
     assert_eq!(
         received_requests(&callee, "OPTIONS").len(),
         1,
@@ -987,7 +505,7 @@ fn over_limit_callee_gives_486_without_options() {
     held.finish_ok(1);
 
     bed.calls("carol-after", "carol", "bob", 1, 100).run_ok(1);
-    let callee = uas.finish_ok(4);
+    let callee = uas.finish_ok(4).trace();
     assert_eq!(
         received_requests(&callee, "OPTIONS").len(),
         2,
@@ -1038,14 +556,15 @@ fn permit_lists_and_etags_survive_sigkill() {
         &bed.dir,
         "publish-bob",
         "publish_permits.xml",
-        HOST,
+        Transport::Udp,
         Some(bed.udp),
     )
     .arg(&["-s", "bob", "-au", "bob", "-ap", &password("bob")])
     .arg(&["-auth_uri", &format!("bob@{DOMAIN}"), "-m", "1"])
     .key("body", r#"{"add":["carol@localhost"]}"#)
     .timeout(20)
-    .run_ok(1);
+    .run_ok(1)
+    .trace();
     proxy.kill_hard();
     let ok = received_responses(&publish, 200);
     let published_tag = ok
