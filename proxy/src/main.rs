@@ -274,8 +274,11 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
     Ok(())
 }
 
+/// The engine runs on this thread (`block_on`); the socket tasks run on two workers, so
+/// a datagram is read while the engine is busy with the previous one.
 fn run(cfg: &Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

@@ -13,10 +13,36 @@ use crate::NetStats;
 /// Largest datagram we read (RFC 3261 §18.1.1 lets UDP messages reach 65,535 bytes).
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Receive buffer asked for on every UDP socket. The kernel default (~208 KiB) fills in
+/// a few milliseconds at 10,000+ datagrams/s whenever the reading thread is descheduled
+/// (docs/benchmarks.md); a burst must wait in the socket, not be dropped.
+pub(crate) const RECV_BUFFER: usize = 8 << 20;
+
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let std = std::net::UdpSocket::bind(addr)?;
-    std.set_nonblocking(true)?;
-    UdpSocket::from_std(std)
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    grow_recv_buffer(&sock);
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock.into())
+}
+
+/// Asks for [`RECV_BUFFER`]: past `net.core.rmem_max` when allowed (SO_RCVBUFFORCE
+/// needs CAP_NET_ADMIN), else as much as the limit gives.
+fn grow_recv_buffer(sock: &socket2::Socket) {
+    let forced =
+        nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::RcvBufForce, &RECV_BUFFER);
+    if forced.is_err() {
+        let _ = sock.set_recv_buffer_size(RECV_BUFFER);
+    }
+    match sock.recv_buffer_size() {
+        Ok(n) if n < RECV_BUFFER => tracing::info!(
+            bytes = n,
+            "UDP receive buffer limited by net.core.rmem_max; raise it for high call rates"
+        ),
+        Ok(n) => tracing::debug!(bytes = n, "UDP receive buffer"),
+        Err(_) => {}
+    }
 }
 
 pub(crate) fn spawn_receiver(
