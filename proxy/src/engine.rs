@@ -489,10 +489,7 @@ impl Proxy {
         let prefix = branch_for(hash);
         let looped = msg.vias().filter_map(Result::ok).any(|v| {
             v.branch().is_some_and(|b| b.starts_with(prefix.as_bytes()))
-                && self.cfg.identity.listeners.iter().any(|(_, a)| {
-                    Identity::sent_by(*a).as_bytes()
-                        == [v.host, b":", v.port.unwrap_or(5060).to_string().as_bytes()].concat()
-                })
+                && self.cfg.identity.is_own_sent_by(v.host, v.port)
         });
         if looped {
             return self.reply(now, &key, &msg, 482, "Loop Detected", &[]);
@@ -1341,16 +1338,7 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
         let (Some(Ok(top)), Some(Ok(next))) = (vias.next(), vias.next()) else {
             return;
         };
-        let is_ours = self.cfg.identity.listeners.iter().any(|(_, a)| {
-            Identity::sent_by(*a).as_bytes()
-                == [
-                    top.host,
-                    b":",
-                    top.port.unwrap_or(5060).to_string().as_bytes(),
-                ]
-                .concat()
-        });
-        if !is_ours {
+        if !self.cfg.identity.is_own_sent_by(top.host, top.port) {
             self.stats.stray_responses += 1;
             return;
         }

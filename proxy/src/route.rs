@@ -53,6 +53,18 @@ impl Identity {
         })
     }
 
+    /// Whether a Via sent-by (`host`, `port`) is one of our listeners, as we write it
+    /// (IP literal and port; a missing port is 5060). No allocation: runs per Via.
+    pub fn is_own_sent_by(&self, host: &[u8], port: Option<u16>) -> bool {
+        let Some(ip) = parse_ip(host) else {
+            return false;
+        };
+        let port = port.unwrap_or(5060);
+        self.listeners
+            .iter()
+            .any(|(_, a)| a.ip() == ip && a.port() == port)
+    }
+
     /// The listener to send from towards `remote` over `transport`.
     pub fn local_for(&self, transport: Transport, remote: SocketAddr) -> Option<SocketAddr> {
         let same =
@@ -166,6 +178,9 @@ mod tests {
         assert!(!us(b"sip:127.0.0.1"));
         assert!(!us(b"sip:bob@192.0.2.1:5070"));
         assert!(!us(b"sip:bob@example.com"));
+        assert!(id.is_own_sent_by(b"127.0.0.1", Some(5070)));
+        assert!(!id.is_own_sent_by(b"127.0.0.1", None));
+        assert!(!id.is_own_sent_by(b"example.org", Some(5070)));
     }
 
     #[test]
