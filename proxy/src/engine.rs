@@ -77,13 +77,13 @@ pub struct Stats {
 }
 
 /// RFC 3261 §17.2.3 matching: the branch plus INVITE/ACK vs CANCEL vs others.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct TxKey {
     branch: Bytes,
     kind: Kind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Kind {
     Invite,
     Cancel,
@@ -118,6 +118,8 @@ struct ServerEntry {
     tx: ServerTx,
     flow: Flow,
     ctx: Option<u64>,
+    /// The instant of this transaction's live entry in the timer heap.
+    scheduled: Option<Instant>,
 }
 
 enum ClientTx {
@@ -166,6 +168,8 @@ struct ClientEntry {
     purpose: Purpose,
     /// The request as sent, parsed lazily for ACK/CANCEL generation.
     sent: Bytes,
+    /// The instant of this transaction's live entry in the timer heap.
+    scheduled: Option<Instant>,
 }
 
 /// Why a client transaction was started.
@@ -215,8 +219,8 @@ struct Context {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Wake {
-    Server(u64),
-    Client(u64),
+    Server(TxKey),
+    Client(TxKey),
     TimerC(u64),
     /// The load query's deadline.
     Query(u64),
@@ -232,8 +236,6 @@ pub struct Proxy {
     server: HashMap<TxKey, ServerEntry>,
     client: HashMap<TxKey, ClientEntry>,
     contexts: HashMap<u64, Context>,
-    /// Timer ids → transaction keys, so the heap holds small values.
-    timer_keys: HashMap<u64, TxKey>,
     heap: BinaryHeap<Reverse<(Instant, Wake)>>,
     out: VecDeque<Transmit>,
     rng: StdRng,
@@ -268,7 +270,6 @@ impl Proxy {
             server: HashMap::new(),
             client: HashMap::new(),
             contexts: HashMap::new(),
-            timer_keys: HashMap::new(),
             heap: BinaryHeap::new(),
             out: VecDeque::new(),
             rng: StdRng::seed_from_u64(seed),
@@ -288,6 +289,12 @@ impl Proxy {
     /// Bindings held: (AORs, bindings).
     pub fn location_counts(&self) -> (usize, usize) {
         self.location.counts()
+    }
+
+    /// Entries in the timer heap (for tests and metrics): at most a few per live
+    /// transaction or context.
+    pub fn timers_pending(&self) -> usize {
+        self.heap.len()
     }
 
     /// Transactions and contexts alive (for tests and metrics).
@@ -412,6 +419,7 @@ impl Proxy {
                 tx,
                 flow,
                 ctx: None,
+                scheduled: None,
             },
         );
         if method == Method::Invite {
@@ -713,6 +721,7 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
                     ctx: Some(ctx_id),
                     purpose: Purpose::LoadQuery,
                     sent: bytes,
+                    scheduled: None,
                 },
             );
             self.drain_client(now, &key);
@@ -1005,6 +1014,7 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
                 ctx: Some(ctx_id),
                 purpose: Purpose::Branch,
                 sent: bytes,
+                scheduled: None,
             },
         );
         self.drain_client(now, &key);
@@ -1133,6 +1143,7 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
                 tx,
                 flow,
                 ctx: None,
+                scheduled: None,
             },
         );
         self.reply(now, &key, msg, 200, "OK", &[]);
@@ -1191,6 +1202,7 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
                 ctx: None,
                 purpose: Purpose::Cancel,
                 sent: cancel,
+                scheduled: None,
             },
         );
         self.drain_client(now, &key);
@@ -1377,10 +1389,13 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
             }
             return;
         }
-        if let Some(at) = wake {
-            let id = self.id();
-            self.timer_keys.insert(id, key.clone());
-            self.heap.push(Reverse((at.max(now), Wake::Server(id))));
+        // One live heap entry per transaction: a later wake-up is found when the
+        // earlier entry fires (see `handle_timeout`), so the heap stays bounded.
+        if let Some(at) = wake
+            && entry_needs_push(&mut self.server.get_mut(key).map(|e| &mut e.scheduled), at)
+        {
+            self.heap
+                .push(Reverse((at.max(now), Wake::Server(key.clone()))));
         }
     }
 
@@ -1393,10 +1408,11 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
         let ctx = entry.ctx;
         if terminated {
             self.client.remove(key);
-        } else if let Some(at) = wake {
-            let id = self.id();
-            self.timer_keys.insert(id, key.clone());
-            self.heap.push(Reverse((at.max(now), Wake::Client(id))));
+        } else if let Some(at) = wake
+            && entry_needs_push(&mut Some(&mut entry.scheduled), at)
+        {
+            self.heap
+                .push(Reverse((at.max(now), Wake::Client(key.clone()))));
         }
         if timed_out {
             // No final response on this branch: it counts as a 408 (§16.7 step 1 / §16.8).
@@ -1416,32 +1432,50 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, wake))) = self.heap.pop() else {
+            let Some(Reverse((at, wake))) = self.heap.pop() else {
                 break;
             };
             match wake {
-                Wake::Server(id) => {
-                    let Some(key) = self.timer_keys.remove(&id) else {
+                Wake::Server(key) => {
+                    let Some(e) = self.server.get_mut(&key) else {
                         continue;
                     };
-                    if let Some(e) = self.server.get_mut(&key) {
-                        let m = e.tx.machine();
-                        if m.poll_timeout().is_some_and(|d| d <= now) {
+                    if e.scheduled != Some(at) {
+                        continue; // superseded by an earlier entry
+                    }
+                    e.scheduled = None;
+                    let m = e.tx.machine();
+                    match m.poll_timeout() {
+                        Some(due) if due <= now => {
                             m.handle_timeout(now);
                             self.drain_server(now, &key);
                         }
+                        Some(due) => {
+                            e.scheduled = Some(due);
+                            self.heap.push(Reverse((due, Wake::Server(key))));
+                        }
+                        None => {}
                     }
                 }
-                Wake::Client(id) => {
-                    let Some(key) = self.timer_keys.remove(&id) else {
+                Wake::Client(key) => {
+                    let Some(e) = self.client.get_mut(&key) else {
                         continue;
                     };
-                    if let Some(e) = self.client.get_mut(&key) {
-                        let m = e.tx.machine();
-                        if m.poll_timeout().is_some_and(|d| d <= now) {
+                    if e.scheduled != Some(at) {
+                        continue; // superseded by an earlier entry
+                    }
+                    e.scheduled = None;
+                    let m = e.tx.machine();
+                    match m.poll_timeout() {
+                        Some(due) if due <= now => {
                             m.handle_timeout(now);
                             self.drain_client(now, &key);
                         }
+                        Some(due) => {
+                            e.scheduled = Some(due);
+                            self.heap.push(Reverse((due, Wake::Client(key))));
+                        }
+                        None => {}
                     }
                 }
                 Wake::TimerC(ctx_id) => {
@@ -1577,6 +1611,17 @@ fn branch_request(
         fwd = fwd.header("Route", r.as_bytes());
     }
     fwd.to_vec().into()
+}
+
+/// Records `at` as the transaction's scheduled wake-up if it is earlier than the one
+/// already in the heap (or there is none); `true` when a heap entry must be pushed.
+fn entry_needs_push(scheduled: &mut Option<&mut Option<Instant>>, at: Instant) -> bool {
+    let Some(slot) = scheduled else { return false };
+    if slot.is_some_and(|s| s <= at) {
+        return false;
+    }
+    **slot = Some(at);
+    true
 }
 
 /// How many leading Route values name us (§16.4; two after double record-routing).

@@ -625,3 +625,28 @@ fn short_datagram_gets_400() {
     assert_eq!(status(&out), vec![400]);
     assert_eq!(out[0].1.reason(), Some(&b"Content-Length Mismatch"[..]));
 }
+
+/// Regression: every drain pushed a timer-heap entry, so the heap grew with every
+/// message until the entries' instants passed (millions at 8,000 CPS).
+#[test]
+fn timer_heap_stays_bounded_by_live_transactions() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    for i in 0..200 {
+        let out = h.recv(ALICE, &invite("bob", &format!("z9hG4bKheap{i}"), 70));
+        let fwd = out[1].1.clone();
+        h.recv(BOB, &answer(&fwd, 180, "Ringing"));
+        h.recv(BOB, &answer(&fwd, 200, "OK"));
+        h.recv(BOB, &answer(&fwd, 200, "OK"));
+    }
+    let (server, client, contexts) = h.proxy.live();
+    assert!(
+        server >= 200 && client >= 200,
+        "transactions still in their RFC 6026 timers"
+    );
+    assert!(
+        h.proxy.timers_pending() <= server + client + 2 * contexts + 2,
+        "{} heap entries for {server} + {client} transactions and {contexts} contexts",
+        h.proxy.timers_pending()
+    );
+}
