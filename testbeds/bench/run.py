@@ -233,8 +233,12 @@ class Bench:
 
     _last_setup_ms = float("nan")
 
-    def call_step(self, ctx, rate: int, secs: float) -> Step:
+    def call_step(self, ctx, rate: int, secs: float, scenario: list[str] | None = None,
+                  label: str = "call") -> Step:
+        """One step of calls; scenario: the SIPp client's scenario arguments (default:
+        uac.xml to uas1; gate.py passes its authenticating callers)."""
         proxy, uas, uas_stats, target, uac_port, proxy_port, uas_port = ctx
+        scenario = scenario or ["-sf", str(SCEN / "uac.xml"), "-s", "uas1"]
         pids = tree(proxy.pid)
         n = int(rate * secs)
         u0 = read_stats(uas_stats)
@@ -242,8 +246,8 @@ class Bench:
         d0 = udp_drops()
         c0, s0, m0 = ticks_by_pid(pids), cpu_ticks([uas.pid]), machine_ticks(self_too=True)
         rc, st, wall, uac_ticks = self.sipp(
-            f"call-{rate}", target,
-            ["-sf", str(SCEN / "uac.xml"), "-s", "uas1", "-p", str(uac_port),
+            f"{label}-{rate}", target,
+            scenario + ["-p", str(uac_port),
              "-r", str(rate), "-rp", "1000", "-m", str(n), "-l", str(max(rate * 3, 50)),
              "-recv_timeout", "4000", "-d", str(self.a.hold_ms)],
             timeout_s=secs * 1.5 + 8,
@@ -426,7 +430,14 @@ def main() -> int:
                     help="pause between ACK and BYE (SIPp -d), milliseconds")
     ap.add_argument("--kam-shm", type=int, default=1024, help="kamailio -m (MiB)")
     ap.add_argument("--kam-pkg", type=int, default=16, help="kamailio -M (MiB)")
+    ap.add_argument("--gate", action="store_true",
+                    help="authentication and the gate instead (gate.py, kamailio-gate.cfg)")
+    ap.add_argument("--no-query", action="store_true",
+                    help="with --gate: skip permit-proxy with the load query on")
     args = ap.parse_args()
+    if args.gate:
+        from gate import main_gate
+        return main_gate(args, ap)
 
     if args.quick:
         args.step_s, args.bisect, budget = 3, 0, 170
