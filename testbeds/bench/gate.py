@@ -106,10 +106,12 @@ class GateBench(Bench):
             )
             time.sleep(0.5)
             ctx = (proxy, uas, uas_stats, target, uac_port, proxy_port, uas_port)
+            # Refusals first: an overloaded call ramp can leave a proxy without memory
+            # (Kamailio's tm keeps unanswered transactions for fr_inv_timer) or stopped.
             kinds = [("calls", caller_args("alice", "uac_auth.xml"), self.a.call_start)]
             if v.refused:
-                kinds.append(("refused", caller_args("mallory", "uac_refused.xml"),
-                              self.a.refused_start))
+                kinds.insert(0, ("refused", caller_args("mallory", "uac_refused.xml"),
+                                 self.a.refused_start))
             tag = f"[{name}/{v.key}]"
             for kind, scen, _ in kinds:
                 s = self.call_step(ctx, self.a.common_cps, self.a.common_s, scen, kind)
