@@ -3,20 +3,13 @@
 //! caller is on the callee's permitted-terminal list, else 403 — the same 403 for an
 //! unknown callee. Before a permitted INVITE is routed, the callee is asked whether it
 //! can take a call (OPTIONS, RFC 3261 §11.2: a busy UA answers 486), unless its
-//! advertised call limit is already reached (486 without asking).
+//! advertised call limit is already reached (486 without asking). The lists themselves
+//! are [`crate::permits::Permits`], which the engine holds.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-
-/// Who may reach whom: the gate's view of the permitted-terminal table
-/// ([`crate::permits::Permits`] is the durable implementation).
-pub trait PermitDirectory: Send {
-    /// Whether `caller` (an AOR `user@domain`) may reach `callee`. `false` for an
-    /// unknown callee: the two cases must not be told apart.
-    fn is_permitted(&mut self, callee: &str, caller: &str) -> bool;
-}
 
 /// Gate settings.
 #[derive(Debug, Clone)]

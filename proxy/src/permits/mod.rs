@@ -358,9 +358,3 @@ fn entries_permit(entries: &[PermitEntry], caller: &str) -> bool {
         PermitEntry::Domain(d) => Some(d.as_str()) == host,
     })
 }
-
-impl crate::gate::PermitDirectory for Permits {
-    fn is_permitted(&mut self, callee: &str, caller: &str) -> bool {
-        Permits::is_permitted(self, callee, caller)
-    }
-}
