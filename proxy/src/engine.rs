@@ -1440,42 +1440,20 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
                     let Some(e) = self.server.get_mut(&key) else {
                         continue;
                     };
-                    if e.scheduled != Some(at) {
-                        continue; // superseded by an earlier entry
-                    }
-                    e.scheduled = None;
-                    let m = e.tx.machine();
-                    match m.poll_timeout() {
-                        Some(due) if due <= now => {
-                            m.handle_timeout(now);
-                            self.drain_server(now, &key);
-                        }
-                        Some(due) => {
-                            e.scheduled = Some(due);
-                            self.heap.push(Reverse((due, Wake::Server(key))));
-                        }
-                        None => {}
+                    match fire(&mut e.scheduled, e.tx.machine(), at, now) {
+                        Fired::Ran => self.drain_server(now, &key),
+                        Fired::Later(due) => self.heap.push(Reverse((due, Wake::Server(key)))),
+                        Fired::Stale => {}
                     }
                 }
                 Wake::Client(key) => {
                     let Some(e) = self.client.get_mut(&key) else {
                         continue;
                     };
-                    if e.scheduled != Some(at) {
-                        continue; // superseded by an earlier entry
-                    }
-                    e.scheduled = None;
-                    let m = e.tx.machine();
-                    match m.poll_timeout() {
-                        Some(due) if due <= now => {
-                            m.handle_timeout(now);
-                            self.drain_client(now, &key);
-                        }
-                        Some(due) => {
-                            e.scheduled = Some(due);
-                            self.heap.push(Reverse((due, Wake::Client(key))));
-                        }
-                        None => {}
+                    match fire(&mut e.scheduled, e.tx.machine(), at, now) {
+                        Fired::Ran => self.drain_client(now, &key),
+                        Fired::Later(due) => self.heap.push(Reverse((due, Wake::Client(key)))),
+                        Fired::Stale => {}
                     }
                 }
                 Wake::TimerC(ctx_id) => {
@@ -1611,6 +1589,40 @@ fn branch_request(
         fwd = fwd.header("Route", r.as_bytes());
     }
     fwd.to_vec().into()
+}
+
+/// What a popped timer-heap entry did to its transaction.
+enum Fired {
+    /// Superseded by an earlier entry: nothing to do.
+    Stale,
+    /// Timers ran: drain the transaction.
+    Ran,
+    /// The transaction's next timer is later: re-queue at that instant.
+    Later(Instant),
+}
+
+/// Handles the heap entry at `at` for a transaction whose live entry is `scheduled`.
+fn fire(
+    scheduled: &mut Option<Instant>,
+    m: &mut dyn Transaction,
+    at: Instant,
+    now: Instant,
+) -> Fired {
+    if *scheduled != Some(at) {
+        return Fired::Stale;
+    }
+    *scheduled = None;
+    match m.poll_timeout() {
+        Some(due) if due <= now => {
+            m.handle_timeout(now);
+            Fired::Ran
+        }
+        Some(due) => {
+            *scheduled = Some(due);
+            Fired::Later(due)
+        }
+        None => Fired::Stale,
+    }
 }
 
 /// Records `at` as the transaction's scheduled wake-up if it is earlier than the one
