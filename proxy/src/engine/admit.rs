@@ -1,0 +1,209 @@
+//! Stage 3, admit: authentication (RFC 3261 §22), the permitted-terminal gate, the call
+//! limit and the load query (OPTIONS, §11) — before anything about the callee leaves.
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::Rng;
+use sip_core::message::{Message, Method, SipUri};
+use sip_core::transaction::ClientNonInvite;
+
+use super::{Answered, ClientEntry, ClientTx, Kind, Proxy, Purpose, Target, TxKey, Wake};
+use crate::auth::{Decision, Role};
+use crate::gate::QueryOutcome;
+use crate::route::{BRANCH_PREFIX, Flow, Identity, loop_hash};
+
+impl Proxy {
+    /// Runs the authentication policy: `Err(Answered)` when it answered the request
+    /// itself, `Ok(None)` when authentication is off, `Ok(Some(proof))` otherwise.
+    pub(super) fn authenticate(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        flow: Flow,
+        role: Role,
+    ) -> Result<Option<sip_core::digest::Authenticated>, Answered> {
+        let unix = self.unix(now);
+        let salt = self.rng.random::<u64>();
+        match self
+            .auth
+            .check(now, unix, salt, flow.remote.ip(), role, msg)
+        {
+            Decision::Open => Ok(None),
+            Decision::Authenticated(who) => Ok(Some(who)),
+            Decision::Reply(r) => {
+                let headers: Vec<(&str, &[u8])> =
+                    r.headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+                self.reply(now, key, msg, r.status, r.reason, &headers);
+                Err(Answered)
+            }
+        }
+    }
+
+    /// Authentication and the gate, before anything about the callee is looked up:
+    /// out-of-dialog requests that would reach a user are authenticated (§22.3), then
+    /// INVITE, MESSAGE and SUBSCRIBE to a local callee pass only for a permitted caller
+    /// (403 otherwise, the same for an unknown callee). Returns the local callee's AOR
+    /// for gated requests.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        method: &Method,
+        uri: &SipUri<'_>,
+        local_callee: bool,
+    ) -> Result<Option<String>, Answered> {
+        let out_of_dialog = msg.to_tag().is_none();
+        let challenged = out_of_dialog
+            && matches!(
+                method,
+                Method::Invite
+                    | Method::Message
+                    | Method::Subscribe
+                    | Method::Publish
+                    | Method::Refer
+                    | Method::Options
+            );
+        let mut who = None;
+        if challenged {
+            let flow = self.server.get(key).map(|e| e.flow).ok_or(Answered)?;
+            who = self.authenticate(now, key, msg, flow, Role::Proxy)?;
+        }
+        let gated = out_of_dialog
+            && local_callee
+            && matches!(method, Method::Invite | Method::Message | Method::Subscribe);
+        let domain = self.cfg.identity.domain.to_ascii_lowercase();
+        let callee = uri
+            .user
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .filter(|_| gated)
+            .map(|u| format!("{u}@{domain}"));
+        if let (Some(callee), Some(who), true) = (&callee, &who, self.cfg.gate.enabled) {
+            let from = format!("{}@{domain}", who.username);
+            if !self.permits.is_permitted(callee, &from) {
+                self.stats.gate_refused += 1;
+                tracing::debug!("gate: caller not permitted (or unknown callee)");
+                self.reply(now, key, msg, 403, "Forbidden", &[]);
+                return Err(Answered);
+            }
+        }
+        Ok(callee)
+    }
+
+    /// The load check of a gated INVITE: 486 at once when the callee's advertised call
+    /// limit is reached; otherwise whether to ask it with OPTIONS first.
+    pub(super) fn load_check(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        callee: Option<&str>,
+        targets: &VecDeque<Target>,
+    ) -> Result<bool, Answered> {
+        let (Some(callee), true, Some(Method::Invite)) =
+            (callee, self.cfg.gate.enabled, msg.method())
+        else {
+            return Ok(false);
+        };
+        let limit = targets.iter().filter_map(|t| t.max_calls).min();
+        if limit.is_some_and(|l| self.dialogs.active(callee) >= l) {
+            self.stats.busy += 1;
+            self.reply(now, key, msg, 486, "Busy Here", &[]);
+            return Err(Answered);
+        }
+        Ok(self.cfg.gate.load_query && targets.iter().all(|t| t.load_query))
+    }
+
+    /// Sends OPTIONS (RFC 3261 §11) to every target of the context: its own Call-ID,
+    /// tag and branch, and nothing about the caller. The INVITE waits for the answers
+    /// until the query deadline.
+    pub(super) fn start_load_query(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let targets: Vec<Target> = ctx.targets.iter().cloned().collect();
+        ctx.querying = Some(u32::try_from(targets.len()).unwrap_or(u32::MAX));
+        let deadline = now + self.cfg.gate.query_timeout;
+        self.heap.push(Reverse((deadline, Wake::Query(ctx_id))));
+        for t in targets {
+            let Some(local) = self.cfg.identity.local_for(t.transport, t.dest) else {
+                continue;
+            };
+            let branch = format!("{BRANCH_PREFIX}q{:016x}", self.rng.random::<u64>());
+            let tag = self.tag();
+            let call_id = format!("{:032x}@permit", self.rng.random::<u128>());
+            let uri = t
+                .uri
+                .clone()
+                .unwrap_or_else(|| format!("sip:{}", Identity::sent_by(t.dest)));
+            let domain = &self.cfg.identity.domain;
+            let mut req = format!(
+                "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n",
+                t.transport.via_token(),
+                Identity::sent_by(local)
+            );
+            for r in &t.route {
+                req.push_str("Route: ");
+                req.push_str(r);
+                req.push_str("\r\n");
+            }
+            req.push_str("Accept: application/sdp\r\nContent-Length: 0\r\n\r\n");
+            let bytes = Bytes::from(req);
+            let flow = Flow {
+                transport: t.transport,
+                local,
+                remote: t.dest,
+            };
+            let key = TxKey {
+                branch: Bytes::from(branch),
+                kind: Kind::Other,
+            };
+            let tx = ClientTx::NonInvite(ClientNonInvite::new(
+                now,
+                bytes.clone(),
+                flow.transport.is_reliable(),
+                &self.cfg.timers,
+            ));
+            self.client.insert(
+                key.clone(),
+                ClientEntry {
+                    tx,
+                    flow,
+                    ctx: Some(ctx_id),
+                    purpose: Purpose::LoadQuery,
+                    sent: bytes,
+                    scheduled: None,
+                },
+            );
+            self.drain_client(now, &key);
+        }
+    }
+
+    /// A final answer to a load query (RFC 3261 §11.2).
+    pub(super) fn handle_query_response(&mut self, now: Instant, ctx_id: u64, status: u16) {
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
+        let Some(pending) = ctx.querying else { return };
+        match QueryOutcome::of(status) {
+            QueryOutcome::Available | QueryOutcome::Unknown => {
+                ctx.querying = None;
+                let hash = loop_hash(&ctx.request);
+                self.try_next_target(now, ctx_id, hash);
+            }
+            QueryOutcome::Busy if pending > 1 => ctx.querying = Some(pending - 1),
+            QueryOutcome::Busy => {
+                ctx.querying = None;
+                ctx.answered = true;
+                let (server, req) = (ctx.server.clone(), ctx.request.clone());
+                self.stats.busy += 1;
+                self.reply(now, &server, &req, 486, "Busy Here", &[]);
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Requests the proxy answers itself: OPTIONS to the proxy, REGISTER (registrar,
+//! RFC 3261 §10.3) and PUBLISH of a callee's own list.
+
+use std::time::Instant;
+
+use sip_core::message::{HeaderName, Message, Method, ResponseBuilder, SipUri};
+
+use super::{Answered, Proxy, TxKey};
+use crate::auth::Role;
+use crate::location::aor_key;
+use crate::manage;
+use crate::permits::Aor;
+use crate::registrar::{Registered, handle_register};
+
+pub(super) const ALLOW: &[u8] = b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH";
+
+impl Proxy {
+    /// PUBLISH of a callee's own list (docs/profile.md "Managing the list"): the
+    /// request is authenticated as for the registrar (401) and only the owner of the
+    /// AOR may change it (403 otherwise, and without authentication).
+    pub(super) fn handle_manage(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        msg: &Message,
+        uri: &SipUri<'_>,
+    ) {
+        let Some(flow) = self.server.get(&key).map(|e| e.flow) else {
+            return;
+        };
+        let Ok(who) = self.authenticate(now, &key, msg, flow, Role::Registrar) else {
+            return;
+        };
+        let user = uri
+            .user
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or_default();
+        let owner = Aor::parse(&format!("{user}@{}", self.cfg.identity.domain));
+        let (Some(who), Ok(owner)) = (who, owner) else {
+            return self.reply(now, &key, msg, 403, "Forbidden", &[]);
+        };
+        if who.username != user {
+            return self.reply(now, &key, msg, 403, "Forbidden", &[]);
+        }
+        let r = manage::handle_publish(&mut self.permits, &owner, msg);
+        let tag = self.tag();
+        let mut b = ResponseBuilder::new(msg, r.status, r.reason).to_tag(tag.as_bytes());
+        for (n, v) in &r.headers {
+            if *n != "Content-Type" {
+                b = b.header(n, v.as_bytes());
+            }
+        }
+        if let Some(body) = &r.body {
+            b = b.body(manage::CONTENT_TYPE.as_bytes(), body.as_bytes());
+        }
+        let bytes = b.to_vec();
+        self.respond(now, &key, r.status, bytes.into());
+    }
+
+    /// Requests addressed to the proxy itself: REGISTER and OPTIONS.
+    pub(super) fn handle_local(&mut self, now: Instant, key: TxKey, msg: Message, method: &Method) {
+        match method {
+            Method::Options => self.reply(
+                now,
+                &key,
+                &msg,
+                200,
+                "OK",
+                &[
+                    ("Allow", ALLOW),
+                    ("Accept", b"application/sdp"),
+                    ("Supported", b"path"),
+                ],
+            ),
+            Method::Register => self.handle_register(now, key, &msg),
+            _ => self.reply(
+                now,
+                &key,
+                &msg,
+                405,
+                "Method Not Allowed",
+                &[("Allow", ALLOW)],
+            ),
+        }
+    }
+
+    pub(super) fn handle_register(&mut self, now: Instant, key: TxKey, msg: &Message) {
+        self.stats.registrations += 1;
+        // RFC 3261 §10.3 step 3: unknown extensions in Require get 420.
+        if let Some(req) = msg
+            .list(HeaderName::Require)
+            .find(|t| !t.eq_ignore_ascii_case(b"path"))
+        {
+            let unsupported = req.to_vec();
+            return self.reply(
+                now,
+                &key,
+                msg,
+                420,
+                "Bad Extension",
+                &[("Unsupported", &unsupported)],
+            );
+        }
+        let to = msg.to().ok().and_then(|t| SipUri::parse(t.uri));
+        let Some(to) = to.filter(|u| self.cfg.identity.is_us(u)) else {
+            return self.reply(now, &key, msg, 404, "Not Found", &[]);
+        };
+        let Some(user) = to.user.and_then(|u| std::str::from_utf8(u).ok()) else {
+            return self.reply(now, &key, msg, 400, "Missing User In To", &[]);
+        };
+        let aor = format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase());
+        debug_assert!(aor_key(&to).is_some());
+        let flow = self.server.get(&key).map(|e| e.flow);
+        let Some(flow) = flow else { return };
+        // §10.3 step 2 and §26.1.1: only the owner of an AOR changes its bindings.
+        match self.authenticate(now, &key, msg, flow, Role::Registrar) {
+            Err(Answered) => return,
+            Ok(Some(who)) if who.username != user => {
+                return self.reply(now, &key, msg, 403, "Forbidden", &[]);
+            }
+            Ok(_) => {}
+        }
+        let unix = self.unix(now);
+        match handle_register(
+            &self.cfg.registrar,
+            &mut self.location,
+            &aor,
+            msg,
+            (flow.transport, flow.remote),
+            unix,
+        ) {
+            Registered::Ok(contacts) => {
+                let lines: Vec<(String, Vec<u8>)> = contacts
+                    .into_iter()
+                    .map(|(c, left)| {
+                        (
+                            "Contact".to_owned(),
+                            format!("<{c}>;expires={left}").into_bytes(),
+                        )
+                    })
+                    .collect();
+                let headers: Vec<(&str, &[u8])> = lines
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_slice()))
+                    .collect();
+                self.reply(now, &key, msg, 200, "OK", &headers);
+            }
+            Registered::Reject {
+                status,
+                reason,
+                min_expires,
+            } => {
+                let me = min_expires.map(|m| m.to_string());
+                let headers: Vec<(&str, &[u8])> =
+                    me.iter().map(|m| ("Min-Expires", m.as_bytes())).collect();
+                self.reply(now, &key, msg, status, reason, &headers);
+            }
+        }
+    }
+}
