@@ -110,10 +110,18 @@ pub struct TimersFile {
     pub timer_c_s: Option<u64>,
 }
 
+/// The domain served when neither a flag, the file nor the data directory names one.
+pub const DEFAULT_DOMAIN: &str = "localhost";
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The served domain, also the digest realm. When `domain_given` is false this is
+    /// [`DEFAULT_DOMAIN`] until the data directory's stored domain replaces it
+    /// (`users::SqliteUsers::claim_domain`).
     pub domain: String,
+    /// `--domain` or the file's `domain` named the domain.
+    pub domain_given: bool,
     pub data: PathBuf,
     pub listen: Vec<Listen>,
     pub durability: Durability,
@@ -234,8 +242,10 @@ impl Config {
         }
         let r = RegistrarConfig::default();
         let t = TimerConfig::default();
+        let domain = o.domain.or(f.domain);
         Ok(Self {
-            domain: o.domain.or(f.domain).unwrap_or_else(|| "localhost".into()),
+            domain_given: domain.is_some(),
+            domain: domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()),
             data: o
                 .data
                 .or(f.data)
@@ -295,6 +305,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.domain, "example.org");
+        assert!(c.domain_given);
         assert_eq!(
             c.listen,
             vec![Listen {
@@ -307,6 +318,7 @@ mod tests {
         let d = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(d.listen.len(), 2);
         assert_eq!(d.domain, "localhost");
+        assert!(!d.domain_given);
         assert!(parse_listen("sctp:1.2.3.4:5").is_err());
         assert_eq!(
             parse_algorithms(&["sha-256"]).unwrap(),

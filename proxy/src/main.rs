@@ -6,12 +6,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use permit_proxy::auth::Auth;
-use permit_proxy::config::{Config, Overrides};
+use permit_proxy::config::{Config, DEFAULT_DOMAIN, Overrides};
 use permit_proxy::engine::Proxy;
 use permit_proxy::location::Location;
 use permit_proxy::permits::{Aor, PermitEntry, Permits};
 use permit_proxy::store::SqliteStore;
-use permit_proxy::users::{SqliteUsers, UserRecord};
+use permit_proxy::users::{DomainError, SqliteUsers, UserRecord};
 use rand::RngCore;
 use sip_net::{NetConfig, Network};
 
@@ -129,13 +129,20 @@ fn main() -> ExitCode {
         tls_key: cli.tls_key,
         no_gate: cli.no_gate,
     };
-    let cfg = match Config::load(cli.config.as_deref(), overrides) {
+    let mut cfg = match Config::load(cli.config.as_deref(), overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("permit-proxy: {e}");
             return ExitCode::from(2);
         }
     };
+    if matches!(
+        cli.command,
+        Command::Run | Command::User(_) | Command::Permit(_)
+    ) && let Err(code) = settle_domain(&mut cfg)
+    {
+        return code;
+    }
     match cli.command {
         Command::Run => run(&cfg),
         Command::Cert(CertCommand::SelfSigned { out, names }) => {
@@ -164,6 +171,31 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Every command that opens the data directory serves its domain: the stored one, or
+/// the one given (or the embedded default), which a new data directory then stores.
+/// A data directory of another domain is the operator's error (exit code 2): its
+/// users could never authenticate.
+fn settle_domain(cfg: &mut Config) -> Result<(), ExitCode> {
+    let asked = cfg.domain_given.then_some(cfg.domain.as_str());
+    let claimed = SqliteUsers::open(&cfg.data)
+        .map_err(DomainError::Store)
+        .and_then(|mut users| users.claim_domain(asked, DEFAULT_DOMAIN));
+    match claimed {
+        Ok(domain) => {
+            cfg.domain = domain;
+            Ok(())
+        }
+        Err(DomainError::Conflict(c)) => {
+            eprintln!("permit-proxy: {}", c.message(&cfg.data));
+            Err(ExitCode::from(2))
+        }
+        Err(DomainError::Store(e)) => {
+            eprintln!("permit-proxy: {e}");
+            Err(ExitCode::FAILURE)
+        }
     }
 }
 
