@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sip_core::message::{HeaderName, Message, Method, ResponseBuilder, SipUri};
+use sip_core::message::{HeaderName, Message, Method, NameAddr, ResponseBuilder, SipUri};
 use sip_core::transaction::{ResponseAction, ServerInvite, ServerNonInvite, TimerConfig};
 use sip_core::transport::{Received, Transmit};
 
 use crate::auth::Auth;
 use crate::gate::{Dialogs, GateSettings};
-use crate::location::Location;
+use crate::location::{Location, aor_key};
 use crate::manage;
 use crate::permits::Permits;
 use crate::registrar::RegistrarConfig;
@@ -36,6 +36,9 @@ pub struct ProxyConfig {
     /// is given up for the next target (a stale binding must not hold the call for
     /// Timer B). Only while targets remain.
     pub branch_no_answer: Duration,
+    /// The keys of the dialog seal in our Record-Route (`engine::dialog`); a random
+    /// key from the engine's rng when `None` (then dialogs do not survive a restart).
+    pub route_keys: Option<RouteKeys>,
 }
 
 impl ProxyConfig {
@@ -48,6 +51,7 @@ impl ProxyConfig {
             purge_interval: Duration::from_mins(1),
             gate: GateSettings::default(),
             branch_no_answer: Duration::from_secs(4),
+            route_keys: None,
         }
     }
 }
@@ -69,6 +73,9 @@ pub struct Stats {
     pub gate_refused: u64,
     /// Calls answered 486 by the load check (limit reached or callee busy).
     pub busy: u64,
+    /// In-dialog requests refused because their route carried no valid dialog seal, or
+    /// aimed at someone who is not a party of the sealed dialog.
+    pub forged_dialogs: u64,
 }
 
 /// The response context of a proxied request (§16.7), serving sequential forking.
@@ -89,6 +96,8 @@ struct Context {
     callee: Option<String>,
     /// Load queries still unanswered, while the INVITE waits for them.
     querying: Option<u32>,
+    /// The parties the dialog seal names (out-of-dialog requests only).
+    parties: Option<Parties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -116,6 +125,7 @@ pub struct Proxy {
     auth: Auth,
     permits: Permits,
     dialogs: Dialogs,
+    route_keys: RouteKeys,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -133,8 +143,14 @@ impl Proxy {
         unix_now: u64,
         seed: u64,
     ) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let route_keys = cfg
+            .route_keys
+            .clone()
+            .unwrap_or_else(|| RouteKeys::new(0, rng.random()));
         let mut p = Self {
             cfg,
+            route_keys,
             location,
             auth,
             permits,
@@ -144,7 +160,7 @@ impl Proxy {
             contexts: HashMap::new(),
             heap: BinaryHeap::new(),
             out: VecDeque::new(),
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             epoch: (now, unix_now),
             next_id: 0,
             stats: Stats::default(),
@@ -330,11 +346,30 @@ impl Proxy {
             return self.handle_local(now, key, msg, &method);
         }
         let gated = ruri_is_us && remaining.is_empty();
-        if gated && method == Method::Publish && uri.user.is_some() && manage::is_management(&msg) {
-            return self.handle_manage(now, key, &msg, &uri);
-        }
-        let Ok(callee) = self.admit(now, &key, &msg, &method, &uri, gated) else {
-            return;
+        let in_dialog = msg.to_tag().is_some();
+        let (callee, parties) = if in_dialog {
+            // §12.2: an in-dialog request comes back along the route set we
+            // record-routed; without our valid seal it belongs to no dialog we set up.
+            match self.open_seal(&msg, &routes[..own_routes]) {
+                Ok(p) => (None, p),
+                Err(e) => return self.refuse_in_dialog(now, &key, &msg, e),
+            }
+        } else {
+            if gated
+                && method == Method::Publish
+                && uri.user.is_some()
+                && manage::is_management(&msg)
+            {
+                return self.handle_manage(now, key, &msg, &uri);
+            }
+            let next_hop = remaining
+                .first()
+                .and_then(|r| NameAddr::parse(r))
+                .map_or(ruri, |n| n.uri);
+            let Ok(a) = self.admit(now, &key, &msg, &uri, gated, next_hop) else {
+                return;
+            };
+            (a.callee, a.parties)
         };
         let targets = match self.targets(now, &uri, ruri, ruri_is_us, remaining) {
             Ok(t) => t,
@@ -342,6 +377,13 @@ impl Proxy {
         };
         if targets.is_empty() {
             return self.reply(now, &key, &msg, 480, "Temporarily Unavailable", &[]);
+        }
+        if in_dialog {
+            let ruri_aor = aor_key(&uri).filter(|_| gated);
+            let hops = targets.iter().map(|t| t.dest);
+            if !self.towards_party(&parties, ruri_aor.as_deref(), hops) {
+                return self.refuse_in_dialog(now, &key, &msg, SealError::Forged);
+            }
         }
         let Ok(query) = self.load_check(now, &key, &msg, callee.as_deref(), &targets) else {
             return;
@@ -366,6 +408,7 @@ impl Proxy {
                 timer_c: None,
                 callee,
                 querying: None,
+                parties: (!in_dialog).then_some(parties),
             },
         );
         if query {
@@ -373,6 +416,13 @@ impl Proxy {
         } else {
             self.try_next_target(now, ctx_id, hash);
         }
+    }
+
+    /// An in-dialog request that no dialog of ours explains: 403, reaching nobody.
+    fn refuse_in_dialog(&mut self, now: Instant, key: &TxKey, msg: &Message, e: SealError) {
+        self.stats.forged_dialogs += 1;
+        tracing::debug!(error = %e, "in-dialog request refused");
+        self.reply(now, key, msg, 403, "Forbidden", &[]);
     }
 
     fn handle_response(&mut self, now: Instant, msg: &Message) {
@@ -530,12 +580,14 @@ impl sip_net::Engine for Proxy {
 }
 
 mod admit;
+pub mod dialog;
 mod forward;
 mod local;
 mod target;
 mod tx;
 mod validate;
 
+use dialog::{Parties, RouteKeys, SealError};
 use forward::{build_cancel_or_ack, own_routes};
 use target::Target;
 use tx::{ClientEntry, ClientTx, Fired, Kind, Purpose, ServerEntry, ServerTx, TxKey, fire};
@@ -545,5 +597,7 @@ use validate::{Fault, Inspected};
 mod auth_tests;
 #[cfg(test)]
 mod gate_tests;
+#[cfg(test)]
+mod hole_tests;
 #[cfg(test)]
 mod tests;

@@ -36,6 +36,10 @@ pub struct Binding {
 /// are kept so that "never registered" (404) and "not reachable now" (480) differ.
 pub struct Location {
     aors: HashMap<String, Vec<Binding>>,
+    /// Which AORs have a binding at an address (its Contact's or its REGISTER's
+    /// source): a request aimed at a registered address, not at the AOR, is still
+    /// gated as a request to that AOR.
+    by_addr: HashMap<SocketAddr, Vec<String>>,
     store: Box<dyn LocationStore>,
 }
 
@@ -50,8 +54,52 @@ pub fn aor_key(uri: &SipUri<'_>) -> Option<String> {
 impl Location {
     /// Loads every stored binding.
     pub fn open(mut store: Box<dyn LocationStore>) -> Result<Self, StoreError> {
-        let aors = store.load_all()?.into_iter().collect();
-        Ok(Self { aors, store })
+        let aors: HashMap<String, Vec<Binding>> = store.load_all()?.into_iter().collect();
+        let mut l = Self {
+            aors: HashMap::new(),
+            by_addr: HashMap::new(),
+            store,
+        };
+        for (aor, bindings) in aors {
+            l.index(&aor, &bindings);
+            l.aors.insert(aor, bindings);
+        }
+        Ok(l)
+    }
+
+    /// The addresses a binding can be reached at: its Contact's host:port (an IP
+    /// literal or `localhost`) and the source of its REGISTER.
+    fn addresses(b: &Binding) -> impl Iterator<Item = SocketAddr> {
+        let contact = crate::route::resolve(b.contact.as_bytes()).map(|(_, a)| a);
+        let source = b.source.map(|(_, a)| a);
+        contact
+            .into_iter()
+            .chain(source.filter(|s| Some(*s) != contact))
+    }
+
+    fn index(&mut self, aor: &str, bindings: &[Binding]) {
+        for a in bindings.iter().flat_map(Self::addresses) {
+            let list = self.by_addr.entry(a).or_default();
+            if !list.iter().any(|x| x == aor) {
+                list.push(aor.to_owned());
+            }
+        }
+    }
+
+    fn unindex(&mut self, aor: &str, bindings: &[Binding]) {
+        for a in bindings.iter().flat_map(Self::addresses) {
+            if let Some(list) = self.by_addr.get_mut(&a) {
+                list.retain(|x| x != aor);
+                if list.is_empty() {
+                    self.by_addr.remove(&a);
+                }
+            }
+        }
+    }
+
+    /// AORs with a binding (live or not yet purged) at `addr`.
+    pub fn aors_at(&self, addr: SocketAddr) -> &[String] {
+        self.by_addr.get(&addr).map_or(&[], Vec::as_slice)
     }
 
     /// Live bindings of `aor`, highest q first; `None` if the AOR was never registered.
@@ -70,6 +118,10 @@ impl Location {
     /// Replaces the bindings of `aor`; written to the store before it is visible.
     pub fn replace(&mut self, aor: &str, bindings: Vec<Binding>) -> Result<(), StoreError> {
         self.store.put(aor, &bindings)?;
+        if let Some(old) = self.aors.remove(aor) {
+            self.unindex(aor, &old);
+        }
+        self.index(aor, &bindings);
         self.aors.insert(aor.to_owned(), bindings);
         Ok(())
     }
@@ -77,10 +129,35 @@ impl Location {
     /// Drops expired bindings from memory and from the store.
     pub fn purge(&mut self, unix_now: u64) -> Result<usize, StoreError> {
         let mut n = 0;
-        for list in self.aors.values_mut() {
+        let mut gone = Vec::new();
+        for (aor, list) in &mut self.aors {
             let before = list.len();
-            list.retain(|b| b.expires_at > unix_now);
+            list.retain(|b| {
+                let live = b.expires_at > unix_now;
+                if !live {
+                    gone.push((aor.clone(), b.clone()));
+                }
+                live
+            });
             n += before - list.len();
+        }
+        for (aor, b) in gone {
+            // An address still used by another live binding of the same AOR stays.
+            let kept: Vec<SocketAddr> = self
+                .aors
+                .get(&aor)
+                .into_iter()
+                .flatten()
+                .flat_map(Self::addresses)
+                .collect();
+            for a in Self::addresses(&b).filter(|a| !kept.contains(a)) {
+                if let Some(list) = self.by_addr.get_mut(&a) {
+                    list.retain(|x| *x != aor);
+                    if list.is_empty() {
+                        self.by_addr.remove(&a);
+                    }
+                }
+            }
         }
         self.store.purge_expired(unix_now)?;
         Ok(n)

@@ -10,10 +10,20 @@ use rand::Rng;
 use sip_core::message::{Message, Method, SipUri};
 use sip_core::transaction::ClientNonInvite;
 
+use super::dialog::Parties;
 use super::{Answered, ClientEntry, ClientTx, Kind, Proxy, Purpose, Target, TxKey, Wake};
 use crate::auth::{Decision, Role};
 use crate::gate::QueryOutcome;
-use crate::route::{BRANCH_PREFIX, Flow, Identity, loop_hash};
+use crate::location::aor_key;
+use crate::route::{BRANCH_PREFIX, Flow, Identity, loop_hash, resolve};
+
+/// What the admit stage lets through: the local callee (for dialog counting and the
+/// load query) and the parties the dialog's seal names.
+#[derive(Debug)]
+pub(super) struct Admitted {
+    pub(super) callee: Option<String>,
+    pub(super) parties: Parties,
+}
 
 impl Proxy {
     /// Runs the authentication policy: `Err(Answered)` when it answered the request
@@ -43,55 +53,68 @@ impl Proxy {
         }
     }
 
-    /// Authentication and the gate, before anything about the callee is looked up:
-    /// out-of-dialog requests that would reach a user are authenticated (§22.3), then
-    /// INVITE, MESSAGE and SUBSCRIBE to a local callee pass only for a permitted caller
-    /// (403 otherwise, the same for an unknown callee). Returns the local callee's AOR
-    /// for gated requests.
+    /// Authentication and the gate for an out-of-dialog request that would be routed,
+    /// before anything about the callee is looked up. Every method is authenticated
+    /// (§22.3; the proxy is no open relay), and every one addressed to a user passes only
+    /// for a permitted caller: 403 otherwise, the same for an unknown callee. A request
+    /// aimed at a registered address rather than at an AOR (`sip:bob@192.0.2.7:5062`)
+    /// is gated as a request to every AOR bound at that address, so there is no "dial
+    /// the IP" way around the lists. `next_hop` is the URI the request would go to
+    /// when it is not for a local callee (the next Route, or the Request-URI).
     pub(super) fn admit(
         &mut self,
         now: Instant,
         key: &TxKey,
         msg: &Message,
-        method: &Method,
         uri: &SipUri<'_>,
         local_callee: bool,
-    ) -> Result<Option<String>, Answered> {
-        let out_of_dialog = msg.to_tag().is_none();
-        let challenged = out_of_dialog
-            && matches!(
-                method,
-                Method::Invite
-                    | Method::Message
-                    | Method::Subscribe
-                    | Method::Publish
-                    | Method::Refer
-                    | Method::Options
-            );
-        let mut who = None;
-        if challenged {
-            let flow = self.server.get(key).map(|e| e.flow).ok_or(Answered)?;
-            who = self.authenticate(now, key, msg, flow, Role::Proxy)?;
-        }
-        let gated = out_of_dialog
-            && local_callee
-            && matches!(method, Method::Invite | Method::Message | Method::Subscribe);
+        next_hop: &[u8],
+    ) -> Result<Admitted, Answered> {
+        let flow = self.server.get(key).map(|e| e.flow).ok_or(Answered)?;
+        let who = self.authenticate(now, key, msg, flow, Role::Proxy)?;
         let domain = self.cfg.identity.domain.to_ascii_lowercase();
+        let caller = match &who {
+            Some(w) => format!("{}@{domain}", w.username),
+            // Authentication off (labs): the From AOR names the caller of the dialog.
+            None => msg
+                .from()
+                .ok()
+                .and_then(|f| SipUri::parse(f.uri))
+                .and_then(|u| aor_key(&u))
+                .unwrap_or_default(),
+        };
         let callee = uri
             .user
             .and_then(|u| std::str::from_utf8(u).ok())
-            .filter(|_| gated)
+            .filter(|_| local_callee)
             .map(|u| format!("{u}@{domain}"));
-        if let (Some(callee), Some(who), true) = (&callee, &who, self.cfg.gate.enabled) {
-            let from = format!("{}@{domain}", who.username);
-            if !self.permits.is_permitted(callee, &from) {
+        let addressed: Vec<String> = match (&callee, resolve(next_hop)) {
+            (None, Some((_, addr))) => self.location.aors_at(addr).to_vec(),
+            _ => Vec::new(),
+        };
+        if who.is_some() && self.cfg.gate.enabled {
+            let mut permitted = |callee: &str| {
+                // The owner of an AOR may always reach its own devices.
+                callee == caller || self.permits.is_permitted(callee, &caller)
+            };
+            let allowed = match &callee {
+                Some(c) => permitted(c),
+                None => addressed.iter().all(|a| permitted(a)),
+            };
+            if !allowed {
                 self.stats.gate_refused += 1;
                 tracing::debug!("gate: caller not permitted (or unknown callee)");
                 self.reply(now, key, msg, 403, "Forbidden", &[]);
                 return Err(Answered);
             }
         }
-        Ok(callee)
+        let other = callee
+            .clone()
+            .or_else(|| addressed.first().cloned())
+            .or_else(|| aor_key(uri))
+            .unwrap_or_else(|| String::from_utf8_lossy(next_hop).into_owned());
+        let parties = Parties::of(&caller, &other);
+        Ok(Admitted { callee, parties })
     }
 
     /// The load check of a gated INVITE: 486 at once when the callee's advertised call

@@ -9,9 +9,11 @@ use sip_core::message::{Forward, HeaderName, Message, Method, NameAddr, Response
 use sip_core::transaction::{AckAction, ClientInvite, ClientNonInvite, ServerNonInvite};
 use sip_core::transport::Transport;
 
+use super::dialog::{Parties, RouteKeys, SEAL_PARAM, route_id};
 use super::{
     ClientEntry, ClientTx, Kind, Proxy, Purpose, ServerEntry, ServerTx, Target, TxKey, Wake,
 };
+use crate::location::aor_key;
 use crate::route::{Flow, Identity, branch_for, loop_hash, received_via, resolve};
 
 impl Proxy {
@@ -33,6 +35,7 @@ impl Proxy {
             return self.finish(now, ctx_id);
         };
         let server_flow = self.server.get(&ctx.server).map(|e| e.flow);
+        let seal = ctx.parties.as_ref().map(|p| (&self.route_keys, p));
         let bytes = branch_request(
             &self.cfg.identity,
             self.auth.enabled(),
@@ -40,6 +43,7 @@ impl Proxy {
             &target,
             (local, server_flow),
             &branch,
+            seal,
         );
         let flow = Flow {
             transport: target.transport,
@@ -155,6 +159,15 @@ impl Proxy {
             (None, resolve(msg.request_uri().unwrap_or_default()))
         };
         let Some((transport, dest)) = hop else { return };
+        // The same dialog check as for other in-dialog requests (engine::dialog); a
+        // forged ACK is dropped (an ACK gets no response, §17.1.1.3).
+        let ruri_aor = aor_key(&uri).filter(|_| self.cfg.identity.is_us(&uri));
+        let sealed = self.open_seal(msg, &routes[..own_routes]);
+        if !sealed.is_ok_and(|p| self.towards_party(&p, ruri_aor.as_deref(), [dest])) {
+            self.stats.forged_dialogs += 1;
+            tracing::debug!("ACK outside any sealed dialog dropped");
+            return;
+        }
         let Some(local) = self.cfg.identity.local_for(transport, dest) else {
             return;
         };
@@ -409,6 +422,7 @@ pub(super) fn branch_request(
     target: &Target,
     (local, server_flow): (std::net::SocketAddr, Option<Flow>),
     branch: &str,
+    seal: Option<(&RouteKeys, &Parties)>,
 ) -> Bytes {
     let method = msg.method().cloned().unwrap_or(Method::Options);
     let sent_by = Identity::sent_by(local);
@@ -444,10 +458,13 @@ pub(super) fn branch_request(
         let outbound = (target.transport, local);
         // RFC 5658 §3.2: when the two sides differ in transport or interface, one
         // Record-Route per side; the callee's side on top.
+        let call_id = msg.call_id().unwrap_or_default();
+        let caller_tag = msg.from_tag().unwrap_or_default();
+        let rr_of = |side| record_route(side, seal, call_id, caller_tag);
         rr = if inbound == outbound {
-            record_route(inbound)
+            rr_of(inbound)
         } else {
-            format!("{}, {}", record_route(outbound), record_route(inbound))
+            format!("{}, {}", rr_of(outbound), rr_of(inbound))
         };
         fwd = fwd.record_route(rr.as_bytes());
     }
@@ -470,13 +487,28 @@ pub(super) fn own_routes(identity: &Identity, routes: &[&[u8]]) -> usize {
 }
 
 /// Our Record-Route value for one side (RFC 3261 §16.6 item 4; `lr`, RFC 3261 §19.1.1).
-pub(super) fn record_route((transport, addr): (Transport, std::net::SocketAddr)) -> String {
+pub(super) fn record_route(
+    (transport, addr): (Transport, std::net::SocketAddr),
+    seal: Option<(&RouteKeys, &Parties)>,
+    call_id: &[u8],
+    caller_tag: &[u8],
+) -> String {
     let param = match transport {
         Transport::Udp => "",
         Transport::Tcp => ";transport=tcp",
         Transport::Tls => ";transport=tls",
     };
-    format!("<sip:{}{param};lr>", Identity::sent_by(addr))
+    let uri = format!("sip:{}{param};lr", Identity::sent_by(addr));
+    // The dialog seal (engine::dialog) over this very route, as the UAs will copy it.
+    let sealed = seal.and_then(|(keys, parties)| {
+        let route = route_id(&SipUri::parse(uri.as_bytes())?);
+        let pm = keys.seal(&route, call_id, caller_tag, parties);
+        Some(format!(
+            "{uri};{}={pm}",
+            String::from_utf8_lossy(SEAL_PARAM)
+        ))
+    });
+    format!("<{}>", sealed.unwrap_or(uri))
 }
 
 /// §16.7 step 6 preference: 6xx first, then the lowest class; 503 counts as 5xx.
