@@ -10,10 +10,14 @@
 //!   Accepted state, timers as data.
 //! - [`digest`]: HTTP Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760):
 //!   challenges, stateless nonces, credential verification, nonce-count replay checks.
+//! - [`permit`]: the permit token (HMAC-SHA256, rotating proxy keys, the callee's
+//!   one-time token book), the session key and its HKDF-SHA256 SRTP keys, SDES
+//!   `a=crypto` lines and their SDP edits (RFC 4568).
 //! - [`transport`]: the values exchanged with the transport shell (received bytes,
 //!   transmits).
 
 pub mod digest;
 pub mod message;
+pub mod permit;
 pub mod transaction;
 pub mod transport;
