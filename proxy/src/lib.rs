@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod gate;
+pub mod keys;
 pub mod limiter;
 pub mod location;
 pub mod manage;

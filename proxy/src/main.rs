@@ -385,7 +385,18 @@ fn run(cfg: &Config) -> ExitCode {
         if !cfg.gate.enabled {
             tracing::warn!("the gate is OFF: every caller reaches every callee, without a load query");
         }
-        let mut proxy = Proxy::new(cfg.proxy_config(&net.bound), location, auth, permits, Instant::now(), unix, seed);
+        // The dialog seal's key (engine::dialog) lives in the data directory, so dialogs
+        // set up before a restart keep working after it.
+        let route_key = match permit_proxy::keys::load_or_create(&cfg.data, "route.key", |k| rand::rng().fill_bytes(k)) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("permit-proxy: route key: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut proxy_cfg = cfg.proxy_config(&net.bound);
+        proxy_cfg.route_keys = Some(permit_proxy::engine::dialog::RouteKeys::new(1, route_key));
+        let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {
             tracing::info!(transport = ?l.transport, addr = %l.addr, "listening");
