@@ -54,6 +54,17 @@ fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
     body.split_inclusive(|&b| b == b'\n')
 }
 
+/// The line's ending, if it has one.
+fn line_ending(line: &[u8]) -> Option<&'static [u8]> {
+    if line.ends_with(b"\r\n") {
+        Some(b"\r\n")
+    } else if line.ends_with(b"\n") {
+        Some(b"\n")
+    } else {
+        None
+    }
+}
+
 fn text(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
@@ -126,12 +137,15 @@ pub fn crypto_lines(body: &[u8]) -> Result<Vec<MediaCrypto>, SdpError> {
 /// media description, RFC 4566 §5). A section that gets attributes and says
 /// `RTP/AVP` or `RTP/AVPF` is switched to `RTP/SAVP` / `RTP/SAVPF`, the profiles
 /// a=crypto is defined for (RFC 4568 §3.1.4, RFC 5124). New lines take the line
-/// ending of their section's `m=` line.
+/// ending of their section's `m=` line (of the body's first line when the `m=` line
+/// ends the body without one).
 pub fn set_crypto<F>(body: &[u8], mut choose: F) -> Result<Vec<u8>, SdpError>
 where
     F: FnMut(&MediaSection<'_>) -> Option<Vec<CryptoAttr>>,
 {
     check_version(body)?;
+    // For a last line without an ending: the body's first line says which it uses.
+    let body_eol = lines(body).next().and_then(line_ending).unwrap_or(b"\r\n");
     let mut out = Vec::with_capacity(body.len() + 256);
     let mut index = 0;
     // The attributes still to write for the current section, and its line ending.
@@ -145,11 +159,7 @@ where
             index += 1;
             let chosen = choose(&section);
             editing = chosen.is_some();
-            let eol: &[u8] = if line.ends_with(b"\r\n") {
-                b"\r\n"
-            } else {
-                b"\n"
-            };
+            let eol = line_ending(line).unwrap_or(body_eol);
             let secure = match section.proto {
                 "RTP/AVP" => Some(&b"RTP/SAVP"[..]),
                 "RTP/AVPF" => Some(&b"RTP/SAVPF"[..]),
