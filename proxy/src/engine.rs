@@ -14,11 +14,14 @@ use sip_core::transport::{Received, Transmit};
 
 use crate::auth::Auth;
 use crate::gate::{Dialogs, GateSettings};
-use crate::location::{Location, aor_key};
+use crate::location::Location;
 use crate::manage;
 use crate::permits::Permits;
 use crate::registrar::RegistrarConfig;
 use crate::route::{BRANCH_PREFIX, Flow, Identity, branch_for, loop_hash, received_via};
+
+/// Dialogs remembered for UAs that ignore Record-Route (engine::dialog::Remembered).
+const REMEMBERED_DIALOGS: usize = 100_000;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -126,6 +129,7 @@ pub struct Proxy {
     permits: Permits,
     dialogs: Dialogs,
     route_keys: RouteKeys,
+    remembered: Remembered,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -151,6 +155,7 @@ impl Proxy {
         let mut p = Self {
             cfg,
             route_keys,
+            remembered: Remembered::new(REMEMBERED_DIALOGS),
             location,
             auth,
             permits,
@@ -379,7 +384,7 @@ impl Proxy {
             return self.reply(now, &key, &msg, 480, "Temporarily Unavailable", &[]);
         }
         if in_dialog {
-            let ruri_aor = aor_key(&uri).filter(|_| gated);
+            let ruri_aor = self.local_aor(&uri).filter(|_| gated);
             let hops = targets.iter().map(|t| t.dest);
             if !self.towards_party(&parties, ruri_aor.as_deref(), hops) {
                 return self.refuse_in_dialog(now, &key, &msg, SealError::Forged);
@@ -416,6 +421,15 @@ impl Proxy {
         } else {
             self.try_next_target(now, ctx_id, hash);
         }
+    }
+
+    /// `user@domain` of a URI that names us (our domain or one of our addresses).
+    fn local_aor(&self, uri: &SipUri<'_>) -> Option<String> {
+        let user = std::str::from_utf8(uri.user?).ok()?;
+        self.cfg
+            .identity
+            .is_us(uri)
+            .then(|| format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase()))
     }
 
     /// An in-dialog request that no dialog of ours explains: 403, reaching nobody.
@@ -544,6 +558,7 @@ impl Proxy {
                 }
                 Wake::Purge => {
                     self.dialogs.expire(now, self.cfg.gate.dialog_max_age);
+                    self.remembered.expire(now, self.cfg.gate.dialog_max_age);
                     let unix = self.unix(now);
                     if let Err(e) = self.location.purge(unix) {
                         tracing::warn!(error = %e, "purging expired bindings failed");
@@ -587,7 +602,7 @@ mod target;
 mod tx;
 mod validate;
 
-use dialog::{Parties, RouteKeys, SealError};
+use dialog::{Parties, Remembered, RouteKeys, SealError};
 use forward::{build_cancel_or_ack, own_routes};
 use target::Target;
 use tx::{ClientEntry, ClientTx, Fired, Kind, Purpose, ServerEntry, ServerTx, TxKey, fire};

@@ -20,7 +20,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 use subtle::ConstantTimeEq;
 
 use sip_core::message::{Message, NameAddr, SipUri};
@@ -190,21 +194,86 @@ pub fn route_id(uri: &SipUri<'_>) -> Vec<u8> {
     v
 }
 
+/// Dialogs established through us, by Call-ID, for UAs that ignore Record-Route and
+/// send in-dialog requests to the proxy without the route set (SIPp's built-in
+/// scenarios do): such a request passes when its Call-ID and both tags are those of a
+/// dialog we saw established. Bounded: at most `capacity` dialogs are remembered (the
+/// seal needs no memory; this is only the fallback), each until its BYE or `max_age`.
+#[derive(Debug)]
+pub struct Remembered {
+    by_call_id: HashMap<Bytes, (Parties, Bytes, Bytes, Instant)>,
+    capacity: usize,
+}
+
+impl Remembered {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            by_call_id: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// A 2xx to an INVITE established the dialog `call_id` between `tags`
+    /// (caller's From tag, callee's To tag).
+    pub fn established(&mut self, call_id: Bytes, tags: (Bytes, Bytes), p: Parties, now: Instant) {
+        if self.by_call_id.len() < self.capacity || self.by_call_id.contains_key(&call_id) {
+            self.by_call_id.insert(call_id, (p, tags.0, tags.1, now));
+        }
+    }
+
+    pub fn ended(&mut self, call_id: &[u8]) {
+        self.by_call_id.remove(call_id);
+    }
+
+    /// The parties of the dialog with this Call-ID whose two tags are `tags` (in
+    /// either order: the request may come from either side).
+    pub fn parties(&self, call_id: &[u8], tags: [Option<&[u8]>; 2]) -> Option<Parties> {
+        let (parties, caller_tag, callee_tag, _) = self.by_call_id.get(call_id)?;
+        let [Some(from), Some(to)] = tags else {
+            return None;
+        };
+        let same = |u: &[u8], v: &[u8]| bool::from(u.ct_eq(v));
+        let from_caller = same(from, caller_tag) && same(to, callee_tag);
+        let from_callee = same(from, callee_tag) && same(to, caller_tag);
+        (from_caller || from_callee).then_some(*parties)
+    }
+
+    pub fn expire(&mut self, now: Instant, max_age: Duration) {
+        self.by_call_id
+            .retain(|_, (_, _, _, since)| now.saturating_duration_since(*since) <= max_age);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_call_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_call_id.is_empty()
+    }
+}
+
 impl Proxy {
     /// Opens the seal of an in-dialog request: the one in its first Route that names
-    /// us (`own` are those Route values).
+    /// us (`own` are those Route values). Without any seal, a dialog remembered by
+    /// Call-ID and tags stands in (see [`Remembered`]).
     pub(super) fn open_seal(&self, msg: &Message, own: &[&[u8]]) -> Result<Parties, SealError> {
-        let first = own.first().ok_or(SealError::Missing)?;
+        let call_id = msg.call_id().unwrap_or_default();
+        let tags = [msg.from_tag(), msg.to_tag()];
+        let remembered = || {
+            self.remembered
+                .parties(call_id, tags)
+                .ok_or(SealError::Missing)
+        };
+        let Some(first) = own.first() else {
+            return remembered();
+        };
         let uri = NameAddr::parse(first)
             .and_then(|n| SipUri::parse(n.uri))
             .ok_or(SealError::Malformed)?;
-        let seal = uri.param(SEAL_PARAM).ok_or(SealError::Missing)?;
-        self.route_keys.open(
-            seal,
-            &route_id(&uri),
-            msg.call_id().unwrap_or_default(),
-            [msg.from_tag(), msg.to_tag()],
-        )
+        let Some(seal) = uri.param(SEAL_PARAM) else {
+            return remembered();
+        };
+        self.route_keys.open(seal, &route_id(&uri), call_id, tags)
     }
 
     /// Whether an in-dialog request goes only where its dialog's parties are: the

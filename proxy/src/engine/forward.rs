@@ -13,7 +13,6 @@ use super::dialog::{Parties, RouteKeys, SEAL_PARAM, route_id};
 use super::{
     ClientEntry, ClientTx, Kind, Proxy, Purpose, ServerEntry, ServerTx, Target, TxKey, Wake,
 };
-use crate::location::aor_key;
 use crate::route::{Flow, Identity, branch_for, loop_hash, received_via, resolve};
 
 impl Proxy {
@@ -161,7 +160,7 @@ impl Proxy {
         let Some((transport, dest)) = hop else { return };
         // The same dialog check as for other in-dialog requests (engine::dialog); a
         // forged ACK is dropped (an ACK gets no response, §17.1.1.3).
-        let ruri_aor = aor_key(&uri).filter(|_| self.cfg.identity.is_us(&uri));
+        let ruri_aor = self.local_aor(&uri);
         let sealed = self.open_seal(msg, &routes[..own_routes]);
         if !sealed.is_ok_and(|p| self.towards_party(&p, ruri_aor.as_deref(), [dest])) {
             self.stats.forged_dialogs += 1;
@@ -354,8 +353,22 @@ impl Proxy {
                     let cid = ctx.request.bytes().slice_ref(cid);
                     self.dialogs.established(cid, callee, now);
                 }
-                (Some(Method::Bye), _, Some(cid)) => self.dialogs.ended(cid),
+                (Some(Method::Bye), _, Some(cid)) => {
+                    self.dialogs.ended(cid);
+                    self.remembered.ended(cid);
+                }
                 _ => {}
+            }
+            if let (Some(Method::Invite), Some(p), Some(cid), Some(ft), Some(tt)) = (
+                ctx.request.method(),
+                ctx.parties,
+                ctx.request.call_id(),
+                ctx.request.from_tag(),
+                msg.to_tag(),
+            ) {
+                let b = ctx.request.bytes();
+                let tags = (b.slice_ref(ft), Bytes::copy_from_slice(tt));
+                self.remembered.established(b.slice_ref(cid), tags, p, now);
             }
             let bytes = Forward::new(msg).drop_top_via().to_vec();
             return self.respond(now, &server, status, bytes.into());

@@ -399,3 +399,30 @@ fn a_sealed_dialog_cannot_be_aimed_at_a_third_party() {
     );
     assert!(reached(&h.recv(MALLORY, &req), ALICE));
 }
+
+/// UAs that ignore Record-Route (SIPp's built-in scenarios) send in-dialog requests to
+/// the proxy without the route set: they pass only for a dialog established here, with
+/// its Call-ID and both tags.
+#[test]
+fn route_less_requests_pass_only_for_a_remembered_dialog() {
+    let mut h = harness();
+    let (cid, atag, _rr) = alice_calls_bob(&mut h);
+    let bye = |to_tag: &str, call_id: &str, n| {
+        in_dialog(
+            "BYE",
+            "sip:bob@localhost",
+            ("alice", &atag),
+            ("bob", to_tag),
+            call_id,
+            "",
+            n,
+            ALICE,
+        )
+    };
+    let out = h.recv(ALICE, &bye("guess", &cid, 5));
+    assert_eq!(status(&out), vec![403], "wrong To tag");
+    let out = h.recv(ALICE, &bye("b1", "other-call", 6));
+    assert_eq!(status(&out), vec![403], "wrong Call-ID");
+    let out = h.recv(ALICE, &bye("b1", &cid, 7));
+    assert!(reached(&out, BOB), "the real dialog's BYE passes");
+}

@@ -654,3 +654,42 @@ fn timer_heap_stays_bounded_by_live_transactions() {
         h.proxy.timers_pending()
     );
 }
+
+/// SIPp's built-in uac ignores Record-Route: its ACK and BYE come to the proxy by the
+/// Request-URI, without Route; they belong to a dialog established here and pass.
+#[test]
+fn route_less_bye_of_an_established_dialog_passes() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKr1", 70));
+    let fwd = out[1].1.clone();
+    assert_eq!(status(&h.recv(BOB, &answer(&fwd, 200, "OK"))), vec![200]);
+    let to = String::from_utf8_lossy(
+        answer(&fwd, 200, "OK")
+            .lines()
+            .find(|l| l.starts_with("To:"))
+            .unwrap()
+            .as_bytes(),
+    )
+    .into_owned();
+    let bye = format!(
+        "BYE sip:bob@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP {ALICE};branch=z9hG4bKrbye
+From: <sip:alice@localhost>;tag=a1
+{to}
+Call-ID: call-z9hG4bKr1
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+"
+    );
+    let out = h.recv(ALICE, &bye);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].0,
+        addr(BOB),
+        "{}",
+        String::from_utf8_lossy(out[0].1.as_bytes())
+    );
+}
