@@ -223,3 +223,21 @@ fn random_operations_match_a_model() {
         }
     }
 }
+
+/// The same token told for two callers (not something the proxy does): each caller
+/// gets its own entry.
+#[test]
+fn same_token_two_callers() {
+    let mut rng = sip_testkit::seeded_rng(5);
+    let mut book = TokenBook::new(8);
+    let t = token(&mut rng, "c");
+    book.insert(&t, "sip:x@x", "c", NOW + 30, NOW).unwrap();
+    book.insert(&t, ALICE, "c", NOW + 30, NOW).unwrap();
+    assert_eq!(book.len(), 2);
+    assert_eq!(book.accept(&t, ALICE, "c", NOW), Ok(()));
+    assert_eq!(book.accept(&t, ALICE, "c", NOW), Err(BookError::Used));
+    assert_eq!(
+        book.accept(&t, "sip:y@y", "c", NOW),
+        Err(BookError::WrongCaller)
+    );
+}

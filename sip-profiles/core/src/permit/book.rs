@@ -187,10 +187,13 @@ impl TokenBook {
         let Some(entries) = self.by_call.get_mut(call_id) else {
             return Err(BookError::Unknown);
         };
+        // The first entry with this token, preferring one told for this caller.
         let mut found: Option<usize> = None;
         for (i, entry) in entries.iter().enumerate() {
             let same: bool = entry.token.ct_eq(presented.as_bytes()).into();
-            if same && found.is_none() {
+            if same
+                && found.is_none_or(|f| *entries[f].caller != *caller && *entry.caller == *caller)
+            {
                 found = Some(i);
             }
         }

@@ -164,8 +164,9 @@ impl SessionSecret {
 }
 
 /// An SRTP master key and master salt (RFC 3711 §8.2) for one suite. `Debug` shows
-/// the suite only; zeroed on drop.
-#[derive(Clone, PartialEq, Eq)]
+/// the suite only; `==` compares the key bytes in constant time (a UA compares the
+/// peer's offered key with its own derivation); zeroed on drop.
+#[derive(Clone)]
 pub struct SrtpKeys {
     suite: SrtpSuite,
     key_len: usize,
@@ -180,6 +181,17 @@ impl std::fmt::Debug for SrtpKeys {
             .finish_non_exhaustive()
     }
 }
+
+impl PartialEq for SrtpKeys {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.suite == other.suite
+            && self.key_len == other.key_len
+            && bool::from(self.material.ct_eq(&other.material))
+    }
+}
+
+impl Eq for SrtpKeys {}
 
 impl Drop for SrtpKeys {
     fn drop(&mut self) {
