@@ -880,6 +880,10 @@ fn accepted_messages_keep_their_bytes() {
 /// Runs the parser and every typed view on `input`; `Ok` results must stay in bounds.
 fn exercise(input: &[u8]) {
     let Ok(m) = Message::parse(Bytes::copy_from_slice(input)) else {
+        if let Some(m) = Message::parse_for_reply(Bytes::copy_from_slice(input)) {
+            let _ = (m.request_uri(), m.call_id(), m.cseq(), m.from_tag());
+            let _ = m.top_via().map(|v| (v.branch(), v.rport()));
+        }
         return;
     };
     assert!(
@@ -929,6 +933,31 @@ fn exercise_or_report(tag: &str, what: &str, input: &[u8]) {
         "{tag}: parser panicked on {what}: {:?}",
         String::from_utf8_lossy(input)
     );
+}
+
+/// RFC 4475 §3.1.2: every request that `parse()` refuses can still be answered: its
+/// method, Via (raw: `badvers` has `SIP/7.0/UDP`), Call-ID and CSeq are read by
+/// [`Message::parse_for_reply`]. No response is ever recovered.
+#[test]
+fn refused_requests_can_be_answered() {
+    for tag in TAGS {
+        let data = corpus(tag);
+        if Message::parse(data.clone()).is_ok() {
+            continue;
+        }
+        let m = Message::parse_for_reply(data.clone());
+        if data.starts_with(b"SIP/") {
+            assert!(m.is_none(), "{tag}: a response was recovered");
+            continue;
+        }
+        let m = m.unwrap_or_else(|| panic!("{tag}: nothing recovered"));
+        assert!(m.method().is_some(), "{tag}");
+        assert!(
+            m.header(HeaderName::Via).is_some(),
+            "{tag}: no Via to answer along"
+        );
+        assert!(m.call_id().is_some() && m.cseq().is_ok(), "{tag}");
+    }
 }
 
 /// RFC 4475 §4: "Parsers must carefully consider edge conditions and malicious input".

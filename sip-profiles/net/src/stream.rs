@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sip_core::message::{skip_keepalives, stream_frame};
+use sip_core::message::{skip_keepalives, stream_frame, stream_head};
 use sip_core::transport::{Received, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +28,11 @@ const WRITE_QUEUE: usize = 1024;
 /// A TLS handshake that has not finished by then is abandoned, so that silent peers
 /// cannot hold connection slots.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a message whose end cannot be found (an invalid Content-Length), the connection
+/// is read and discarded for this long before it is closed, so that the engine's answer
+/// to the message's header section can still be written on it.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// A connection table key: a TCP and a TLS connection to one address are two flows.
 type FlowKey = (Transport, SocketAddr);
@@ -355,10 +360,33 @@ impl StreamSet {
                     Ok(None) => break,
                     Err(_) => {
                         NetStats::bump(&self.inner.stats.framing_errors);
+                        // RFC 3261 §18.3, RFC 4475 `ncl`, `mcl01`: the stream is out of
+                        // step, but the header section may still be answered (400).
+                        if let Some(head) = stream_head(&buf) {
+                            let data = buf.split_to(head).freeze();
+                            let msg = Received {
+                                transport,
+                                local,
+                                peer,
+                                data,
+                            };
+                            if self.inner.tx.send(msg).await.is_ok() {
+                                linger(&mut r).await;
+                            }
+                        }
                         return Err("framing error");
                     }
                 }
             }
         }
     }
+}
+
+/// Reads and discards until the peer closes or [`LINGER`] has passed.
+async fn linger<R: AsyncRead + Unpin>(r: &mut R) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }

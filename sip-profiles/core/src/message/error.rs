@@ -27,7 +27,7 @@ pub enum ParseError {
     MissingHeader(&'static str),
     #[error("Bad {0} Header")]
     BadHeader(&'static str),
-    /// Content-Length larger than the datagram, or missing on a stream (RFC 3261 §18.3).
+    /// Content-Length larger than the datagram (RFC 3261 §18.3).
     #[error("Content-Length Mismatch")]
     ContentLengthMismatch,
     /// CSeq method differs from the request method (RFC 3261 §8.1.1.5; RFC 4475 `mismatch01`).

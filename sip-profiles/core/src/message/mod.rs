@@ -9,6 +9,7 @@
 mod edit;
 mod error;
 mod header;
+mod recover;
 mod typed;
 mod uri;
 
@@ -130,7 +131,14 @@ fn header_end(buf: &[u8]) -> Option<usize> {
 
 /// Stream framing (RFC 3261 §18.3): the length of the first complete message in `buf`,
 /// `Ok(None)` if more bytes are needed. Leading CRLFs (keep-alives, RFC 5626 §4.4.1) are
-/// part of nothing: call [`skip_keepalives`] first. Content-Length is mandatory on streams.
+/// part of nothing: call [`skip_keepalives`] first.
+///
+/// Content-Length is mandatory on streams (§18.3, §20.14); a header section without one
+/// is framed as a message without a body, so that the stream stays in step with a peer
+/// that sends none (an RFC 2543 request, stray octets ending in an empty line; RFC 4475
+/// `inv2543`, `dblreq`). Lines that are not `name: value` are left to the parser. An
+/// invalid or repeated Content-Length is an error: where the message ends is unknown, and
+/// [`stream_head`] is all that can be read of it.
 pub fn stream_frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     let Some(end) = header_end(buf) else {
         return if buf.len() > MAX_MESSAGE_SIZE {
@@ -143,17 +151,29 @@ pub fn stream_frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     let first = memchr::memchr(b'\n', head).map_or(head.len(), |i| i + 1);
     let mut len = None;
     for line in Lines::new(&head[first..]) {
-        let (name, value) = split_header_line(line)?;
+        let Ok((name, value)) = split_header_line(line) else {
+            continue;
+        };
         if HeaderName::from_bytes(name) == HeaderName::ContentLength {
+            // Two values leave the body length unknown (RFC 4475 `mcl01`).
+            if len.is_some() {
+                return Err(ParseError::BadHeader("Content-Length"));
+            }
             len = Some(parse_content_length(value)?);
         }
     }
-    let len = len.ok_or(ParseError::ContentLengthMismatch)?;
-    let total = end + 4 + len;
+    let total = end + 4 + len.unwrap_or(0);
     if total > MAX_MESSAGE_SIZE {
         return Err(ParseError::TooLarge);
     }
     Ok((buf.len() >= total).then_some(total))
+}
+
+/// The length of the header section at the front of `buf` (through its empty line), if
+/// it is complete: what can be handed to [`Message::parse_for_reply`] when
+/// [`stream_frame`] fails.
+pub fn stream_head(buf: &[u8]) -> Option<usize> {
+    header_end(buf).map(|end| end + 4)
 }
 
 /// Number of leading CR/LF bytes (keep-alive pings on a stream, RFC 5626 §3.5.1).
