@@ -35,6 +35,12 @@ pub enum HeaderName {
     UserAgent,
     Via,
     WwwAuthenticate,
+    /// RFC 3841 §9.1 (compact `d`).
+    RequestDisposition,
+    /// The proxy's one-time permit token (docs/profile.md).
+    PermitToken,
+    /// The call's session secret (docs/profile.md).
+    PermitKey,
     Other,
 }
 
@@ -70,6 +76,9 @@ const TABLE: &[(&[u8], HeaderName)] = &[
     (b"subject", HeaderName::Subject),
     (b"refer-to", HeaderName::ReferTo),
     (b"content-encoding", HeaderName::ContentEncoding),
+    (b"request-disposition", HeaderName::RequestDisposition),
+    (b"permit-token", HeaderName::PermitToken),
+    (b"permit-key", HeaderName::PermitKey),
 ];
 
 impl HeaderName {
@@ -79,6 +88,7 @@ impl HeaderName {
             return match name[0].to_ascii_lowercase() {
                 b'i' => Self::CallId,
                 b'm' => Self::Contact,
+                b'd' => Self::RequestDisposition,
                 b'e' => Self::ContentEncoding,
                 b'l' => Self::ContentLength,
                 b'c' => Self::ContentType,
@@ -131,6 +141,9 @@ impl HeaderName {
             Self::UserAgent => "User-Agent",
             Self::Via => "Via",
             Self::WwwAuthenticate => "WWW-Authenticate",
+            Self::RequestDisposition => "Request-Disposition",
+            Self::PermitToken => "Permit-Token",
+            Self::PermitKey => "Permit-Key",
             Self::Other => "X-Unknown",
         }
     }
@@ -248,6 +261,14 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"Call-ID"), HeaderName::CallId);
         assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
         assert_eq!(HeaderName::from_bytes(b"X-Foo"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b"d"), HeaderName::RequestDisposition);
+        for h in [
+            HeaderName::PermitToken,
+            HeaderName::PermitKey,
+            HeaderName::RequestDisposition,
+        ] {
+            assert_eq!(HeaderName::from_bytes(h.as_str().as_bytes()), h);
+        }
     }
 
     #[test]
