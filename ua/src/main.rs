@@ -1,38 +1,135 @@
 //! `permit-ua`: wiring and CLI only.
 
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use clap::{Parser, Subcommand};
-use sip_core::message::Message;
-use sip_core::transaction::{ClientNonInvite, ResponseAction, TimerConfig, TransactionEvent};
-use sip_core::transport::Transport;
+use clap::{Args, Parser, Subcommand};
+use permit_ua::PermitChange;
+use permit_ua::outcome::exit;
+use permit_ua::settings::{FileSettings, Overrides, Settings};
+use permit_ua::shell::{self, AnswerOptions, Driver, Output};
 
-/// Permit SIP user agent.
+/// Permit's SIP user agent: register, answer, call, and manage who may call you.
+///
+/// Exit codes: 0 connected / done, 1 other failure, 2 usage or configuration error,
+/// 10 refused (403), 11 busy (486), 12 unavailable (480/408/404), 13 no answer from
+/// the proxy.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Args)]
+struct Global {
+    /// TOML settings file; flags override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The proxy: udp|tcp|tls:HOST:PORT.
+    #[arg(long, global = true)]
+    proxy: Option<String>,
+    /// Your user name.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// Your password (or the environment variable PERMIT_UA_PASSWORD).
+    #[arg(long, global = true)]
+    password: Option<String>,
+    /// Your domain (default: the proxy's host).
+    #[arg(long, global = true)]
+    domain: Option<String>,
+    /// Where to listen for SIP: udp|tcp:IP:PORT (default: an ephemeral port).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// PEM file of the CA that signed a TLS proxy's certificate.
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+    /// One JSON object per line on stdout, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Send OPTIONS over UDP and print the final status; exit 0 on 2xx.
-    Options {
-        /// Server address, e.g. 127.0.0.1:5060.
-        server: SocketAddr,
-        /// Request-URI (default `sip:SERVER`).
+    /// Register and stay registered until SIGINT or SIGTERM (calls get 486).
+    Register,
+    /// Register and answer calls until SIGINT or SIGTERM.
+    Answer {
+        /// Calls at once; beyond, the proxy's load query and INVITEs get 486.
+        #[arg(long, default_value_t = 1)]
+        max_calls: usize,
+        /// Write each call's received audio to DIR/call-<id>.wav.
         #[arg(long)]
-        uri: Option<String>,
+        record: Option<PathBuf>,
+        /// Send this WAV (16-bit PCM, mono, 8 kHz) in every call.
+        #[arg(long)]
+        play: Option<PathBuf>,
+    },
+    /// Call AOR (`bob`, `bob@example.org` or a sip: URI).
+    Call {
+        aor: String,
+        /// Send this WAV (16-bit PCM, mono, 8 kHz).
+        #[arg(long)]
+        play: Option<PathBuf>,
+        /// Write the received audio to DIR/call-<id>.wav.
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Hang up after S seconds (default: when the other side does, or Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// Read or change your permit list: who may call you.
+    Permit {
+        #[command(subcommand)]
+        action: PermitAction,
+        /// Change only if the list's tag is still this one (else 412).
+        #[arg(long, global = true)]
+        if_match: Option<String>,
     },
 }
 
+#[derive(Subcommand)]
+enum PermitAction {
+    /// Show the list and its tag.
+    List,
+    /// Add AORs (`alice@example.org`, or `*@example.org` for a whole domain).
+    Add { entries: Vec<String> },
+    /// Remove AORs.
+    Remove { entries: Vec<String> },
+    /// Replace the whole list.
+    Set { entries: Vec<String> },
+}
+
 fn main() -> ExitCode {
-    let Command::Options { server, uri } = Cli::parse().command;
-    let uri = uri.unwrap_or_else(|| format!("sip:{server}"));
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PERMIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let g = &cli.global;
+    let file = match g.config.as_deref().map(FileSettings::load).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => return usage(&e.to_string()),
+    };
+    let flags = Overrides {
+        proxy: g.proxy.clone(),
+        user: g.user.clone(),
+        password: g.password.clone(),
+        domain: g.domain.clone(),
+        listen: g.listen.clone(),
+        tls_ca: g.tls_ca.clone(),
+    };
+    let settings = match Settings::merge(file, flags, std::env::var("PERMIT_UA_PASSWORD").ok()) {
+        Ok(s) => s,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let out = Output { json: g.json };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,76 +137,81 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("permit-ua: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::FAILED);
         }
     };
-    match rt.block_on(options(server, &uri)) {
-        Ok(status) if (200..300).contains(&status) => {
-            println!("{status}");
-            ExitCode::SUCCESS
-        }
-        Ok(status) => {
-            println!("{status}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("permit-ua: {e}");
-            ExitCode::from(2)
-        }
-    }
+    ExitCode::from(rt.block_on(run(cli.command, settings, out)))
 }
 
-/// Runs one non-INVITE client transaction (RFC 3261 §17.1.2) over UDP.
-async fn options(server: SocketAddr, uri: &str) -> Result<u16, String> {
-    let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .map_err(|_| "bind")?;
-    let sock = tokio::net::UdpSocket::bind(bind)
-        .await
-        .map_err(|e| e.to_string())?;
-    sock.connect(server).await.map_err(|e| e.to_string())?;
-    let local = sock.local_addr().map_err(|e| e.to_string())?;
-    let mut rng = rand::rng();
-    let req = permit_ua::options_request(uri, local, Transport::Udp, &mut rng);
-    let mut tx = ClientNonInvite::new(Instant::now(), req, false, &TimerConfig::default());
-    let mut buf = vec![0u8; 65_535];
-    let mut final_status = None;
-    loop {
-        while let Some(d) = tx.poll_transmit() {
-            sock.send(&d).await.map_err(|e| e.to_string())?;
+fn usage(why: &str) -> ExitCode {
+    eprintln!("permit-ua: {why}");
+    ExitCode::from(exit::USAGE)
+}
+
+async fn run(command: Command, settings: Settings, out: Output) -> u8 {
+    let max_calls = match &command {
+        Command::Answer { max_calls, .. } => *max_calls,
+        Command::Register => 0,
+        _ => 1,
+    };
+    let play = match &command {
+        Command::Answer { play, .. } | Command::Call { play, .. } => play.as_deref(),
+        _ => None,
+    };
+    let play = match shell::load_play(play) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("permit-ua: {e}");
+            return exit::USAGE;
         }
-        match tx.poll_event() {
-            Some(TransactionEvent::Timeout(_)) => return Err("no response (Timer F)".into()),
-            Some(TransactionEvent::TransportError) => return Err("transport error".into()),
-            Some(TransactionEvent::Terminated) => {
-                return final_status.ok_or_else(|| "terminated".into());
-            }
-            None => {}
+    };
+    let driver = match Driver::start(&settings, max_calls).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("permit-ua: {e}");
+            return exit::FAILED;
         }
-        if let Some(s) = final_status {
-            return Ok(s);
+    };
+    match command {
+        Command::Register => {
+            let opts = AnswerOptions {
+                answer: false,
+                play: None,
+                record: None,
+            };
+            shell::run_registered(driver, out, opts).await
         }
-        let wait = tx.poll_timeout().map_or(Duration::from_secs(1), |t| {
-            t.saturating_duration_since(Instant::now())
-        });
-        match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
-            Ok(Ok(n)) => {
-                let Ok(msg) = Message::parse(Bytes::copy_from_slice(&buf[..n])) else {
-                    continue;
-                };
-                let Some(status) = msg.status() else { continue };
-                if let Ok(ResponseAction::PassUp) = tx.handle_response(Instant::now(), status)
-                    && status >= 200
-                {
-                    final_status = Some(status);
+        Command::Answer { record, .. } => {
+            let opts = AnswerOptions {
+                answer: true,
+                play,
+                record,
+            };
+            shell::run_registered(driver, out, opts).await
+        }
+        Command::Call {
+            aor,
+            record,
+            duration,
+            ..
+        } => {
+            let duration = match duration {
+                Some(s) if !(s.is_finite() && s > 0.0) => {
+                    eprintln!("permit-ua: --duration must be a positive number of seconds");
+                    return exit::USAGE;
                 }
-            }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => tx.handle_timeout(Instant::now()),
+                s => s.map(Duration::from_secs_f64),
+            };
+            shell::run_call(driver, out, &aor, play, record, duration).await
+        }
+        Command::Permit { action, if_match } => {
+            let change = match action {
+                PermitAction::List => PermitChange::Read,
+                PermitAction::Add { entries } => PermitChange::Add(entries),
+                PermitAction::Remove { entries } => PermitChange::Remove(entries),
+                PermitAction::Set { entries } => PermitChange::Replace(entries),
+            };
+            shell::run_permit(driver, out, &change, if_match.as_deref()).await
         }
     }
 }

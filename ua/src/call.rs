@@ -1,0 +1,690 @@
+//! Calls: the INVITE we send (RFC 3261 §13.2, with CANCEL §9.1 and the 2xx ACK
+//! §13.2.2.4) and the INVITE we answer (§13.3, the 2xx retransmitted until its ACK,
+//! §13.3.1.4), BYE both ways (§15). Each call is in exactly one [`CallState`].
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+use sip_core::message::{HeaderName, Message, NameAddr, ResponseBuilder};
+
+use crate::auth::Realm;
+use crate::dialog::Dialog;
+use crate::engine::{ALLOW, CallId, Event, Purpose, TxKey, Ua};
+use crate::outcome::CallOutcome;
+use crate::policy;
+use crate::request::{self, Dest, Request};
+use crate::sdp::{self, AudioOffer};
+
+/// Why we cancel an outgoing call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The user hung up (Ctrl-C).
+    User,
+    /// It rang for longer than the ring timeout.
+    RingTimeout,
+}
+
+/// UAC: our INVITE is out, no final response yet.
+#[derive(Debug)]
+pub struct Inviting {
+    req: Request,
+    key: TxKey,
+    dest: Dest,
+    local_tag: String,
+    /// A provisional arrived: a CANCEL may be sent (§9.1).
+    provisional: bool,
+    cancel: Option<CancelReason>,
+    cancel_sent: bool,
+    ring_deadline: Instant,
+}
+
+/// UAS: an INVITE passed the policy; waiting for [`Ua::answer`].
+#[derive(Debug)]
+pub struct Offered {
+    key: TxKey,
+    request: Message,
+    offer: AudioOffer,
+}
+
+/// UAS: our 2xx is out, waiting for the ACK.
+#[derive(Debug)]
+pub struct Answered {
+    dialog: Dialog,
+    response: Bytes,
+    dest: Dest,
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    give_up_at: Instant,
+    remote_media: SocketAddr,
+}
+
+/// Both sides: the call is up.
+#[derive(Debug)]
+pub struct Confirmed {
+    dialog: Dialog,
+    /// UAC: the ACK, re-sent for each 2xx retransmission (§13.2.2.4).
+    ack: Option<(Dest, Bytes)>,
+}
+
+/// The states of a call; a transition consumes the old state.
+#[derive(Debug)]
+pub enum CallState {
+    Inviting(Inviting),
+    Offered(Offered),
+    Answered(Answered),
+    Confirmed(Confirmed),
+    /// Our BYE is out.
+    Ending,
+}
+
+#[derive(Debug)]
+pub struct Call {
+    pub state: CallState,
+    session_id: u64,
+    local_media: Option<SocketAddr>,
+}
+
+impl Call {
+    pub(crate) fn timer(&self) -> Option<Instant> {
+        match &self.state {
+            CallState::Inviting(i) if i.cancel.is_none() => Some(i.ring_deadline),
+            CallState::Answered(a) => Some(
+                a.retransmit_at
+                    .map_or(a.give_up_at, |r| r.min(a.give_up_at)),
+            ),
+            _ => None,
+        }
+    }
+
+    fn dialog(&self) -> Option<&Dialog> {
+        match &self.state {
+            CallState::Answered(a) => Some(&a.dialog),
+            CallState::Confirmed(c) => Some(&c.dialog),
+            _ => None,
+        }
+    }
+
+    fn sdp(&self) -> Option<String> {
+        self.local_media.map(|m| sdp::build(self.session_id, 1, m))
+    }
+}
+
+impl Ua {
+    /// Calls `target` (`bob`, `bob@host` or a URI) with an SDP offer for audio at
+    /// `media` (RFC 3261 §13.2.1). Outcome: [`Event::CallConnected`] or
+    /// [`Event::CallFailed`].
+    pub fn call(&mut self, now: Instant, target: &str, media: SocketAddr) -> CallId {
+        let local = self.cfg.local.clone();
+        let uri = local.target_uri(target);
+        let call_id = request::call_id(&mut self.rng);
+        let local_tag = request::tag(&mut self.rng);
+        let branch = self.new_branch();
+        let session_id = self.rng.random::<u32>().into();
+        let mut req = Request {
+            method: "INVITE",
+            uri: uri.clone(),
+            via: local.via(&branch),
+            from: format!("<{}>;tag={local_tag}", local.aor()),
+            to: format!("<{uri}>"),
+            call_id: call_id.clone(),
+            cseq: 1,
+            headers: vec![
+                ("Contact", format!("<{}>", local.contact_uri())),
+                ("Allow", ALLOW.to_string()),
+            ],
+            body: Some((
+                "application/sdp",
+                sdp::build(session_id, 1, media).into_bytes(),
+            )),
+        };
+        let tries = u8::from(self.preauthorize(&mut req, Realm::Proxy));
+        let dest = self.proxy_dest();
+        let key = self.send_request(
+            now,
+            branch,
+            req.clone(),
+            dest,
+            Purpose::Invite(call_id.clone()),
+            tries,
+        );
+        let inviting = Inviting {
+            req,
+            key,
+            dest,
+            local_tag,
+            provisional: false,
+            cancel: None,
+            cancel_sent: false,
+            ring_deadline: now + self.cfg.ring_timeout,
+        };
+        self.calls.insert(
+            call_id.clone(),
+            Call {
+                state: CallState::Inviting(inviting),
+                session_id,
+                local_media: Some(media),
+            },
+        );
+        call_id
+    }
+
+    /// Answers an offered call with 200 and our SDP for audio at `media`
+    /// (RFC 3261 §13.3.1.4), copying Record-Route (§12.1.1).
+    pub fn answer(&mut self, now: Instant, call_id: &str, media: SocketAddr) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let CallState::Offered(offered) = std::mem::replace(&mut call.state, CallState::Ending)
+        else {
+            return;
+        };
+        call.local_media = Some(media);
+        let body = call.sdp().unwrap_or_default();
+        let tag = request::tag(&mut self.rng);
+        let Offered {
+            key,
+            request,
+            offer,
+        } = offered;
+        let dialog = match Dialog::uas(&request, &tag, 0) {
+            Ok(d) => d,
+            Err(e) => {
+                let resp =
+                    ResponseBuilder::new(&request, 400, "Bad Request").to_tag(tag.as_bytes());
+                self.respond(now, &key, 400, resp.to_vec().into());
+                self.calls.remove(call_id);
+                tracing::debug!(error = %e, "INVITE refused: no dialog");
+                return;
+            }
+        };
+        let contact = format!("<{}>", self.cfg.local.contact_uri());
+        let mut builder = ResponseBuilder::new(&request, 200, "OK")
+            .to_tag(tag.as_bytes())
+            .header("Contact", contact.as_bytes());
+        for rr in request.headers(HeaderName::RecordRoute) {
+            builder = builder.header("Record-Route", rr);
+        }
+        let response: Bytes = builder
+            .header("Allow", ALLOW.as_bytes())
+            .body(b"application/sdp", body.as_bytes())
+            .to_vec()
+            .into();
+        let Some(dest) = self.server_dest(&key) else {
+            self.calls.remove(call_id);
+            return;
+        };
+        self.respond(now, &key, 200, response.clone());
+        let t1 = self.cfg.timers.t1;
+        let answered = Answered {
+            dialog,
+            response,
+            dest,
+            retransmit_at: (!dest.transport.is_reliable()).then(|| now + t1),
+            interval: t1,
+            give_up_at: now + 64 * t1,
+            remote_media: offer.addr,
+        };
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.state = CallState::Answered(answered);
+        }
+    }
+
+    /// Ends a call in any state: CANCEL before an answer (§9.1), BYE after (§15.1.1),
+    /// 603 Decline for an offer not yet answered.
+    pub fn hangup(&mut self, now: Instant, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        match std::mem::replace(&mut call.state, CallState::Ending) {
+            CallState::Inviting(mut inv) => {
+                if inv.cancel.is_none() {
+                    inv.cancel = Some(CancelReason::User);
+                }
+                let send = inv.provisional && !inv.cancel_sent;
+                inv.cancel_sent |= send;
+                let cancel = send.then(|| cancel_for(&inv.req));
+                let (dest, branch) = (inv.dest, inv.key.0.clone());
+                call.state = CallState::Inviting(inv);
+                if let Some(req) = cancel {
+                    self.send_request(now, branch, req, dest, Purpose::Cancel, 0);
+                }
+            }
+            CallState::Offered(o) => {
+                let tag = request::tag(&mut self.rng);
+                let resp = ResponseBuilder::new(&o.request, 603, "Decline").to_tag(tag.as_bytes());
+                self.respond(now, &o.key, 603, resp.to_vec().into());
+                self.calls.remove(call_id);
+                self.emit(Event::CallEnded {
+                    call: call_id.to_string(),
+                    by_peer: false,
+                });
+            }
+            CallState::Answered(Answered { dialog, .. })
+            | CallState::Confirmed(Confirmed { dialog, .. }) => {
+                self.send_bye(now, call_id, dialog);
+            }
+            CallState::Ending => {}
+        }
+    }
+
+    /// Hangs up every call.
+    pub fn hangup_all(&mut self, now: Instant) {
+        let ids: Vec<CallId> = self.calls.keys().cloned().collect();
+        for id in ids {
+            self.hangup(now, &id);
+        }
+    }
+
+    fn send_bye(&mut self, now: Instant, call_id: &str, mut dialog: Dialog) {
+        let local = self.cfg.local.clone();
+        let branch = self.new_branch();
+        let req = dialog.request("BYE", &local, &branch, None);
+        let dest = self.dest_to(dialog.next_hop(local.transport));
+        self.send_request(now, branch, req, dest, Purpose::Bye(call_id.to_string()), 0);
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.state = CallState::Ending;
+        }
+    }
+
+    pub(crate) fn on_bye_done(&mut self, call_id: &str) {
+        if self.calls.remove(call_id).is_some() {
+            self.emit(Event::CallEnded {
+                call: call_id.to_string(),
+                by_peer: false,
+            });
+        }
+    }
+
+    fn fail_call(&mut self, call_id: &str, outcome: CallOutcome) {
+        self.calls.remove(call_id);
+        self.emit(Event::CallFailed {
+            call: call_id.to_string(),
+            outcome,
+        });
+    }
+
+    pub(crate) fn on_invite_response(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        key: &TxKey,
+        msg: &Message,
+        status: u16,
+    ) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let inv = match &mut call.state {
+            CallState::Inviting(inv) if inv.key == *key => inv,
+            CallState::Confirmed(Confirmed {
+                ack: Some((dest, ack)),
+                ..
+            }) if status < 300 => {
+                // A 2xx retransmission: ACK it again (§13.2.2.4).
+                let (dest, ack) = (*dest, ack.clone());
+                self.transmit(dest, ack);
+                return;
+            }
+            _ => return,
+        };
+        match status {
+            100..=199 => {
+                inv.provisional = true;
+                let cancel =
+                    (inv.cancel.is_some() && !inv.cancel_sent).then(|| cancel_for(&inv.req));
+                inv.cancel_sent |= cancel.is_some();
+                let (dest, branch) = (inv.dest, inv.key.0.clone());
+                if let Some(req) = cancel {
+                    self.send_request(now, branch, req, dest, Purpose::Cancel, 0);
+                }
+                if status > 100 {
+                    self.emit(Event::CallProgress {
+                        call: call_id.to_string(),
+                        status,
+                    });
+                }
+            }
+            200..=299 => self.on_invite_2xx(now, call_id, msg),
+            401 | 407 => {
+                let Some(tx) = self.take_client(key) else {
+                    return;
+                };
+                match self.retry_with_auth(now, &tx, msg, status) {
+                    Some((key, req)) => {
+                        if let Some(Call {
+                            state: CallState::Inviting(inv),
+                            ..
+                        }) = self.calls.get_mut(call_id)
+                        {
+                            inv.key = key;
+                            inv.req = req;
+                            inv.provisional = false;
+                        }
+                    }
+                    None => self.fail_call(call_id, CallOutcome::of_status(status)),
+                }
+            }
+            _ => {
+                let outcome = match inv.cancel {
+                    Some(CancelReason::User) => CallOutcome::Cancelled,
+                    Some(CancelReason::RingTimeout) => CallOutcome::Unavailable(408),
+                    None => CallOutcome::of_status(status),
+                };
+                self.fail_call(call_id, outcome);
+            }
+        }
+    }
+
+    /// The 2xx to our INVITE: dialog, ACK straight to the next hop (§13.2.2.4), then
+    /// connected — or BYE at once if the user already hung up.
+    fn on_invite_2xx(&mut self, now: Instant, call_id: &str, msg: &Message) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let CallState::Inviting(inv) = std::mem::replace(&mut call.state, CallState::Ending) else {
+            return;
+        };
+        let mut dialog = match Dialog::uac(inv.req.cseq, &inv.local_tag, msg) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "2xx without a usable dialog");
+                self.fail_call(call_id, CallOutcome::Failed(502));
+                return;
+            }
+        };
+        let local = self.cfg.local.clone();
+        let branch = self.new_branch();
+        let ack = dialog
+            .request("ACK", &local, &branch, Some(inv.req.cseq))
+            .to_bytes();
+        let dest = self.dest_to(dialog.next_hop(local.transport));
+        self.transmit(dest, ack.clone());
+        let remote_media = sdp::parse_audio(msg.body()).ok().map(|a| a.addr);
+        if inv.cancel.is_some() {
+            // Hung up while it rang, answered anyway: end it (§15).
+            self.send_bye(now, call_id, dialog);
+            return;
+        }
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.state = CallState::Confirmed(Confirmed {
+                dialog,
+                ack: Some((dest, ack)),
+            });
+        }
+        self.emit(Event::CallConnected {
+            call: call_id.to_string(),
+            remote_media,
+        });
+    }
+
+    pub(crate) fn on_invite_timeout(&mut self, call_id: &str) {
+        let Some(Call {
+            state: CallState::Inviting(inv),
+            ..
+        }) = self.calls.get(call_id)
+        else {
+            return;
+        };
+        let outcome = match (inv.cancel, inv.provisional) {
+            (Some(CancelReason::User), _) => CallOutcome::Cancelled,
+            (_, true) => CallOutcome::Unavailable(408),
+            (_, false) => CallOutcome::NoResponse,
+        };
+        self.fail_call(call_id, outcome);
+    }
+
+    /// A 2xx whose transaction is gone (Timer M passed): ACK it if we know the call.
+    pub(crate) fn on_stray_2xx(&mut self, msg: &Message) {
+        let call_id = String::from_utf8_lossy(msg.call_id().unwrap_or_default()).into_owned();
+        if let Some(Call {
+            state:
+                CallState::Confirmed(Confirmed {
+                    ack: Some((dest, ack)),
+                    ..
+                }),
+            ..
+        }) = self.calls.get(&call_id)
+        {
+            let (dest, ack) = (*dest, ack.clone());
+            self.transmit(dest, ack);
+        }
+    }
+
+    // ------------------------------------------------------------ UAS
+
+    pub(crate) fn on_invite(&mut self, now: Instant, key: &TxKey, msg: Message) {
+        let trying = ResponseBuilder::new(&msg, 100, "Trying").to_vec();
+        self.respond(now, key, 100, trying.into());
+        let call_id = String::from_utf8_lossy(msg.call_id().unwrap_or_default()).into_owned();
+        let decision = if self.calls.contains_key(&call_id) {
+            // Same Call-ID, new branch: a merged request (§8.2.2.2).
+            Err(policy::Refusal {
+                status: 482,
+                reason: "Loop Detected",
+                header: None,
+            })
+        } else {
+            policy::accept_invite(&msg, self.load())
+        };
+        match decision {
+            Err(r) => {
+                let tag = request::tag(&mut self.rng);
+                let mut resp =
+                    ResponseBuilder::new(&msg, r.status, r.reason).to_tag(tag.as_bytes());
+                if let Some((name, value)) = r.header {
+                    resp = resp.header(name, value.as_bytes());
+                }
+                self.respond(now, key, r.status, resp.to_vec().into());
+                self.emit(Event::IncomingRefused { status: r.status });
+            }
+            Ok(offer) => {
+                let from = msg
+                    .from()
+                    .ok()
+                    .map(|f| String::from_utf8_lossy(f.uri).into_owned())
+                    .unwrap_or_default();
+                let session_id = self.rng.random::<u32>().into();
+                self.calls.insert(
+                    call_id.clone(),
+                    Call {
+                        state: CallState::Offered(Offered {
+                            key: key.clone(),
+                            request: msg,
+                            offer: offer.clone(),
+                        }),
+                        session_id,
+                        local_media: None,
+                    },
+                );
+                self.emit(Event::IncomingCall {
+                    call: call_id,
+                    from,
+                    offer,
+                });
+            }
+        }
+    }
+
+    /// A re-INVITE in a confirmed dialog: answered with our unchanged description
+    /// (RFC 3264 §8: same version, nothing changes).
+    pub(crate) fn on_reinvite(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let found = self.call_of(msg).and_then(|c| match &c.state {
+            CallState::Confirmed(_) => c.sdp(),
+            _ => None,
+        });
+        let resp = match &found {
+            Some(body) => {
+                let contact = format!("<{}>", self.cfg.local.contact_uri());
+                ResponseBuilder::new(msg, 200, "OK")
+                    .header("Contact", contact.as_bytes())
+                    .body(b"application/sdp", body.as_bytes())
+                    .to_vec()
+            }
+            None => ResponseBuilder::new(msg, 481, "Call/Transaction Does Not Exist").to_vec(),
+        };
+        let status = if found.is_some() { 200 } else { 481 };
+        self.respond(now, key, status, resp.into());
+    }
+
+    /// The call an in-dialog request belongs to (§12.2.2).
+    fn call_of(&self, msg: &Message) -> Option<&Call> {
+        let call_id = std::str::from_utf8(msg.call_id()?).ok()?;
+        let call = self.calls.get(call_id)?;
+        call.dialog()
+            .is_some_and(|d| d.matches_request(msg))
+            .then_some(call)
+    }
+
+    pub(crate) fn on_bye(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let known = self.call_of(msg).is_some();
+        let call_id = String::from_utf8_lossy(msg.call_id().unwrap_or_default()).into_owned();
+        if known {
+            let resp = ResponseBuilder::new(msg, 200, "OK").to_vec();
+            self.respond(now, key, 200, resp.into());
+            self.calls.remove(&call_id);
+            self.emit(Event::CallEnded {
+                call: call_id,
+                by_peer: true,
+            });
+        } else {
+            let resp = ResponseBuilder::new(msg, 481, "Call/Transaction Does Not Exist").to_vec();
+            self.respond(now, key, 481, resp.into());
+        }
+    }
+
+    /// CANCEL (§9.2): 200 if it matches an INVITE server transaction, and 487 for that
+    /// INVITE if we have not answered it yet; 481 otherwise.
+    pub(crate) fn on_cancel(&mut self, now: Instant, key: &TxKey, msg: &Message) {
+        let invite_key: TxKey = (key.0.clone(), "INVITE");
+        if !self.has_server(&invite_key) {
+            let resp = ResponseBuilder::new(msg, 481, "Call/Transaction Does Not Exist").to_vec();
+            self.respond(now, key, 481, resp.into());
+            return;
+        }
+        let resp = ResponseBuilder::new(msg, 200, "OK").to_vec();
+        self.respond(now, key, 200, resp.into());
+        let call_id = String::from_utf8_lossy(msg.call_id().unwrap_or_default()).into_owned();
+        if let Some(Call {
+            state: CallState::Offered(o),
+            ..
+        }) = self.calls.get(&call_id)
+        {
+            let tag = request::tag(&mut self.rng);
+            let resp = ResponseBuilder::new(&o.request, 487, "Request Terminated")
+                .to_tag(tag.as_bytes())
+                .to_vec();
+            self.respond(now, &invite_key, 487, resp.into());
+            self.calls.remove(&call_id);
+            self.emit(Event::CallEnded {
+                call: call_id,
+                by_peer: true,
+            });
+        }
+    }
+
+    /// The ACK of our 2xx (§13.3.1.4): the call is up.
+    pub(crate) fn on_dialog_ack(&mut self, msg: &Message) {
+        let Some(call_id) = msg.call_id().and_then(|c| std::str::from_utf8(c).ok()) else {
+            return;
+        };
+        let call_id = call_id.to_string();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let CallState::Answered(a) = &call.state else {
+            return; // an ACK for a re-INVITE, or late: nothing to do
+        };
+        if !a.dialog.matches_request(msg) {
+            return;
+        }
+        let CallState::Answered(a) = std::mem::replace(&mut call.state, CallState::Ending) else {
+            return;
+        };
+        let remote_media = Some(a.remote_media);
+        call.state = CallState::Confirmed(Confirmed {
+            dialog: a.dialog,
+            ack: None,
+        });
+        self.emit(Event::CallConnected {
+            call: call_id,
+            remote_media,
+        });
+    }
+
+    /// Ring timeouts (UAC) and 2xx retransmissions (UAS, §13.3.1.4: T1 doubling up to
+    /// T2; no ACK within 64·T1 ends the call with a BYE).
+    pub(crate) fn handle_call_timers(&mut self, now: Instant) {
+        let ids: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.timer().is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let t2 = self.cfg.timers.t2;
+        for id in ids {
+            let Some(call) = self.calls.get_mut(&id) else {
+                continue;
+            };
+            match &mut call.state {
+                CallState::Inviting(inv) => {
+                    inv.cancel = Some(CancelReason::RingTimeout);
+                    if inv.provisional && !inv.cancel_sent {
+                        inv.cancel_sent = true;
+                        let (req, dest, branch) =
+                            (cancel_for(&inv.req), inv.dest, inv.key.0.clone());
+                        self.send_request(now, branch, req, dest, Purpose::Cancel, 0);
+                    }
+                }
+                CallState::Answered(a) if a.give_up_at <= now => {
+                    let CallState::Answered(a) =
+                        std::mem::replace(&mut call.state, CallState::Ending)
+                    else {
+                        continue;
+                    };
+                    self.send_bye(now, &id, a.dialog);
+                }
+                CallState::Answered(a) => {
+                    a.interval = (a.interval * 2).min(t2);
+                    a.retransmit_at = Some(now + a.interval);
+                    let (dest, resp) = (a.dest, a.response.clone());
+                    self.transmit(dest, resp);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The CANCEL of an INVITE (§9.1): same Request-URI, Call-ID, From, To, CSeq number,
+/// Route and top Via (so the same branch) as the request it cancels.
+fn cancel_for(invite: &Request) -> Request {
+    Request {
+        method: "CANCEL",
+        uri: invite.uri.clone(),
+        via: invite.via.clone(),
+        from: invite.from.clone(),
+        to: invite.to.clone(),
+        call_id: invite.call_id.clone(),
+        cseq: invite.cseq,
+        headers: invite
+            .headers
+            .iter()
+            .filter(|(n, _)| *n == "Route")
+            .cloned()
+            .collect(),
+        body: None,
+    }
+}
+
+/// The display user of a URI, for messages (`sip:bob@h` → `bob`).
+pub fn user_of(uri: &str) -> String {
+    let addr = NameAddr::parse(uri.as_bytes()).map_or(uri.as_bytes(), |na| na.uri);
+    sip_core::message::SipUri::parse(addr)
+        .and_then(|u| u.user)
+        .map_or_else(
+            || uri.to_string(),
+            |u| String::from_utf8_lossy(u).into_owned(),
+        )
+}

@@ -1,0 +1,15 @@
+//! Audio for calls: G.711 μ-law (ITU-T G.711, RTP payload type 0, RFC 3551 §4.5.14)
+//! at 8 kHz in 20 ms RTP packets (RFC 3550), read from and written to WAV files.
+//!
+//! [`g711`], [`wav`] and [`rtp`] are sans-IO (bytes and samples in, bytes and samples
+//! out); [`socket`] is the thin tokio shell that paces packets on a UDP socket.
+
+pub mod g711;
+pub mod rtp;
+pub mod socket;
+pub mod wav;
+
+/// Samples per second of G.711.
+pub const SAMPLE_RATE: u32 = 8000;
+/// Samples (and μ-law bytes) in one 20 ms packet.
+pub const FRAME: usize = 160;

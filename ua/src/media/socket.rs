@@ -1,0 +1,109 @@
+//! The tokio shell of one call's audio: a UDP socket, a 20 ms pacer that sends the
+//! file to play (then silence), and a reader that feeds the [`RtpReceiver`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::rtp::{RtpReceiver, RtpSender};
+use super::{FRAME, SAMPLE_RATE, g711};
+
+/// At most this much received audio is kept per call (one hour).
+const MAX_RECORD_SAMPLES: usize = SAMPLE_RATE as usize * 3600;
+
+/// What a call's media did.
+#[derive(Debug, Clone, Default)]
+pub struct MediaReport {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub dropped: u64,
+    pub samples: Vec<i16>,
+}
+
+/// A bound RTP socket waiting for its peer's address.
+pub struct MediaSocket {
+    socket: UdpSocket,
+    pub local: SocketAddr,
+}
+
+impl MediaSocket {
+    /// Binds an ephemeral UDP port on `ip` (the address our SDP announces).
+    pub async fn bind(ip: IpAddr) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let local = socket.local_addr()?;
+        Ok(Self { socket, local })
+    }
+
+    /// Starts sending to `remote` (when known) and receiving. `play` is μ-law audio
+    /// sent once, then silence keeps the stream going.
+    pub fn start(self, remote: Option<SocketAddr>, play: Option<Arc<Vec<u8>>>) -> MediaHandle {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(self.socket, remote, play, stopped));
+        MediaHandle { stop, task }
+    }
+}
+
+/// A running media session.
+pub struct MediaHandle {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<MediaReport>,
+}
+
+impl MediaHandle {
+    /// Stops the session and returns what it did.
+    pub async fn stop(self) -> MediaReport {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+async fn run(
+    socket: UdpSocket,
+    remote: Option<SocketAddr>,
+    play: Option<Arc<Vec<u8>>>,
+    mut stopped: oneshot::Receiver<()>,
+) -> MediaReport {
+    let mut sender = RtpSender::new(&mut rand::rngs::StdRng::from_os_rng());
+    let mut receiver = RtpReceiver::new(MAX_RECORD_SAMPLES);
+    let mut report = MediaReport::default();
+    let mut pacer = tokio::time::interval(Duration::from_millis(20));
+    pacer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut at = 0usize;
+    let silence = [g711::SILENCE; FRAME];
+    let mut buf = vec![0u8; 2048];
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            _ = pacer.tick() => {
+                let Some(remote) = remote else { continue };
+                let frame: &[u8] = match &play {
+                    Some(p) if at < p.len() => {
+                        let end = (at + FRAME).min(p.len());
+                        let f = &p[at..end];
+                        at = end;
+                        f
+                    }
+                    _ => &silence,
+                };
+                let packet = sender.packet(frame);
+                if socket.send_to(&packet, remote).await.is_ok() {
+                    report.packets_sent += 1;
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, _)) = r {
+                    receiver.handle_datagram(&buf[..n]);
+                }
+            }
+        }
+    }
+    report.packets_received = receiver.packets;
+    report.dropped = receiver.dropped;
+    report.samples = receiver.into_samples();
+    report
+}
