@@ -19,12 +19,12 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
 use common::proxy::{Ports, Proxy};
-use common::sipp::{RunningSipp, Sipp, Traced, sipp_available};
+use common::sipp::{RunningSipp, SCENARIOS, Sipp, Traced, sipp_available};
 use common::{
     CALLEE_HOST, DOMAIN, HOST, Transport, add_permit, free_port, proxy_cli, wait_until, workdir,
 };
@@ -663,4 +663,373 @@ fn normalising_keeps_all_but_per_request_fields() {
     ] {
         assert_ne!(base, normalised(&response(&changed), "bob"), "{changed}");
     }
+}
+
+// ------------------------------------------- every method, forged in-dialog requests
+
+/// Out-of-dialog methods a refused caller tries besides INVITE: each is gated like
+/// INVITE (RFC 3261 section 8.2.2 gives every method the same path; the gate is no
+/// list of methods). `FROBNICATE` is a method the proxy does not know (section 8.2.1:
+/// a proxy forwards unknown methods, so it must gate them too).
+const OUT_OF_DIALOG: [&str; 7] = [
+    "OPTIONS",
+    "INFO",
+    "FROBNICATE",
+    "MESSAGE",
+    "NOTIFY",
+    "REFER",
+    "PUBLISH",
+];
+
+/// A copy, in `dir`, of the scenario `file` whose requests (request line and CSeq)
+/// have the method `to` instead of `from`: SIPp 3.6 takes no keyword as a method.
+fn with_method(dir: &Path, file: &str, from: &str, to: &str) -> PathBuf {
+    let text = fs::read_to_string(format!("{SCENARIOS}/{file}")).expect("read the scenario");
+    let (line_start, cseq_end) = (format!("{from} [ruri] "), format!(" {from}"));
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let body = line.trim_start();
+            let indent = &line[..line.len() - body.len()];
+            if let Some(rest) = body.strip_prefix(&line_start) {
+                format!("{indent}{to} [ruri] {rest}")
+            } else if body.starts_with("CSeq: ") && body.ends_with(&cseq_end) {
+                format!("{indent}{}{to}", &body[..body.len() - from.len()])
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim_start().starts_with(&format!("{to} [ruri] "))),
+        "{file} has no request line `{from} [ruri]`"
+    );
+    let path = dir.join(format!("{}-{to}.xml", file.trim_end_matches(".xml")));
+    fs::write(&path, lines.join("\n") + "\n").expect("write the scenario copy");
+    path
+}
+
+/// How many messages `uas` received so far.
+fn heard(uas: &RunningSipp) -> usize {
+    uas.trace().iter().filter(|m| m.received).count()
+}
+
+/// The messages `uas` received after its first `before` ones, as text.
+fn heard_since(uas: &RunningSipp, before: usize) -> Vec<String> {
+    uas.trace()
+        .iter()
+        .filter(|m| m.received)
+        .skip(before)
+        .map(Traced::text)
+        .collect()
+}
+
+/// The tag parameter of a From or To header value.
+fn tag_of(value: &str) -> String {
+    let at = value
+        .find(";tag=")
+        .unwrap_or_else(|| panic!("no tag in {value:?}"));
+    let rest = &value[at + 5..];
+    rest.split([';', '>', ' ']).next().unwrap().to_string()
+}
+
+/// What a legitimate call left in its caller's trace: the dialog's Call-ID, the
+/// caller's From tag, the callee's To tag and the route set (the Record-Route of
+/// the 2xx, RFC 3261 section 12.1.2).
+struct Dialog {
+    call_id: String,
+    caller_tag: String,
+    callee_tag: String,
+    record_route: String,
+}
+
+impl Dialog {
+    fn of(caller: &[Traced]) -> Dialog {
+        let ok = received_responses(caller, 200)
+            .into_iter()
+            .find(|m| m.header("CSeq").is_some_and(|c| c.ends_with("INVITE")))
+            .expect("a 200 to INVITE in the caller's trace");
+        let text = ok.text();
+        let record_route: Vec<String> = text
+            .split("\r\n")
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case("Record-Route"))
+            .map(|(_, v)| v.trim().to_string())
+            .collect();
+        assert!(
+            !record_route.is_empty(),
+            "no Record-Route in the 200:\n{text}"
+        );
+        let header = |name: &str| {
+            ok.header(name)
+                .unwrap_or_else(|| panic!("no {name} in the 200:\n{text}"))
+        };
+        Dialog {
+            call_id: header("Call-ID"),
+            caller_tag: tag_of(&header("From")),
+            callee_tag: tag_of(&header("To")),
+            record_route: record_route.join(", "),
+        }
+    }
+}
+
+/// One forged in-dialog request (`forged_in_dialog.xml`).
+struct Forged<'a> {
+    method: &'a str,
+    ruri: &'a str,
+    route: &'a str,
+    from_tag: &'a str,
+    to_tag: &'a str,
+    /// The Call-ID to use (`-cid_str`), SIPp's own when `None`.
+    call_id: Option<&'a str>,
+}
+
+impl Bed {
+    /// `request_auth.xml`: `caller` sends an authenticated `method` to `ruri` (To:
+    /// `callee`) that must be refused with 403; returns its trace and SIP port.
+    fn refused_request(
+        &self,
+        name: &str,
+        caller: &str,
+        callee: &str,
+        method: &str,
+        ruri: &str,
+    ) -> (Vec<Traced>, u16) {
+        let sipp = Sipp::new(
+            &self.dir,
+            name,
+            "request_auth.xml",
+            Transport::Udp,
+            Some(self.udp),
+        )
+        .arg(&["-s", callee, "-au", caller, "-ap", &password(caller)])
+        .scenario_at(&with_method(
+            &self.dir,
+            "request_auth.xml",
+            "OPTIONS",
+            method,
+        ))
+        .arg(&["-auth_uri", ruri.trim_start_matches("sip:"), "-m", "1"])
+        .key("ruri", ruri)
+        .timeout(20);
+        let port = sipp.port;
+        (sipp.run_ok(1).trace(), port)
+    }
+
+    /// `forged_in_dialog.xml`: sends `forged` (To: `callee`); it must get 403 or no
+    /// answer at all. Returns the sender's trace and SIP port.
+    fn forged(&self, name: &str, callee: &str, forged: &Forged) -> (Vec<Traced>, u16) {
+        let mut sipp = Sipp::new(
+            &self.dir,
+            name,
+            "forged_in_dialog.xml",
+            Transport::Udp,
+            Some(self.udp),
+        )
+        .scenario_at(&with_method(
+            &self.dir,
+            "forged_in_dialog.xml",
+            "INVITE",
+            forged.method,
+        ))
+        .arg(&["-s", callee, "-m", "1"])
+        .key("ruri", forged.ruri)
+        .key("route", forged.route)
+        .key("from_tag", forged.from_tag)
+        .key("to_tag", forged.to_tag)
+        .timeout(20);
+        if let Some(id) = forged.call_id {
+            assert!(!id.contains('%'), "-cid_str reads % as a format: {id}");
+            sipp = sipp.arg(&["-cid_str", id]);
+        }
+        let port = sipp.port;
+        (sipp.run_ok(1).trace(), port)
+    }
+}
+
+/// What a forged in-dialog request got: exactly one 403 (and perhaps a 100 before
+/// it), nothing for an ACK; never anything of the callee.
+fn assert_refused_in_dialog(case: &str, trace: &[Traced], callee_port: u16, allowed: &[u16]) {
+    let sent = trace.iter().find(|m| !m.received).map(Traced::text);
+    let answers: Vec<u16> = trace
+        .iter()
+        .filter(|m| m.received)
+        .filter_map(Traced::status)
+        .filter(|s| *s != 100)
+        .collect();
+    let is_ack = sent.as_deref().is_some_and(|t| t.starts_with("ACK "));
+    let expected: &[u16] = if is_ack { &[] } else { &[403] };
+    assert_eq!(answers, expected, "{case}: answers to\n{sent:?}");
+    if !answers.is_empty() {
+        assert_nothing_of_callee(trace, callee_port, allowed);
+    }
+}
+
+/// An authenticated caller who is not on the callee's list gets 403 for every
+/// method, not only INVITE: OPTIONS, INFO, a method the proxy does not know,
+/// MESSAGE, NOTIFY, REFER and PUBLISH, addressed to the callee's AOR or to the
+/// address the callee registered (no "dial the IP" way around the list). The
+/// callee, registered and online, receives nothing, and nothing the caller receives
+/// carries its address or port. A permitted caller then reaches it.
+#[test]
+fn stranger_gets_403_for_every_method_and_callee_hears_nothing() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("every_method", &["alice", "bob", "carol"]);
+    bed.permit("bob", "alice");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = bed.callee("uas", "uas_options.xml", 2);
+    bed.register("bob", &uas, "");
+    let contact = format!("sip:bob@{CALLEE_HOST}:{}", uas.sipp.port);
+    let aor = format!("sip:bob@{DOMAIN}");
+    let mut cases: Vec<(&str, &str)> = OUT_OF_DIALOG.iter().map(|m| (*m, aor.as_str())).collect();
+    cases.extend([("OPTIONS", contact.as_str()), ("MESSAGE", contact.as_str())]);
+    for (method, ruri) in cases {
+        let name = format!(
+            "carol-{}-{}",
+            method.to_ascii_lowercase(),
+            if ruri == aor { "aor" } else { "contact" }
+        );
+        let (trace, port) = bed.refused_request(&name, "carol", "bob", method, ruri);
+        assert_eq!(
+            received_responses(&trace, 403).len(),
+            1,
+            "{method} {ruri}: one 403"
+        );
+        assert_nothing_of_callee(&trace, uas.sipp.port, &[bed.udp, port]);
+    }
+    sleep(Duration::from_millis(300));
+    assert_eq!(
+        heard_since(&uas, 0),
+        Vec::<String>::new(),
+        "the callee was contacted for a refused caller"
+    );
+
+    bed.calls("alice-bob", "alice", "bob", 1, 100).run_ok(1);
+    let callee = uas.finish_ok(2).trace();
+    assert_eq!(
+        received_requests(&callee, "INVITE").len(),
+        1,
+        "alice's INVITE"
+    );
+}
+
+/// In-dialog requests pass only for dialogs the proxy set up through the gate (the
+/// seal in its Record-Route). alice, who is permitted, calls bob; carol, who is not,
+/// takes that call's Record-Route and sends INVITE, BYE, MESSAGE, INFO and ACK with
+/// it as Route and an invented To tag: under a Call-ID of her own, and under the
+/// real dialog's Call-ID with her own From tag. Each gets 403 (the ACK: nothing),
+/// bob hears none of them, and nothing carol receives carries bob's address or port.
+#[test]
+fn forged_in_dialog_requests_reach_nobody() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("forged_in_dialog", &["alice", "bob", "carol"]);
+    bed.permit("bob", "alice");
+    let _proxy = bed.start_proxy("proxy");
+    let uas = bed.callee("uas", "uas_options.xml", 4);
+    bed.register("bob", &uas, "");
+    let alice = bed.calls("alice-bob", "alice", "bob", 1, 100).run_ok(1);
+    let dialog = Dialog::of(&alice.trace());
+    assert!(
+        dialog.record_route.contains(";pm="),
+        "the Record-Route carries no dialog seal: {}",
+        dialog.record_route
+    );
+    // The real dialog's ACK and BYE passed with this route.
+    let before = heard(&uas);
+    let callee = uas.trace();
+    for method in ["ACK", "BYE"] {
+        assert_eq!(
+            received_requests(&callee, method).len(),
+            1,
+            "alice's {method}"
+        );
+    }
+
+    let aor = format!("sip:bob@{DOMAIN}");
+    for method in ["INVITE", "BYE", "MESSAGE", "INFO", "ACK"] {
+        for (variant, call_id) in [("own", None), ("copied", Some(dialog.call_id.as_str()))] {
+            let name = format!("carol-{}-{variant}-call-id", method.to_ascii_lowercase());
+            let forged = Forged {
+                method,
+                ruri: &aor,
+                route: &dialog.record_route,
+                from_tag: "carol-forged",
+                to_tag: "invented-42",
+                call_id,
+            };
+            let (trace, port) = bed.forged(&name, "bob", &forged);
+            assert_refused_in_dialog(&name, &trace, uas.sipp.port, &[bed.udp, port]);
+        }
+    }
+    sleep(Duration::from_millis(300));
+    assert_eq!(
+        heard_since(&uas, before),
+        Vec::<String>::new(),
+        "a forged in-dialog request reached the callee"
+    );
+
+    // The proxy still serves the permitted caller.
+    bed.calls("alice-bob-again", "alice", "bob", 1, 100)
+        .run_ok(1);
+    uas.finish_ok(4);
+}
+
+/// A dialog carol really has, with dave who lets her call him, cannot be turned
+/// towards bob: her in-dialog BYE with that dialog's valid seal, Call-ID and tags, but
+/// addressed to bob's AOR or to the address bob registered, gets 403 and reaches
+/// neither bob nor dave (the seal names the dialog's two parties, and bob is not one).
+#[test]
+fn a_real_dialog_cannot_be_aimed_at_a_third_party() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("third_party", &["bob", "carol", "dave"]);
+    bed.permit("dave", "carol");
+    let _proxy = bed.start_proxy("proxy");
+    let bob = bed.callee("uas-bob", "uas_options.xml", 1);
+    bed.register("bob", &bob, "");
+    let dave = bed.callee("uas-dave", "uas_options.xml", 4);
+    bed.register("dave", &dave, "");
+    let carol = bed.calls("carol-dave", "carol", "dave", 1, 100).run_ok(1);
+    let dialog = Dialog::of(&carol.trace());
+    let dave_before = heard(&dave);
+
+    let bob_contact = format!("sip:bob@{CALLEE_HOST}:{}", bob.sipp.port);
+    let bob_aor = format!("sip:bob@{DOMAIN}");
+    for (what, ruri) in [("aor", &bob_aor), ("contact", &bob_contact)] {
+        for method in ["BYE", "INVITE"] {
+            let name = format!("carol-{}-to-bob-{what}", method.to_ascii_lowercase());
+            let forged = Forged {
+                method,
+                ruri,
+                route: &dialog.record_route,
+                from_tag: &dialog.caller_tag,
+                to_tag: &dialog.callee_tag,
+                call_id: Some(&dialog.call_id),
+            };
+            let (trace, port) = bed.forged(&name, "bob", &forged);
+            assert_refused_in_dialog(&name, &trace, bob.sipp.port, &[bed.udp, port]);
+        }
+    }
+    sleep(Duration::from_millis(300));
+    assert_eq!(
+        heard_since(&bob, 0),
+        Vec::<String>::new(),
+        "carol's dialog reached bob"
+    );
+    assert_eq!(
+        heard_since(&dave, dave_before),
+        Vec::<String>::new(),
+        "the re-aimed requests reached dave"
+    );
+    bed.calls("carol-dave-again", "carol", "dave", 1, 100)
+        .run_ok(1);
+    dave.finish_ok(4);
 }

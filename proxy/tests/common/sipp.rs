@@ -76,6 +76,15 @@ impl Sipp {
         self
     }
 
+    /// Runs the scenario file at `path` (one a test wrote, say) instead of the
+    /// one named in [`Sipp::new`].
+    pub fn scenario_at(mut self, path: &Path) -> Sipp {
+        let at = self.args.iter().position(|a| a == "-sf");
+        let at = at.expect("Sipp::new was given a scenario file") + 1;
+        self.args[at] = path.display().to_string();
+        self
+    }
+
     pub fn arg(mut self, args: &[&str]) -> Sipp {
         self.args.extend(args.iter().map(|a| (*a).to_string()));
         self
