@@ -395,9 +395,13 @@ pub async fn run_registered(mut d: Driver, out: Output, opts: AnswerOptions) -> 
     );
     let mut registered = false;
     let mut leaving: Option<Instant> = None;
-    let mut sockets: HashMap<CallId, MediaSocket> = HashMap::new();
-    let mut media: HashMap<CallId, MediaHandle> = HashMap::new();
-    let mut peers: HashMap<CallId, String> = HashMap::new();
+    let mut calls = Answering {
+        out,
+        opts,
+        sockets: HashMap::new(),
+        media: HashMap::new(),
+        peers: HashMap::new(),
+    };
     loop {
         match d.next(leaving.map(|t| t + GRACE)).await {
             Next::Event(Event::Registered { expires }) => {
@@ -431,67 +435,7 @@ pub async fn run_registered(mut d: Driver, out: Output, opts: AnswerOptions) -> 
                 out.say("unregistered", "unregistered", json!({}));
                 return exit::CONNECTED;
             }
-            Next::Event(Event::IncomingCall { call, from, offer }) => {
-                let who = user_of(&from);
-                if !opts.answer || leaving.is_some() {
-                    d.ua.hangup(Instant::now(), &call);
-                    continue;
-                }
-                match MediaSocket::bind(d.media_ip).await {
-                    Ok(s) => {
-                        out.say(
-                            "incoming",
-                            &format!("call from {who}"),
-                            json!({ "from": from, "remote_media": offer.addr.to_string() }),
-                        );
-                        d.ua.answer(Instant::now(), &call, s.local);
-                        sockets.insert(call.clone(), s);
-                        peers.insert(call, who);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot bind an RTP port");
-                        d.ua.hangup(Instant::now(), &call);
-                    }
-                }
-            }
-            Next::Event(Event::CallConnected { call, remote_media }) => {
-                let who = peers.get(&call).cloned().unwrap_or_default();
-                out.say(
-                    "connected",
-                    &format!("connected to {who}"),
-                    json!({ "from": who }),
-                );
-                if let Some(s) = sockets.remove(&call) {
-                    media.insert(call, s.start(remote_media, opts.play.clone()));
-                }
-            }
-            Next::Event(Event::CallEnded { call, by_peer }) => {
-                sockets.remove(&call);
-                let who = peers.remove(&call).unwrap_or_default();
-                finish_media(out, &call, media.remove(&call), opts.record.as_deref()).await;
-                let text = if by_peer {
-                    format!("{who} hung up")
-                } else {
-                    format!("call with {who} ended")
-                };
-                out.say("ended", &text, json!({ "by_peer": by_peer }));
-            }
-            Next::Event(Event::IncomingRefused { status }) => {
-                out.say(
-                    "refused",
-                    &format!("refused an incoming call ({status})"),
-                    json!({ "status": status }),
-                );
-            }
-            Next::Event(Event::LoadQuery { status }) => {
-                let text = if status == 486 {
-                    "told the proxy: busy (486)"
-                } else {
-                    "told the proxy: free (200)"
-                };
-                out.say("load-query", text, json!({ "status": status }));
-            }
-            Next::Event(e) => tracing::debug!(?e, "event"),
+            Next::Event(e) => calls.handle(&mut d, e, leaving.is_some()).await,
             Next::Signal if leaving.is_none() => {
                 let now = Instant::now();
                 leaving = Some(now);
@@ -499,9 +443,7 @@ pub async fn run_registered(mut d: Driver, out: Output, opts: AnswerOptions) -> 
                 d.ua.unregister(now);
             }
             Next::Signal | Next::Deadline => {
-                for (call, m) in media.drain() {
-                    finish_media(out, &call, Some(m), opts.record.as_deref()).await;
-                }
+                calls.stop_all().await;
                 out.say(
                     "unregistered",
                     "left without waiting for the registrar",
@@ -509,6 +451,98 @@ pub async fn run_registered(mut d: Driver, out: Output, opts: AnswerOptions) -> 
                 );
                 return exit::CONNECTED;
             }
+        }
+    }
+}
+
+/// The calls of `permit-ua answer`: media sockets bound before answering, media
+/// sessions while connected, the peer's name for messages.
+struct Answering {
+    out: Output,
+    opts: AnswerOptions,
+    sockets: HashMap<CallId, MediaSocket>,
+    media: HashMap<CallId, MediaHandle>,
+    peers: HashMap<CallId, String>,
+}
+
+impl Answering {
+    async fn handle(&mut self, d: &mut Driver, e: Event, leaving: bool) {
+        match e {
+            Event::IncomingCall { call, from, offer } => {
+                let who = user_of(&from);
+                if !self.opts.answer || leaving {
+                    d.ua.hangup(Instant::now(), &call);
+                    return;
+                }
+                match MediaSocket::bind(d.media_ip).await {
+                    Ok(s) => {
+                        self.out.say(
+                            "incoming",
+                            &format!("call from {who}"),
+                            json!({ "from": from, "remote_media": offer.addr.to_string() }),
+                        );
+                        d.ua.answer(Instant::now(), &call, s.local);
+                        self.sockets.insert(call.clone(), s);
+                        self.peers.insert(call, who);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot bind an RTP port");
+                        d.ua.hangup(Instant::now(), &call);
+                    }
+                }
+            }
+            Event::CallConnected { call, remote_media } => {
+                let who = self.peers.get(&call).cloned().unwrap_or_default();
+                self.out.say(
+                    "connected",
+                    &format!("connected to {who}"),
+                    json!({ "from": who }),
+                );
+                if let Some(s) = self.sockets.remove(&call) {
+                    self.media
+                        .insert(call, s.start(remote_media, self.opts.play.clone()));
+                }
+            }
+            Event::CallEnded { call, by_peer } => {
+                self.sockets.remove(&call);
+                let who = self.peers.remove(&call).unwrap_or_default();
+                finish_media(
+                    self.out,
+                    &call,
+                    self.media.remove(&call),
+                    self.opts.record.as_deref(),
+                )
+                .await;
+                let text = if by_peer {
+                    format!("{who} hung up")
+                } else {
+                    format!("call with {who} ended")
+                };
+                self.out.say("ended", &text, json!({ "by_peer": by_peer }));
+            }
+            Event::IncomingRefused { status } => {
+                self.out.say(
+                    "refused",
+                    &format!("refused an incoming call ({status})"),
+                    json!({ "status": status }),
+                );
+            }
+            Event::LoadQuery { status } => {
+                let text = if status == 486 {
+                    "told the proxy: busy (486)"
+                } else {
+                    "told the proxy: free (200)"
+                };
+                self.out
+                    .say("load-query", text, json!({ "status": status }));
+            }
+            e => tracing::debug!(?e, "event"),
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for (call, m) in self.media.drain() {
+            finish_media(self.out, &call, Some(m), self.opts.record.as_deref()).await;
         }
     }
 }
