@@ -69,6 +69,12 @@ pub struct GateFile {
     /// Ask the callee with OPTIONS before routing a permitted INVITE.
     pub load_query: Option<bool>,
     pub query_timeout_ms: Option<u64>,
+    /// Lifetime of a permit token, seconds (default 60).
+    pub token_ttl_s: Option<u64>,
+    /// Send session secrets on hops that are not TLS (labs only).
+    pub insecure_keys: Option<bool>,
+    /// Answer every permitted INVITE with a 302 to the callee (direct mode).
+    pub force_direct: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,6 +246,11 @@ impl Config {
         if let Some(ms) = f.gate.query_timeout_ms {
             gate.query_timeout = Duration::from_millis(ms);
         }
+        if let Some(s) = f.gate.token_ttl_s {
+            gate.token_ttl = Duration::from_secs(s.max(1));
+        }
+        gate.insecure_keys = f.gate.insecure_keys.unwrap_or(gate.insecure_keys);
+        gate.force_direct = f.gate.force_direct.unwrap_or(gate.force_direct);
         let r = RegistrarConfig::default();
         let t = TimerConfig::default();
         let domain = o.domain.or(f.domain);

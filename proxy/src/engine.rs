@@ -42,6 +42,9 @@ pub struct ProxyConfig {
     /// The keys of the dialog seal in our Record-Route (`engine::dialog`); a random
     /// key from the engine's rng when `None` (then dialogs do not survive a restart).
     pub route_keys: Option<RouteKeys>,
+    /// The permit-token key ring (engine::permit); a random key from the engine's rng
+    /// when `None`.
+    pub token_keys: Option<KeyRing>,
 }
 
 impl ProxyConfig {
@@ -55,6 +58,7 @@ impl ProxyConfig {
             gate: GateSettings::default(),
             branch_no_answer: Duration::from_secs(4),
             route_keys: None,
+            token_keys: None,
         }
     }
 }
@@ -79,6 +83,10 @@ pub struct Stats {
     /// In-dialog requests refused because their route carried no valid dialog seal, or
     /// aimed at someone who is not a party of the sealed dialog.
     pub forged_dialogs: u64,
+    /// Permit tokens and session secrets issued (permitted INVITEs).
+    pub grants: u64,
+    /// Permitted INVITEs answered in direct mode (302 with the token).
+    pub redirects: u64,
 }
 
 /// The response context of a proxied request (§16.7), serving sequential forking.
@@ -101,6 +109,8 @@ struct Context {
     querying: Option<u32>,
     /// The parties the dialog seal names (out-of-dialog requests only).
     parties: Option<Parties>,
+    /// The token and secret issued for a permitted INVITE.
+    grant: Option<Grant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,6 +140,7 @@ pub struct Proxy {
     dialogs: Dialogs,
     route_keys: RouteKeys,
     remembered: Remembered,
+    token_ring: KeyRing,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -152,7 +163,14 @@ impl Proxy {
             .route_keys
             .clone()
             .unwrap_or_else(|| RouteKeys::new(0, rng.random()));
+        let token_ring = cfg.token_keys.clone().unwrap_or_else(|| {
+            KeyRing::new(
+                sip_core::permit::KeyId(0),
+                ProxyKey::from_bytes(rng.random()),
+            )
+        });
         let mut p = Self {
+            token_ring,
             cfg,
             route_keys,
             remembered: Remembered::new(REMEMBERED_DIALOGS),
@@ -193,6 +211,12 @@ impl Proxy {
     /// Transactions and contexts alive (for tests and metrics).
     pub fn live(&self) -> (usize, usize, usize) {
         (self.server.len(), self.client.len(), self.contexts.len())
+    }
+
+    /// The permit-token key ring (tests verify issued tokens with it).
+    #[cfg(test)]
+    pub(crate) fn token_ring(&self) -> &KeyRing {
+        &self.token_ring
     }
 
     fn id(&mut self) -> u64 {
@@ -352,11 +376,11 @@ impl Proxy {
         }
         let gated = ruri_is_us && remaining.is_empty();
         let in_dialog = msg.to_tag().is_some();
-        let (callee, parties) = if in_dialog {
+        let (callee, parties, caller) = if in_dialog {
             // §12.2: an in-dialog request comes back along the route set we
             // record-routed; without our valid seal it belongs to no dialog we set up.
             match self.open_seal(&msg, &routes[..own_routes]) {
-                Ok(p) => (None, p),
+                Ok(p) => (None, p, None),
                 Err(e) => return self.refuse_in_dialog(now, &key, &msg, e),
             }
         } else {
@@ -374,7 +398,7 @@ impl Proxy {
             let Ok(a) = self.admit(now, &key, &msg, &uri, gated, next_hop) else {
                 return;
             };
-            (a.callee, a.parties)
+            (a.callee, a.parties, a.caller)
         };
         let targets = match self.targets(now, &uri, ruri, ruri_is_us, remaining) {
             Ok(t) => t,
@@ -393,6 +417,7 @@ impl Proxy {
         let Ok(query) = self.load_check(now, &key, &msg, callee.as_deref(), &targets) else {
             return;
         };
+        let grant = self.grant_for(now, (caller.as_deref(), callee.as_deref()), &msg, query);
         let ctx_id = self.id();
         if let Some(e) = self.server.get_mut(&key) {
             e.ctx = Some(ctx_id);
@@ -414,6 +439,7 @@ impl Proxy {
                 callee,
                 querying: None,
                 parties: (!in_dialog).then_some(parties),
+                grant,
             },
         );
         if query {
@@ -598,12 +624,15 @@ mod admit;
 pub mod dialog;
 mod forward;
 mod local;
+mod permit;
 mod target;
 mod tx;
 mod validate;
 
 use dialog::{Parties, Remembered, RouteKeys, SealError};
 use forward::{build_cancel_or_ack, own_routes};
+use permit::Grant;
+use sip_core::permit::{KeyRing, ProxyKey};
 use target::Target;
 use tx::{ClientEntry, ClientTx, Fired, Kind, Purpose, ServerEntry, ServerTx, TxKey, fire};
 use validate::{Fault, Inspected};
@@ -614,5 +643,7 @@ mod auth_tests;
 mod gate_tests;
 #[cfg(test)]
 mod hole_tests;
+#[cfg(test)]
+mod permit_tests;
 #[cfg(test)]
 mod tests;

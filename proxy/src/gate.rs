@@ -22,6 +22,14 @@ pub struct GateSettings {
     pub query_timeout: Duration,
     /// Dialogs not ended by a BYE seen here are forgotten after this long.
     pub dialog_max_age: Duration,
+    /// Lifetime of a permit token (the direct INVITE must follow the 302 within it).
+    pub token_ttl: Duration,
+    /// Send session secrets on hops that are not TLS (labs only; warned at start and
+    /// on every call).
+    pub insecure_keys: bool,
+    /// Answer every permitted INVITE in direct mode (302), not only those that ask
+    /// with `Request-Disposition: redirect`.
+    pub force_direct: bool,
 }
 
 impl Default for GateSettings {
@@ -31,6 +39,9 @@ impl Default for GateSettings {
             load_query: true,
             query_timeout: Duration::from_secs(2),
             dialog_max_age: Duration::from_hours(12),
+            token_ttl: Duration::from_mins(1),
+            insecure_keys: false,
+            force_direct: false,
         }
     }
 }

@@ -58,6 +58,48 @@ pub fn load_or_create(
     }
 }
 
+/// The permit-token key ring from the data directory: `token.key` (created on first
+/// use) signs; `token.previous.key`, when present, still verifies, so a rotation (move
+/// `token.key` to `token.previous.key` and restart) drops no call in flight. A key's id
+/// is taken from a hash of the key, never from its bytes.
+pub fn token_ring(
+    dir: &Path,
+    fill: impl FnOnce(&mut [u8; KEY_LEN]),
+) -> io::Result<sip_core::permit::KeyRing> {
+    use sha2::{Digest, Sha256};
+    use sip_core::permit::{KeyId, KeyRing, ProxyKey};
+    let id = |k: &[u8; KEY_LEN]| {
+        let d = Sha256::digest(k);
+        KeyId(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+    };
+    let current = load_or_create(dir, "token.key", fill)?;
+    let ring = match fs::read(dir.join("token.previous.key")) {
+        Ok(prev) => {
+            let prev = <[u8; KEY_LEN]>::try_from(prev.as_slice()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "token.previous.key is not a 32-byte key",
+                )
+            })?;
+            KeyRing::with_previous(
+                (id(&current), ProxyKey::from_bytes(current)),
+                (id(&prev), ProxyKey::from_bytes(prev)),
+            )
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "token.previous.key equals token.key",
+                )
+            })?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            KeyRing::new(id(&current), ProxyKey::from_bytes(current))
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(ring)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +124,26 @@ mod tests {
         fs::write(dir.join("bad.key"), b"short").unwrap();
         let e = load_or_create(&dir, "bad.key", |k| k.fill(1)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn token_rotation_keeps_tokens_in_flight() {
+        use sip_core::permit::{Token, TokenClaims};
+        let dir = std::env::temp_dir().join(format!("permit-tkeys-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let claims = TokenClaims::new("sip:a@x", "sip:b@x", "cid");
+        let mut rng = rand::rng();
+        let old = token_ring(&dir, |k| k.fill(1)).unwrap();
+        let t = Token::issue(&old, &claims, 1000, 60, &mut rng);
+        fs::rename(dir.join("token.key"), dir.join("token.previous.key")).unwrap();
+        let new = token_ring(&dir, |k| k.fill(2)).unwrap();
+        assert_ne!(new.current_id(), old.current_id());
+        new.verify(&t, &claims, 1001)
+            .expect("old token still verifies");
+        fs::remove_file(dir.join("token.previous.key")).unwrap();
+        let only_new = token_ring(&dir, |k| k.fill(3)).unwrap();
+        assert!(only_new.verify(&t, &claims, 1001).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -309,6 +309,29 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
 /// One thread for the engine and the sockets: measured against two socket workers, it
 /// carries the same 8,000 CPS with less than half the CPU per call
 /// (docs/benchmarks.md, runs of 14:38 and 14:48); bursts wait in the 8 MiB UDP buffers.
+/// The engine's long-lived keys from the data directory: the dialog seal's route key
+/// (dialogs set up before a restart keep working after it) and the permit-token ring.
+fn engine_keys(
+    cfg: &Config,
+) -> Result<
+    (
+        permit_proxy::engine::dialog::RouteKeys,
+        sip_core::permit::KeyRing,
+    ),
+    String,
+> {
+    let route = permit_proxy::keys::load_or_create(&cfg.data, "route.key", |k| {
+        rand::rng().fill_bytes(k);
+    })
+    .map_err(|e| format!("route key: {e}"))?;
+    let tokens = permit_proxy::keys::token_ring(&cfg.data, |k| rand::rng().fill_bytes(k))
+        .map_err(|e| format!("token key: {e}"))?;
+    Ok((
+        permit_proxy::engine::dialog::RouteKeys::new(1, route),
+        tokens,
+    ))
+}
+
 fn run(cfg: &Config) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -385,17 +408,19 @@ fn run(cfg: &Config) -> ExitCode {
         if !cfg.gate.enabled {
             tracing::warn!("the gate is OFF: every caller reaches every callee, without a load query");
         }
-        // The dialog seal's key (engine::dialog) lives in the data directory, so dialogs
-        // set up before a restart keep working after it.
-        let route_key = match permit_proxy::keys::load_or_create(&cfg.data, "route.key", |k| rand::rng().fill_bytes(k)) {
+        let (route_keys, token_keys) = match engine_keys(cfg) {
             Ok(k) => k,
             Err(e) => {
-                eprintln!("permit-proxy: route key: {e}");
+                eprintln!("permit-proxy: {e}");
                 return ExitCode::FAILURE;
             }
         };
+        if cfg.gate.insecure_keys {
+            tracing::warn!("insecure_keys is ON: session secrets are sent on hops that are not TLS (labs only)");
+        }
         let mut proxy_cfg = cfg.proxy_config(&net.bound);
-        proxy_cfg.route_keys = Some(permit_proxy::engine::dialog::RouteKeys::new(1, route_key));
+        proxy_cfg.route_keys = Some(route_keys);
+        proxy_cfg.token_keys = Some(token_keys);
         let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {

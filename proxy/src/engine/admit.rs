@@ -11,6 +11,7 @@ use sip_core::message::{Message, Method, SipUri};
 use sip_core::transaction::ClientNonInvite;
 
 use super::dialog::Parties;
+use super::permit;
 use super::{Answered, ClientEntry, ClientTx, Kind, Proxy, Purpose, Target, TxKey, Wake};
 use crate::auth::{Decision, Role};
 use crate::gate::QueryOutcome;
@@ -23,6 +24,8 @@ use crate::route::{BRANCH_PREFIX, Flow, Identity, loop_hash, resolve};
 pub(super) struct Admitted {
     pub(super) callee: Option<String>,
     pub(super) parties: Parties,
+    /// The authenticated caller (`user@domain`); `None` when authentication is off.
+    pub(super) caller: Option<String>,
 }
 
 impl Proxy {
@@ -114,7 +117,12 @@ impl Proxy {
             .or_else(|| aor_key(uri))
             .unwrap_or_else(|| String::from_utf8_lossy(next_hop).into_owned());
         let parties = Parties::of(&caller, &other);
-        Ok(Admitted { callee, parties })
+        let caller = who.is_some().then_some(caller);
+        Ok(Admitted {
+            callee,
+            parties,
+            caller,
+        })
     }
 
     /// The load check of a gated INVITE: 486 at once when the callee's advertised call
@@ -149,6 +157,8 @@ impl Proxy {
             return;
         };
         let targets: Vec<Target> = ctx.targets.iter().cloned().collect();
+        let grant = ctx.grant.clone();
+        let invite_call_id = ctx.request.call_id().map(<[u8]>::to_vec);
         ctx.querying = Some(u32::try_from(targets.len()).unwrap_or(u32::MAX));
         let deadline = now + self.cfg.gate.query_timeout;
         self.heap.push(Reverse((deadline, Wake::Query(ctx_id))));
@@ -174,6 +184,11 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
                 req.push_str("Route: ");
                 req.push_str(r);
                 req.push_str("\r\n");
+            }
+            if let Some(g) = &grant {
+                let call_id = invite_call_id.as_deref().unwrap_or_default();
+                let with_key = self.key_allowed(t.transport);
+                req.push_str(&permit::query_headers(g, call_id, with_key));
             }
             req.push_str("Accept: application/sdp\r\nContent-Length: 0\r\n\r\n");
             let bytes = Bytes::from(req);
@@ -214,6 +229,10 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
         };
         let Some(pending) = ctx.querying else { return };
         match QueryOutcome::of(status) {
+            QueryOutcome::Available if ctx.grant.as_ref().is_some_and(|g| g.direct) => {
+                ctx.querying = None;
+                self.redirect(now, ctx_id);
+            }
             QueryOutcome::Available | QueryOutcome::Unknown => {
                 ctx.querying = None;
                 let hash = loop_hash(&ctx.request);

@@ -35,6 +35,14 @@ impl Proxy {
         };
         let server_flow = self.server.get(&ctx.server).map(|e| e.flow);
         let seal = ctx.parties.as_ref().map(|p| (&self.route_keys, p));
+        // The callee learns the token (and, on a TLS hop, the secret) in the INVITE.
+        let mut permit: Vec<(&str, &[u8])> = Vec::new();
+        if let (Some(g), Method::Invite) = (&ctx.grant, &method) {
+            permit.push(("Permit-Token", g.token.as_bytes()));
+            if target.transport == Transport::Tls || self.cfg.gate.insecure_keys {
+                permit.push(("Permit-Key", g.secret.as_bytes()));
+            }
+        }
         let bytes = branch_request(
             &self.cfg.identity,
             self.auth.enabled(),
@@ -42,7 +50,10 @@ impl Proxy {
             &target,
             (local, server_flow),
             &branch,
-            seal,
+            Stamps {
+                seal,
+                permit: &permit,
+            },
         );
         let flow = Flow {
             transport: target.transport,
@@ -338,7 +349,7 @@ impl Proxy {
                 self.cancel_branch(now, ctx_id);
             }
             if status > 100 && !answered {
-                let bytes = Forward::new(msg).drop_top_via().to_vec();
+                let bytes = self.upstream(ctx_id, msg);
                 self.respond(now, &server, status, bytes.into());
             }
             return;
@@ -370,7 +381,7 @@ impl Proxy {
                 let tags = (b.slice_ref(ft), Bytes::copy_from_slice(tt));
                 self.remembered.established(b.slice_ref(cid), tags, p, now);
             }
-            let bytes = Forward::new(msg).drop_top_via().to_vec();
+            let bytes = self.upstream(ctx_id, msg);
             return self.respond(now, &server, status, bytes.into());
         }
         if ctx.branch.as_ref() != Some(branch) || ctx.answered {
@@ -389,6 +400,29 @@ impl Proxy {
         }
         let hash = loop_hash(&ctx.request);
         self.try_next_target(now, ctx_id, hash);
+    }
+
+    /// A response of a branch as it goes upstream: our Via removed; for a permitted
+    /// INVITE, the caller learns the token and (on a TLS hop) the session secret in
+    /// every provisional and 2xx response (docs/profile.md), and whatever the callee
+    /// put in those headers is dropped.
+    fn upstream(&self, ctx_id: u64, msg: &Message) -> Vec<u8> {
+        let fwd = Forward::new(msg).drop_top_via();
+        let Some(g) = self.contexts.get(&ctx_id).and_then(|c| c.grant.as_ref()) else {
+            return fwd.to_vec();
+        };
+        let ctx_server = self.contexts.get(&ctx_id).map(|c| &c.server);
+        let caller_hop = ctx_server
+            .and_then(|k| self.server.get(k))
+            .map(|e| e.flow.transport);
+        let mut fwd = fwd
+            .drop_header(HeaderName::PermitToken)
+            .drop_header(HeaderName::PermitKey)
+            .header("Permit-Token", g.token.as_bytes());
+        if caller_hop.is_some_and(|t| self.key_allowed(t)) {
+            fwd = fwd.header("Permit-Key", g.secret.as_bytes());
+        }
+        fwd.to_vec()
     }
 
     /// A response matching no transaction (e.g. a 2xx retransmission after ours ended):
@@ -424,6 +458,13 @@ impl Proxy {
     }
 }
 
+/// What the proxy stamps on a branch request besides the §16.6 edits: the dialog seal
+/// in its Record-Route and the permit headers for the callee.
+pub(super) struct Stamps<'a> {
+    pub(super) seal: Option<(&'a RouteKeys, &'a Parties)>,
+    pub(super) permit: &'a [(&'a str, &'a [u8])],
+}
+
 /// The request of one branch (§16.6): the received bytes plus our Via (with the
 /// client's `received`/`rport`), Max-Forwards − 1, the target's Request-URI and Path
 /// routes, our own Route values removed, our credentials consumed (§22.3), and
@@ -435,7 +476,7 @@ pub(super) fn branch_request(
     target: &Target,
     (local, server_flow): (std::net::SocketAddr, Option<Flow>),
     branch: &str,
-    seal: Option<(&RouteKeys, &Parties)>,
+    Stamps { seal, permit }: Stamps<'_>,
 ) -> Bytes {
     let method = msg.method().cloned().unwrap_or(Method::Options);
     let sent_by = Identity::sent_by(local);
@@ -459,6 +500,13 @@ pub(super) fn branch_request(
     if consume_credentials {
         // Our credentials are consumed here (RFC 3261 §22.3); none go downstream.
         fwd = fwd.drop_header(HeaderName::ProxyAuthorization);
+    }
+    // Only the proxy issues tokens and secrets: whatever the sender put is dropped.
+    fwd = fwd
+        .drop_header(HeaderName::PermitToken)
+        .drop_header(HeaderName::PermitKey);
+    for (name, value) in permit {
+        fwd = fwd.header(name, value);
     }
     if let Some(uri) = &target.uri {
         fwd = fwd.request_uri(uri.as_bytes());
