@@ -11,7 +11,7 @@ use sip_core::message::{HeaderName, Message, NameAddr, ResponseBuilder};
 
 use crate::auth::Realm;
 use crate::dialog::Dialog;
-use crate::engine::{ALLOW, CallId, Event, Purpose, TxKey, Ua};
+use crate::engine::{ALLOW, CallId, Event, Purpose, Sent, TxKey, Ua};
 use crate::outcome::CallOutcome;
 use crate::policy;
 use crate::request::{self, Dest, Request};
@@ -310,6 +310,7 @@ impl Ua {
         now: Instant,
         call_id: &str,
         key: &TxKey,
+        sent: &Sent,
         msg: &Message,
         status: u16,
     ) {
@@ -347,25 +348,20 @@ impl Ua {
                 }
             }
             200..=299 => self.on_invite_2xx(now, call_id, msg),
-            401 | 407 => {
-                let Some(tx) = self.take_client(key) else {
-                    return;
-                };
-                match self.retry_with_auth(now, &tx, msg, status) {
-                    Some((key, req)) => {
-                        if let Some(Call {
-                            state: CallState::Inviting(inv),
-                            ..
-                        }) = self.calls.get_mut(call_id)
-                        {
-                            inv.key = key;
-                            inv.req = req;
-                            inv.provisional = false;
-                        }
+            401 | 407 => match self.retry_with_auth(now, sent, msg, status) {
+                Some((key, req)) => {
+                    if let Some(Call {
+                        state: CallState::Inviting(inv),
+                        ..
+                    }) = self.calls.get_mut(call_id)
+                    {
+                        inv.key = key;
+                        inv.req = req;
+                        inv.provisional = false;
                     }
-                    None => self.fail_call(call_id, CallOutcome::of_status(status)),
                 }
-            }
+                None => self.fail_call(call_id, CallOutcome::of_status(status)),
+            },
             _ => {
                 let outcome = match inv.cancel {
                     Some(CancelReason::User) => CallOutcome::Cancelled,

@@ -141,14 +141,22 @@ pub(crate) enum Purpose {
     Publish,
 }
 
-pub(crate) struct ClientTx {
-    machine: ClientMachine,
+/// What a client transaction sent, kept for its TU: a challenge is answered by
+/// re-sending the request (even after a reliable transport terminated the
+/// transaction at its final response).
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
     pub(crate) req: Request,
     dest: Dest,
     purpose: Purpose,
     /// Challenges answered so far for this request (a second one for the same nonce
     /// means the password is wrong).
     pub(crate) auth_tries: u8,
+}
+
+pub(crate) struct ClientTx {
+    machine: ClientMachine,
+    sent: Sent,
 }
 
 enum ServerMachine {
@@ -363,10 +371,12 @@ impl Ua {
         let key = (branch, req.method);
         let tx = ClientTx {
             machine,
-            req,
-            dest,
-            purpose,
-            auth_tries,
+            sent: Sent {
+                req,
+                dest,
+                purpose,
+                auth_tries,
+            },
         };
         self.clients.insert(key.clone(), tx);
         self.pump_client(now, &key);
@@ -379,7 +389,7 @@ impl Ua {
     pub(crate) fn retry_with_auth(
         &mut self,
         now: Instant,
-        tx: &ClientTx,
+        tx: &Sent,
         resp: &Message,
         status: u16,
     ) -> Option<(TxKey, Request)> {
@@ -471,7 +481,7 @@ impl Ua {
                 }
             }
         }
-        let dest = tx.dest;
+        let dest = tx.sent.dest;
         for d in out {
             self.transmit(dest, d);
         }
@@ -479,7 +489,7 @@ impl Ua {
             match e {
                 TransactionEvent::Timeout(_) | TransactionEvent::TransportError => {
                     if let Some(tx) = self.clients.remove(key) {
-                        self.on_client_timeout(now, key, tx.purpose);
+                        self.on_client_timeout(now, key, tx.sent.purpose);
                     }
                 }
                 TransactionEvent::Terminated => {
@@ -553,37 +563,33 @@ impl Ua {
         };
         let action = match &mut tx.machine {
             ClientMachine::Invite(m) => {
-                let req = &tx.req;
+                let req = &tx.sent.req;
                 m.handle_response(now, status, || ack_for_failure(req, msg))
             }
             ClientMachine::NonInvite(m) => m.handle_response(now, status),
         };
-        let purpose = tx.purpose.clone();
+        let sent = tx.sent.clone();
+        let purpose = sent.purpose.clone();
         self.pump_client(now, &key);
         if action != Ok(ResponseAction::PassUp) {
             return;
         }
         match purpose {
-            Purpose::Register => self.on_register_response(now, &key, msg, status),
+            Purpose::Register => self.on_register_response(now, &sent, msg, status),
             Purpose::Unregister => {
                 if status >= 200 {
                     self.on_unregister_done();
                 }
             }
-            Purpose::Invite(call) => self.on_invite_response(now, &call, &key, msg, status),
+            Purpose::Invite(call) => self.on_invite_response(now, &call, &key, &sent, msg, status),
             Purpose::Bye(call) => {
                 if status >= 200 {
                     self.on_bye_done(&call);
                 }
             }
-            Purpose::Publish => self.on_publish_response(now, &key, msg, status),
+            Purpose::Publish => self.on_publish_response(now, &sent, msg, status),
             Purpose::Cancel | Purpose::Keepalive => {}
         }
-    }
-
-    /// The client transaction under `key`, if it still exists (for auth retries).
-    pub(crate) fn take_client(&mut self, key: &TxKey) -> Option<ClientTx> {
-        self.clients.remove(key)
     }
 
     // ------------------------------------------------------------ requests

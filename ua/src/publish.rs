@@ -8,7 +8,7 @@ use std::time::Instant;
 use sip_core::message::{Message, trim};
 
 use crate::auth::Realm;
-use crate::engine::{Event, Purpose, TxKey, Ua};
+use crate::engine::{Event, Purpose, Sent, Ua};
 use crate::request::{self, Request};
 
 /// The body format of list management.
@@ -83,17 +83,14 @@ impl Ua {
     pub(crate) fn on_publish_response(
         &mut self,
         now: Instant,
-        key: &TxKey,
+        sent: &Sent,
         msg: &Message,
         status: u16,
     ) {
         if status < 200 {
             return;
         }
-        if matches!(status, 401 | 407)
-            && let Some(tx) = self.take_client(key)
-            && self.retry_with_auth(now, &tx, msg, status).is_some()
-        {
+        if matches!(status, 401 | 407) && self.retry_with_auth(now, sent, msg, status).is_some() {
             return;
         }
         let etag = msg

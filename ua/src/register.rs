@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sip_core::message::{HeaderName, Message, NameAddr};
 
 use crate::auth::Realm;
-use crate::engine::{Event, Purpose, TxKey, Ua};
+use crate::engine::{Event, Purpose, Sent, Ua};
 use crate::request::{self, Request};
 
 /// After a failure of a registration that once succeeded, try again this much later.
@@ -136,7 +136,7 @@ impl Ua {
     pub(crate) fn on_register_response(
         &mut self,
         now: Instant,
-        key: &TxKey,
+        sent: &Sent,
         msg: &Message,
         status: u16,
     ) {
@@ -144,9 +144,7 @@ impl Ua {
             100..=199 => {}
             200..=299 => {
                 let expires = granted(msg, &self.cfg.local.contact_uri(), self.reg.expires);
-                if let Some(tx) = self.take_client(key) {
-                    self.reg.cseq = self.reg.cseq.max(tx.req.cseq);
-                }
+                self.reg.cseq = self.reg.cseq.max(sent.req.cseq);
                 // Refresh at half the lifetime (RFC 3261 §10.2.4 leaves the margin to us).
                 let half = Duration::from_secs(u64::from(expires.max(2)) / 2);
                 self.reg.phase = Phase::Registered {
@@ -156,15 +154,10 @@ impl Ua {
                 self.reg.ever = true;
                 self.emit(Event::Registered { expires });
             }
-            401 | 407 => {
-                let Some(tx) = self.take_client(key) else {
-                    return;
-                };
-                match self.retry_with_auth(now, &tx, msg, status) {
-                    Some((_, req)) => self.reg.cseq = req.cseq,
-                    None => self.registration_failed(now, Some(status)),
-                }
-            }
+            401 | 407 => match self.retry_with_auth(now, sent, msg, status) {
+                Some((_, req)) => self.reg.cseq = req.cseq,
+                None => self.registration_failed(now, Some(status)),
+            },
             423 => {
                 // Interval Too Brief: ask again with Min-Expires (§10.2.8).
                 let min = msg
@@ -173,7 +166,6 @@ impl Ua {
                 match min {
                     Some(min) if min > self.reg.expires => {
                         self.reg.expires = min;
-                        self.take_client(key);
                         self.send_register(now, min, Purpose::Register);
                     }
                     _ => self.registration_failed(now, Some(status)),

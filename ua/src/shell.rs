@@ -182,6 +182,7 @@ impl Driver {
     pub async fn next(&mut self, deadline: Option<Instant>) -> Next {
         loop {
             while let Some(t) = self.ua.poll_transmit() {
+                tracing::trace!(dest = %t.dest, message = %String::from_utf8_lossy(&t.data), "send");
                 self.net.sender.send(t).await;
             }
             if let Some(e) = self.ua.poll_event() {
@@ -203,7 +204,10 @@ impl Driver {
                 }
                 () = sleep(deadline) => return Next::Deadline,
                 msg = self.net.inbound.recv() => match msg {
-                    Some(m) => self.ua.handle_received(Instant::now(), m),
+                    Some(m) => {
+                        tracing::trace!(peer = %m.peer, message = %String::from_utf8_lossy(&m.data), "received");
+                        self.ua.handle_received(Instant::now(), m);
+                    }
                     None => return Next::Signal,
                 },
                 () = sleep(wake) => self.ua.handle_timeout(Instant::now()),

@@ -642,3 +642,38 @@ fn garbage_is_dropped_or_answered_never_a_panic() {
     }
     let _ = Bytes::new();
 }
+
+/// Regression: over TCP a client transaction ends at its final response (Timer K is
+/// zero), and the 401 was once dropped with it instead of being answered.
+#[test]
+fn challenge_over_a_reliable_transport_is_answered() {
+    let mut b = Bench::new(Transport::Tcp, 1);
+    b.ua.publish_permits(b.clock.now(), &permit_ua::PermitChange::Read, None);
+    let first = b.sent_one();
+    assert_eq!(header(&first, HeaderName::Event), "permit-list");
+    let ch = verifier().challenges(1_000, 4, false);
+    b.receive(reply(
+        &first,
+        401,
+        "Unauthorized",
+        &[("WWW-Authenticate", &ch[0])],
+        None,
+    ));
+    let second = b.sent_one();
+    assert_authorized(&second, HeaderName::Authorization, Algorithm::Md5, 1);
+    b.receive(reply(
+        &second,
+        200,
+        "OK",
+        &[("SIP-ETag", "00112233aabbccdd")],
+        None,
+    ));
+    assert_eq!(
+        b.events(),
+        [Event::PermitList {
+            status: 200,
+            etag: Some("00112233aabbccdd".into()),
+            body: String::new()
+        }]
+    );
+}
