@@ -368,3 +368,12 @@ pub fn rms(path: &Path) -> (f64, usize) {
     let n = f64::from(u32::try_from(samples.len()).unwrap_or(u32::MAX));
     ((sum / n).sqrt(), samples.len())
 }
+
+/// Polls `done` every 50 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        sleep(Duration::from_millis(50));
+    }
+}
