@@ -59,6 +59,16 @@ pub struct FileConfig {
     pub tls: TlsFile,
     #[serde(default)]
     pub gate: GateFile,
+    #[serde(default)]
+    pub proxy: ProxyFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    /// Answer to the request's source address, port and flow (RFC 3581 §4; default
+    /// true); false: to the top Via as RFC 3261 §18.2.2 says.
+    pub symmetric_responses: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +147,8 @@ pub struct Config {
     pub auth: AuthSettings,
     pub tls: TlsPaths,
     pub gate: GateSettings,
+    /// `[proxy] symmetric_responses` (`ProxyConfig::symmetric_responses`).
+    pub symmetric_responses: bool,
 }
 
 /// Where the TLS material is, if any.
@@ -279,6 +291,7 @@ impl Config {
             auth,
             tls,
             gate,
+            symmetric_responses: f.proxy.symmetric_responses.unwrap_or(true),
         })
     }
 
@@ -293,6 +306,7 @@ impl Config {
         cfg.timers = self.timers;
         cfg.timer_c = self.timer_c;
         cfg.gate = self.gate.clone();
+        cfg.symmetric_responses = self.symmetric_responses;
         cfg
     }
 }
@@ -300,6 +314,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symmetric_responses_by_default_strict_on_request() {
+        let dir = std::env::temp_dir().join(format!("permit-cfg-sym-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.toml");
+        std::fs::write(&file, "[proxy]\nsymmetric_responses = false\n").unwrap();
+        let strict = Config::load(Some(&file), Overrides::default()).unwrap();
+        assert!(!strict.symmetric_responses);
+        assert!(!strict.proxy_config(&strict.listen).symmetric_responses);
+        let d = Config::load(None, Overrides::default()).unwrap();
+        assert!(d.symmetric_responses && d.proxy_config(&d.listen).symmetric_responses);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn flags_override_file_and_defaults() {

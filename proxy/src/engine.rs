@@ -42,6 +42,10 @@ pub struct ProxyConfig {
     /// The keys of the dialog seal in our Record-Route (`engine::dialog`); a random
     /// key from the engine's rng when `None` (then dialogs do not survive a restart).
     pub route_keys: Option<RouteKeys>,
+    /// Responses go back to the source of the request, on its flow (RFC 3581 §4, the
+    /// default); `false` follows the top Via as RFC 3261 §18.2.2 does
+    /// (`validate::reply_flow`).
+    pub symmetric_responses: bool,
     /// The permit-token key ring (engine::permit); a random key from the engine's rng
     /// when `None`.
     pub token_keys: Option<KeyRing>,
@@ -58,6 +62,7 @@ impl ProxyConfig {
             gate: GateSettings::default(),
             branch_no_answer: Duration::from_secs(4),
             route_keys: None,
+            symmetric_responses: true,
             token_keys: None,
         }
     }
@@ -235,7 +240,7 @@ impl Proxy {
             local: rx.local,
             remote: rx.peer,
         };
-        match validate::inspect(rx.data, flow.transport.is_reliable()) {
+        match validate::inspect(rx.data, &flow) {
             Inspected::KeepAlive => {}
             Inspected::Request { msg, branch } => self.handle_request(now, msg, branch, flow),
             Inspected::Response(msg) => self.handle_response(now, &msg),
@@ -247,10 +252,12 @@ impl Proxy {
                 request,
                 status,
                 reason,
+                unsupported,
                 fault,
             } => {
                 self.count(fault);
-                self.reply_stateless(&request, flow, status, &reason);
+                let unsupported = unsupported.as_deref();
+                self.reply_stateless_with(&request, flow, status, &reason, unsupported);
             }
         }
     }
@@ -302,6 +309,7 @@ impl Proxy {
             ServerEntry {
                 tx,
                 flow,
+                reply: validate::reply_flow(&msg, flow, self.cfg.symmetric_responses),
                 ctx: None,
                 scheduled: None,
             },

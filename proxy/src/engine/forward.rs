@@ -235,6 +235,7 @@ impl Proxy {
             ServerEntry {
                 tx,
                 flow,
+                reply: super::validate::reply_flow(msg, flow, self.cfg.symmetric_responses),
                 ctx: None,
                 scheduled: None,
             },

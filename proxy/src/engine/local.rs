@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use sip_core::message::{HeaderName, Message, Method, ResponseBuilder, SipUri};
 
-use super::{Answered, Proxy, TxKey};
+use super::{Proxy, TxKey};
 use crate::auth::Role;
 use crate::location::aor_key;
 use crate::manage;
@@ -101,6 +101,14 @@ impl Proxy {
                 &[("Unsupported", &unsupported)],
             );
         }
+        let flow = self.server.get(&key).map(|e| e.flow);
+        let Some(flow) = flow else { return };
+        // §10.3 step 3: authenticate before looking at the AOR, so that nothing about
+        // which AORs exist is told to an unauthenticated sender.
+        let Ok(who) = self.authenticate(now, &key, msg, flow, Role::Registrar) else {
+            return;
+        };
+        // §10.3 step 5: the AOR in To must be one of this domain.
         let to = msg.to().ok().and_then(|t| SipUri::parse(t.uri));
         let Some(to) = to.filter(|u| self.cfg.identity.is_us(u)) else {
             return self.reply(now, &key, msg, 404, "Not Found", &[]);
@@ -110,15 +118,9 @@ impl Proxy {
         };
         let aor = format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase());
         debug_assert!(aor_key(&to).is_some());
-        let flow = self.server.get(&key).map(|e| e.flow);
-        let Some(flow) = flow else { return };
-        // §10.3 step 2 and §26.1.1: only the owner of an AOR changes its bindings.
-        match self.authenticate(now, &key, msg, flow, Role::Registrar) {
-            Err(Answered) => return,
-            Ok(Some(who)) if who.username != user => {
-                return self.reply(now, &key, msg, 403, "Forbidden", &[]);
-            }
-            Ok(_) => {}
+        // §10.3 step 4 and §26.1.1: only the owner of an AOR changes its bindings.
+        if who.is_some_and(|w| w.username != user) {
+            return self.reply(now, &key, msg, 403, "Forbidden", &[]);
         }
         let unix = self.unix(now);
         match handle_register(

@@ -55,7 +55,10 @@ impl ServerTx {
 
 pub(super) struct ServerEntry {
     pub(super) tx: ServerTx,
+    /// The flow the request arrived on.
     pub(super) flow: Flow,
+    /// Where its responses go (`validate::reply_flow`).
+    pub(super) reply: Flow,
     pub(super) ctx: Option<u64>,
     /// The instant of this transaction's live entry in the timer heap.
     pub(super) scheduled: Option<Instant>,
@@ -187,7 +190,7 @@ impl Proxy {
         let Some(entry) = self.server.get_mut(key) else {
             return;
         };
-        let flow = entry.flow;
+        let flow = entry.reply;
         let (terminated, _, wake) = drain_machine(&mut self.out, flow, entry.tx.machine());
         if terminated {
             if let Some(e) = self.server.remove(key)
