@@ -60,6 +60,8 @@ struct Agent {
     role: Role,
     /// The script's `--timeout` in seconds.
     timeout: u64,
+    /// More command-line flags (`--hold`, `--update`).
+    flags: Vec<&'static str>,
 }
 
 enum Role {
@@ -83,7 +85,13 @@ impl Agent {
             password: None,
             role: Role::Register,
             timeout: AGENT_TIMEOUT,
+            flags: Vec::new(),
         }
+    }
+
+    fn flags(mut self, flags: &[&'static str]) -> Agent {
+        self.flags.extend_from_slice(flags);
+        self
     }
 
     fn timeout(mut self, secs: u64) -> Agent {
@@ -128,6 +136,7 @@ impl Agent {
                 }
             }
         }
+        command.args(&self.flags);
         let child = command
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out).unwrap())
@@ -569,4 +578,102 @@ fn tls_sha256_callee_is_called_over_its_connection() {
         !invites.is_empty() && invites.iter().all(|l| l.ends_with(&from_listener)),
         "INVITE not over the registered connection: {invites:?}"
     );
+}
+
+// ------------------------------------------------- in-dialog requests
+
+/// The SIP requests with `method` that a PJSIP log shows received (`RX`).
+fn received(log: &str, method: &str) -> usize {
+    let what = format!("Request msg {method}/");
+    log.lines()
+        .filter(|l| l.contains("RX ") && l.contains(&what))
+        .count()
+}
+
+/// bob calls alice, then puts the call on hold and resumes it (two
+/// re-INVITEs, RFC 3261 section 14, offering `sendonly` then `sendrecv`,
+/// RFC 3264 section 8.4) and sends an UPDATE with a new offer (RFC 3311),
+/// all in the dialog through the proxy's sealed Record-Route. Both report
+/// the media state at each step (bob LOCAL_HOLD then ACTIVE, alice
+/// REMOTE_HOLD then ACTIVE), each final answer is 200, and alice's log shows
+/// the three requests arriving from the proxy.
+fn call_with_hold_and_update(test: &str, alice_on: Transport, bob_on: Transport) {
+    let options = ProxyOptions {
+        users: users(),
+        permits: vec![("alice", "bob")],
+        digest_algorithms: Some("sha-256"),
+        tls: alice_on == Transport::Tls || bob_on == Transport::Tls,
+    };
+    let bed = Bed::new(test, &options);
+    let answerer = Agent::new("alice", alice_on)
+        .password("alice-secret")
+        .role(Role::Answer);
+    let dialer = Agent::new("bob", bob_on)
+        .password("bob-secret")
+        .role(Role::Call {
+            user: "alice",
+            register: true,
+        })
+        .flags(&["--hold", "--update"]);
+    let (bob, alice) = bed.call(&answerer, &dialer);
+    let media = |o: &Outcome| -> Vec<String> {
+        o.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("MEDIA "))
+            .map(str::to_string)
+            .collect()
+    };
+    let (bob_media, alice_media) = (media(&bob), media(&alice));
+    let hold_then_active = |m: &[String], hold: &str| {
+        let at = m.iter().position(|s| s == hold);
+        at.is_some_and(|i| m[i + 1..].iter().any(|s| s == "ACTIVE"))
+    };
+    assert!(
+        hold_then_active(&bob_media, "LOCAL_HOLD") && hold_then_active(&alice_media, "REMOTE_HOLD"),
+        "media states: bob {bob_media:?}, alice {alice_media:?}"
+    );
+    for (side, outcome, line) in [
+        ("bob", &bob, "TSX UAC INVITE 200"),
+        ("bob", &bob, "TSX UAC UPDATE 200"),
+        ("alice", &alice, "TSX UAS UPDATE 200"),
+    ] {
+        assert!(
+            outcome.has(line),
+            "{side}: no {line:?} in {:?}",
+            outcome.lines
+        );
+    }
+    // The first INVITE and the two re-INVITEs, and the UPDATE, all from the
+    // proxy (PJSIP logs each received message with its sender).
+    let proxy = format!("{HOST}:{}", bed.proxy.port(alice_on));
+    let from_proxy: Vec<&str> = alice
+        .log
+        .lines()
+        .filter(|l| l.contains("RX ") && l.contains("Request msg "))
+        .filter(|l| !l.contains(&proxy))
+        .collect();
+    assert!(
+        received(&alice.log, "INVITE") >= 3
+            && received(&alice.log, "UPDATE") == 1
+            && from_proxy.is_empty(),
+        "alice received {} INVITE, {} UPDATE; not from the proxy {proxy}: {from_proxy:?}",
+        received(&alice.log, "INVITE"),
+        received(&alice.log, "UPDATE")
+    );
+}
+
+#[test]
+fn udp_call_with_hold_resume_and_update() {
+    if pjsua_available() {
+        call_with_hold_and_update("udp_hold_update", Transport::Udp, Transport::Udp);
+    }
+}
+
+/// alice over TLS: the re-INVITEs and the UPDATE reach her over the
+/// connection she registered on (she has no certificate); bob over TCP.
+#[test]
+fn tls_call_with_hold_resume_and_update() {
+    if pjsua_available() {
+        call_with_hold_and_update("tls_hold_update", Transport::Tls, Transport::Tcp);
+    }
 }

@@ -12,6 +12,12 @@ flushed at once, so a test can follow it while the script runs:
     INCOMING <remote URI>           a call arrived (--answer)
     CALL <state> <code> <reason>    call state changes: CALLING, EARLY,
                                     CONNECTING, CONFIRMED, DISCONNECTED
+    MEDIA <status>                  the audio stream's state after each
+                                    offer/answer: ACTIVE, LOCAL_HOLD,
+                                    REMOTE_HOLD, NONE, ERROR
+    TSX <UAC|UAS> <method> <code> <state>
+                                    a final answer in a transaction of the
+                                    call (sent as UAS, received as UAC)
     DONE ok | DONE fail <why>       the end; exit status 0 or 1
 
 Exit status: 0 when everything asked for happened (registration if asked,
@@ -25,6 +31,7 @@ Examples:
     pjsua_ua.py --proxy 127.0.0.1:5060 --transport tcp --user alice --answer
     pjsua_ua.py --proxy 127.0.0.1:5060 --user bob --call alice --talk 1
     pjsua_ua.py --proxy 127.0.0.1:5061 --transport tls --user alice --password s3cret
+    pjsua_ua.py --proxy 127.0.0.1:5060 --user bob --call alice --hold --update
 """
 import argparse
 import os
@@ -37,6 +44,20 @@ TRANSPORTS = {
     "udp": pj.PJSIP_TRANSPORT_UDP,
     "tcp": pj.PJSIP_TRANSPORT_TCP,
     "tls": pj.PJSIP_TRANSPORT_TLS,
+}
+
+
+MEDIA_STATUS = {
+    pj.PJSUA_CALL_MEDIA_NONE: "NONE",
+    pj.PJSUA_CALL_MEDIA_ACTIVE: "ACTIVE",
+    pj.PJSUA_CALL_MEDIA_LOCAL_HOLD: "LOCAL_HOLD",
+    pj.PJSUA_CALL_MEDIA_REMOTE_HOLD: "REMOTE_HOLD",
+    pj.PJSUA_CALL_MEDIA_ERROR: "ERROR",
+}
+
+TSX_DONE = {
+    pj.PJSIP_TSX_STATE_COMPLETED: "COMPLETED",
+    pj.PJSIP_TSX_STATE_TERMINATED: "TERMINATED",
 }
 
 
@@ -75,6 +96,8 @@ class State:
         self.calls = []  # live Call objects (kept referenced)
         self.confirmed = False
         self.disconnected = None  # (code, reason) once the call ended
+        self.media = None  # the audio stream's latest MEDIA status
+        self.updated = None  # final status of our UPDATE (--update)
 
 
 class Call(pj.Call):
@@ -90,6 +113,32 @@ class Call(pj.Call):
             self.state.confirmed = True
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.state.disconnected = (info.lastStatusCode, info.lastReason)
+
+    def watch_media(self):
+        """Prints MEDIA when the audio stream's state changed (polled from the
+        main loop, after the events of each round)."""
+        try:
+            # Keep the CallInfo referenced: its media vector lives in it.
+            info = self.getInfo()
+            media = [m for m in info.media if m.type == pj.PJMEDIA_TYPE_AUDIO]
+        except pj.Error:
+            return
+        if media:
+            name = MEDIA_STATUS.get(media[0].status, str(media[0].status))
+            if name != self.state.media:
+                say("MEDIA", name)
+                self.state.media = name
+
+    def onCallTsxState(self, prm):
+        if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        tsx = prm.e.body.tsxState.tsx
+        if tsx.statusCode < 200 or tsx.state not in TSX_DONE:
+            return
+        role = "UAC" if tsx.role == pj.PJSIP_ROLE_UAC else "UAS"
+        say("TSX", role, tsx.method, tsx.statusCode, TSX_DONE[tsx.state])
+        if role == "UAC" and tsx.method == "UPDATE":
+            self.state.updated = tsx.statusCode
 
 
 class Account(pj.Account):
@@ -131,6 +180,10 @@ def parse_args():
     p.add_argument("--answer", action="store_true", help="answer one call with 200, wait for its end")
     p.add_argument("--call", metavar="USER", help="call sip:USER@DOMAIN")
     p.add_argument("--talk", type=float, default=1.0, help="seconds before hanging up (--call)")
+    p.add_argument("--hold", action="store_true",
+                   help="(--call) once confirmed, put the call on hold and resume it (two re-INVITEs)")
+    p.add_argument("--update", action="store_true",
+                   help="(--call) once confirmed (and resumed), send an UPDATE (RFC 3311) with an offer")
     p.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds")
     p.add_argument("--log", help="PJSIP log file with the SIP messages")
     return p.parse_args()
@@ -208,6 +261,9 @@ def main():
             if time.monotonic() > end:
                 return False
             ep.libHandleEvents(20)
+            for call in state.calls:
+                if not state.disconnected:
+                    call.watch_media()
         return True
 
     def done(status, why=""):
@@ -236,6 +292,23 @@ def main():
         if not state.confirmed:
             code, reason = state.disconnected
             done(1, f"call {code} {reason}")
+        if args.hold:
+            call.setHold(pj.CallOpParam(True))
+            if not pump(lambda: state.media == "LOCAL_HOLD" or state.disconnected):
+                done(3, "timeout waiting for the hold")
+            op = pj.CallOpParam(True)
+            op.opt.flag = pj.PJSUA_CALL_UNHOLD
+            call.reinvite(op)
+            if not pump(lambda: state.media == "ACTIVE" or state.disconnected):
+                done(3, "timeout waiting for the resume")
+        if args.update and not state.disconnected:
+            call.update(pj.CallOpParam(True))
+            if not pump(lambda: state.updated is not None or state.disconnected):
+                done(3, "timeout waiting for the answer to UPDATE")
+            if state.updated is not None and not 200 <= state.updated < 300:
+                call.hangup(pj.CallOpParam(True))
+                pump(lambda: state.disconnected, limit=3)
+                done(1, f"update {state.updated}")
         talk_end = time.monotonic() + args.talk
         pump(lambda: time.monotonic() > talk_end or state.disconnected)
         if not state.disconnected:
