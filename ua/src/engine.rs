@@ -122,6 +122,8 @@ pub enum Event {
     },
     /// The permit-list PUBLISH got no response.
     PermitNoResponse,
+    /// The answer to [`Ua::ping`]: a final status, or `None` for none at all.
+    ProxyAnswered { status: Option<u16> },
 }
 
 pub(crate) enum ClientMachine {
@@ -138,6 +140,7 @@ pub(crate) enum Purpose {
     Cancel,
     Bye(CallId),
     Keepalive,
+    Ping,
     Publish,
 }
 
@@ -540,8 +543,55 @@ impl Ua {
             Purpose::Invite(call) => self.on_invite_timeout(&call),
             Purpose::Bye(call) => self.on_bye_done(&call),
             Purpose::Publish => self.emit(Event::PermitNoResponse),
+            Purpose::Ping => self.emit(Event::ProxyAnswered { status: None }),
             Purpose::Cancel | Purpose::Keepalive => {}
         }
+    }
+
+    /// Over TLS we have no listener: the proxy reaches us over the connection we
+    /// opened, whose local port only the proxy's `received`/`rport` tell us
+    /// (RFC 3581 §4). Via and Contact then name that flow, so that a request sent to
+    /// our Contact reuses it (RFC 3261 §18.2.2 connection reuse, RFC 5626 §5.3).
+    fn learn_flow(&mut self, via: &sip_core::message::Via<'_>) {
+        let (Some(received), Some(Some(port))) = (via.received(), via.rport()) else {
+            return;
+        };
+        let Some(ip) = std::str::from_utf8(received)
+            .ok()
+            .and_then(|r| r.trim_start_matches('[').trim_end_matches(']').parse().ok())
+        else {
+            return;
+        };
+        let addr = SocketAddr::new(ip, port);
+        if addr != self.cfg.local.advertised {
+            tracing::debug!(%addr, "our TLS flow's address");
+            self.cfg.local.advertised = addr;
+        }
+    }
+
+    /// An OPTIONS to the proxy (RFC 3261 §11): whether it answers, and over TLS the
+    /// address of our flow. Outcome: [`Event::ProxyAnswered`].
+    pub fn ping(&mut self, now: Instant) {
+        self.send_options_to_proxy(now, Purpose::Ping);
+    }
+
+    /// `OPTIONS sip:DOMAIN` to the proxy, which answers it itself.
+    pub(crate) fn send_options_to_proxy(&mut self, now: Instant, purpose: Purpose) {
+        let local = self.cfg.local.clone();
+        let branch = self.new_branch();
+        let req = Request {
+            method: "OPTIONS",
+            uri: format!("sip:{}", local.domain),
+            via: local.via(&branch),
+            from: format!("<{}>;tag={}", local.aor(), request::tag(&mut self.rng)),
+            to: format!("<sip:{}>", local.domain),
+            call_id: request::call_id(&mut self.rng),
+            cseq: 1,
+            headers: vec![],
+            body: None,
+        };
+        let dest = self.proxy_dest();
+        self.send_request(now, branch, req, dest, purpose, 0);
     }
 
     // ------------------------------------------------------------ responses
@@ -554,6 +604,9 @@ impl Ua {
             return;
         };
         let key: TxKey = (String::from_utf8_lossy(branch).into_owned(), method);
+        if self.cfg.local.transport == Transport::Tls && self.clients.contains_key(&key) {
+            self.learn_flow(&via);
+        }
         let Some(tx) = self.clients.get_mut(&key) else {
             // A 2xx retransmission after the INVITE transaction ended: ACK again.
             if method == "INVITE" && (200..300).contains(&status) {
@@ -588,6 +641,13 @@ impl Ua {
                 }
             }
             Purpose::Publish => self.on_publish_response(now, &sent, msg, status),
+            Purpose::Ping => {
+                if status >= 200 {
+                    self.emit(Event::ProxyAnswered {
+                        status: Some(status),
+                    });
+                }
+            }
             Purpose::Cancel | Purpose::Keepalive => {}
         }
     }

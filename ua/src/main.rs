@@ -9,6 +9,7 @@ use permit_ua::PermitChange;
 use permit_ua::outcome::exit;
 use permit_ua::settings::{FileSettings, Overrides, Settings};
 use permit_ua::shell::{self, AnswerOptions, Driver, Output};
+use sip_core::transport::Transport;
 
 /// Permit's SIP user agent: register, answer, call, and manage who may call you.
 ///
@@ -165,13 +166,22 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
             return exit::USAGE;
         }
     };
-    let driver = match Driver::start(&settings, max_calls).await {
+    let mut driver = match Driver::start(&settings, max_calls).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("permit-ua: {e}");
             return exit::FAILED;
         }
     };
+    // Over TLS the flow's address is learnt first (we have no listener to name).
+    if settings.proxy.transport == Transport::Tls && !driver.probe().await {
+        out.say(
+            "failed",
+            "no answer from the proxy",
+            serde_json::json!({ "exit_code": exit::NO_ANSWER_FROM_PROXY }),
+        );
+        return exit::NO_ANSWER_FROM_PROXY;
+    }
     match command {
         Command::Register => {
             let opts = AnswerOptions {

@@ -230,19 +230,6 @@ impl Ua {
             self.transmit(dest, bytes::Bytes::from_static(b"\r\n\r\n"));
             return;
         }
-        let local = self.cfg.local.clone();
-        let branch = self.new_branch();
-        let req = Request {
-            method: "OPTIONS",
-            uri: format!("sip:{}", local.domain),
-            via: local.via(&branch),
-            from: format!("<{}>;tag={}", local.aor(), request::tag(&mut self.rng)),
-            to: format!("<sip:{}>", local.domain),
-            call_id: request::call_id(&mut self.rng),
-            cseq: 1,
-            headers: vec![],
-            body: None,
-        };
-        self.send_request(now, branch, req, dest, Purpose::Keepalive, 0);
+        self.send_options_to_proxy(now, Purpose::Keepalive);
     }
 }

@@ -178,6 +178,19 @@ impl Driver {
         })
     }
 
+    /// Asks the proxy an OPTIONS and waits for the answer (over TLS this also
+    /// teaches the engine our flow's address). `false` if no answer came.
+    pub async fn probe(&mut self) -> bool {
+        self.ua.ping(Instant::now());
+        loop {
+            match self.next(None).await {
+                Next::Event(Event::ProxyAnswered { status }) => return status.is_some(),
+                Next::Event(e) => tracing::debug!(?e, "event before the probe's answer"),
+                Next::Signal | Next::Deadline => return false,
+            }
+        }
+    }
+
     /// Runs the engine until it has an event, a signal arrives or `deadline` passes.
     pub async fn next(&mut self, deadline: Option<Instant>) -> Next {
         loop {

@@ -643,6 +643,31 @@ fn garbage_is_dropped_or_answered_never_a_panic() {
     let _ = Bytes::new();
 }
 
+/// Over TLS (no listener) the engine learns its flow's address from the proxy's
+/// `received`/`rport` (RFC 3581) and names it in Via and Contact afterwards.
+#[test]
+fn tls_flow_address_is_learnt_from_rport() {
+    let mut b = Bench::new(Transport::Tls, 1);
+    b.ua.ping(b.clock.now());
+    let ping = b.sent_one();
+    assert_eq!(ping.method(), Some(&Method::Options));
+    let via = "SIP/2.0/TLS 127.0.0.1:5070;branch=".to_string()
+        + std::str::from_utf8(ping.top_via().unwrap().branch().unwrap()).unwrap()
+        + ";received=127.0.0.1;rport=40001";
+    let resp = ResponseBuilder::new(&ping, 200, "OK")
+        .top_via(via.as_bytes())
+        .to_vec();
+    b.receive(resp);
+    assert_eq!(b.events(), [Event::ProxyAnswered { status: Some(200) }]);
+    b.ua.register(b.clock.now());
+    let reg = b.sent_one();
+    assert_eq!(
+        header(&reg, HeaderName::Contact),
+        "<sip:alice@127.0.0.1:40001;transport=tls;ob>"
+    );
+    assert_eq!(reg.top_via().unwrap().port, Some(40001));
+}
+
 /// Regression: over TCP a client transaction ends at its final response (Timer K is
 /// zero), and the 401 was once dropped with it instead of being answered.
 #[test]

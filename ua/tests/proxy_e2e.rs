@@ -69,7 +69,11 @@ fn assert_tone_recorded(dir: &Path, who: &str) {
 
 fn call_with_audio_both_ways(test: &str, transport: &str) {
     let dir = workdir(test);
-    let proxy = Proxy::start(&dir, &[("alice", "apw"), ("bob", "bpw")]);
+    let proxy = Proxy::start_with(
+        &dir,
+        &[("alice", "apw"), ("bob", "bpw")],
+        transport == "tls",
+    );
     permit_over_sip(&dir, &proxy, transport, &format!("alice@{DOMAIN}"));
     write_tone(&dir.join("bob.wav"), 440.0, 3);
     write_tone(&dir.join("alice.wav"), 660.0, 3);
@@ -122,6 +126,12 @@ fn udp_register_permit_and_call_with_audio_both_ways() {
 #[test]
 fn tcp_register_permit_and_call_with_audio_both_ways() {
     call_with_audio_both_ways("tcp-call", "tcp");
+}
+
+/// Over TLS the UAs have no listener: the proxy reaches each over its own connection.
+#[test]
+fn tls_register_permit_and_call_with_audio_both_ways() {
+    call_with_audio_both_ways("tls-call", "tls");
 }
 
 #[test]

@@ -131,10 +131,13 @@ pub fn proxy_program() -> PathBuf {
 
 // ---------------------------------------------------------------- the proxy
 
-/// A running `permit-proxy` on UDP and TCP `port`; killed by PID when dropped.
+/// A running `permit-proxy` on UDP and TCP `port` (and TLS `tls_port` with a
+/// self-signed certificate, `cert`); killed by PID when dropped.
 pub struct Proxy {
     child: Child,
     pub port: u16,
+    pub tls_port: Option<u16>,
+    pub cert: Option<PathBuf>,
     pub data: PathBuf,
     pub log: PathBuf,
 }
@@ -143,6 +146,11 @@ impl Proxy {
     /// Adds `users` (name, password), then starts the proxy and waits until it
     /// answers an OPTIONS.
     pub fn start(dir: &Path, users: &[(&str, &str)]) -> Proxy {
+        Self::start_with(dir, users, false)
+    }
+
+    /// [`Proxy::start`] with a TLS listener too, when `tls`.
+    pub fn start_with(dir: &Path, users: &[(&str, &str)], tls: bool) -> Proxy {
         let data = dir.join("data");
         for (user, password) in users {
             let out = Command::new(proxy_program())
@@ -161,13 +169,33 @@ impl Proxy {
                 .expect("run permit-proxy user add");
             assert!(out.status.success(), "user add {user}: {out:?}");
         }
+        let certs = dir.join("certs");
+        if tls {
+            let out = Command::new(proxy_program())
+                .arg("--data")
+                .arg(&data)
+                .args(["--domain", DOMAIN, "cert", "self-signed", "--out"])
+                .arg(&certs)
+                .output()
+                .expect("run permit-proxy cert self-signed");
+            assert!(out.status.success(), "cert self-signed: {out:?}");
+        }
         for attempt in 0..3 {
             let port = free_port();
+            let tls_port = tls.then(free_port);
             let log = dir.join("proxy.log");
-            let child = Command::new(proxy_program())
-                .arg("run")
+            let mut cmd = Command::new(proxy_program());
+            cmd.arg("run")
                 .args(["--listen", &format!("udp:{HOST}:{port}")])
-                .args(["--listen", &format!("tcp:{HOST}:{port}")])
+                .args(["--listen", &format!("tcp:{HOST}:{port}")]);
+            if let Some(tls_port) = tls_port {
+                cmd.args(["--listen", &format!("tls:{HOST}:{tls_port}")])
+                    .arg("--tls-cert")
+                    .arg(certs.join("cert.pem"))
+                    .arg("--tls-key")
+                    .arg(certs.join("key.pem"));
+            }
+            let child = cmd
                 .arg("--data")
                 .arg(&data)
                 .args(["--domain", DOMAIN])
@@ -180,6 +208,8 @@ impl Proxy {
             let mut proxy = Proxy {
                 child,
                 port,
+                tls_port,
+                cert: tls.then(|| certs.join("cert.pem")),
                 data: data.clone(),
                 log,
             };
@@ -225,7 +255,11 @@ impl Proxy {
 
     /// `--proxy` for `permit-ua`.
     pub fn addr(&self, transport: &str) -> String {
-        format!("{transport}:{HOST}:{}", self.port)
+        let port = match transport {
+            "tls" => self.tls_port.expect("the proxy was started without TLS"),
+            _ => self.port,
+        };
+        format!("{transport}:{HOST}:{port}")
     }
 }
 
@@ -263,6 +297,10 @@ pub fn ua_command(proxy: &Proxy, transport: &str, user: &str, password: &str) ->
         ])
         .env("PERMIT_LOG", "debug")
         .stdin(Stdio::null());
+    if transport == "tls" {
+        c.arg("--tls-ca")
+            .arg(proxy.cert.as_ref().expect("a TLS proxy"));
+    }
     c
 }
 
