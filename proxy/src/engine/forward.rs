@@ -149,7 +149,10 @@ impl Proxy {
         let own_routes = own_routes(&self.cfg.identity, &routes);
         let remaining = &routes[own_routes..];
         let (new_uri, hop) = if let Some(next) = remaining.first() {
-            (None, NameAddr::parse(next).and_then(|n| resolve(n.uri)))
+            (
+                None,
+                NameAddr::parse(next).and_then(|n| self.resolve_hop(n.uri)),
+            )
         } else if self.cfg.identity.is_us(&uri) {
             let Some(user) = uri.user.and_then(|u| std::str::from_utf8(u).ok()) else {
                 return;
@@ -163,10 +166,13 @@ impl Proxy {
             else {
                 return;
             };
-            let hop = resolve(b.as_bytes());
+            let hop = self.resolve_hop(b.as_bytes());
             (Some(b), hop)
         } else {
-            (None, resolve(msg.request_uri().unwrap_or_default()))
+            (
+                None,
+                self.resolve_hop(msg.request_uri().unwrap_or_default()),
+            )
         };
         let Some((transport, dest)) = hop else { return };
         // The same dialog check as for other in-dialog requests (engine::dialog); a

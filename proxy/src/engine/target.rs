@@ -41,6 +41,22 @@ pub(super) fn registered_flow(
 }
 
 impl Proxy {
+    /// Resolves a URI to its next hop, reusing a registered flow: a URI that is the
+    /// Contact of a binding registered over TLS (or TCP with `ob`) is reached over
+    /// the binding's own connection, as the first request of the dialog was — an
+    /// in-dialog request to a phone's Contact must not open a new connection to it.
+    pub(super) fn resolve_hop(&self, uri: &[u8]) -> Option<(Transport, std::net::SocketAddr)> {
+        let (transport, dest) = resolve(uri)?;
+        let flow = self.location.aors_at(dest).iter().find_map(|aor| {
+            self.location
+                .bindings(aor)
+                .iter()
+                .filter(|b| resolve(b.contact.as_bytes()) == Some((transport, dest)))
+                .find_map(registered_flow)
+        });
+        Some(flow.unwrap_or((transport, dest)))
+    }
+
     /// Next hops of a request (§16.5): the next Route, the callee's bindings by q, or
     /// the Request-URI itself; an error status when there is none.
     pub(super) fn targets(
@@ -52,7 +68,7 @@ impl Proxy {
         remaining_routes: &[&[u8]],
     ) -> Result<VecDeque<Target>, (u16, &'static str)> {
         let direct = |uri: &[u8]| {
-            resolve(uri).map(|(transport, dest)| {
+            self.resolve_hop(uri).map(|(transport, dest)| {
                 VecDeque::from([Target {
                     uri: None,
                     route: vec![],

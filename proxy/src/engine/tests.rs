@@ -556,6 +556,35 @@ Content-Length: 0
             .starts_with(b"<sip:127.0.0.1:5061;transport=tls;lr;pm="),
         "double Record-Route: the TLS side on top"
     );
+    // An in-dialog request to bob's Contact (his TLS listening port, which has no
+    // certificate) goes over his registered connection too, not a new one.
+    let route: Vec<String> = fwd[0]
+        .1
+        .list(HeaderName::RecordRoute)
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    let route = route.into_iter().rev().collect::<Vec<_>>().join(", ");
+    let reinvite = format!(
+        "INVITE sip:bob@127.0.0.1:5099;transport=tls SIP/2.0
+Via: SIP/2.0/UDP {ALICE};branch=z9hG4bKtlsre
+Route: {route}
+From: <sip:alice@localhost>;tag=a1
+To: <sip:bob@localhost>;tag=b1
+Call-ID: call-z9hG4bKtlsinv
+CSeq: 2 INVITE
+Max-Forwards: 70
+Content-Length: 0
+
+"
+    );
+    let out = h.recv(ALICE, &reinvite);
+    let fwd: Vec<_> = out.iter().filter(|(_, m)| m.is_request()).collect();
+    assert_eq!(fwd.len(), 1, "{out:?}");
+    assert_eq!(
+        fwd[0].0,
+        addr(flow),
+        "the re-INVITE reuses the registered connection"
+    );
 }
 
 /// Regression: a stale binding (no answer at all) held the call until Timer B
