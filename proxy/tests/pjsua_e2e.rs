@@ -590,14 +590,43 @@ fn received(log: &str, method: &str) -> usize {
         .count()
 }
 
-/// bob calls alice, then puts the call on hold and resumes it (two
-/// re-INVITEs, RFC 3261 section 14, offering `sendonly` then `sendrecv`,
-/// RFC 3264 section 8.4) and sends an UPDATE with a new offer (RFC 3311),
-/// all in the dialog through the proxy's sealed Record-Route. Both report
-/// the media state at each step (bob LOCAL_HOLD then ACTIVE, alice
-/// REMOTE_HOLD then ACTIVE), each final answer is 200, and alice's log shows
-/// the three requests arriving from the proxy.
-fn call_with_hold_and_update(test: &str, alice_on: Transport, bob_on: Transport) {
+/// The top Via of every request a PJSIP log shows received.
+fn received_top_vias(log: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = log.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("RX ") && l.contains("Request msg "))
+        .map(|(i, l)| {
+            let via = lines[i + 1..]
+                .iter()
+                .take_while(|m| !m.starts_with("--end msg--"))
+                .find(|m| m.starts_with("Via:") || m.starts_with("v:"))
+                .map_or_else(String::new, |v| (*v).to_string());
+            ((*l).to_string(), via)
+        })
+        .collect()
+}
+
+/// Which party changes the call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// bob, the caller.
+    Caller,
+    /// alice, the callee: her requests go the other way along the route
+    /// set (RFC 3261 section 12.2.1.1).
+    Callee,
+}
+
+/// bob calls alice; then the `holder` puts the call on hold and resumes it
+/// (two re-INVITEs, RFC 3261 section 14, offering `sendonly` then
+/// `sendrecv`, RFC 3264 section 8.4) and sends an UPDATE with a new offer
+/// (RFC 3311), all in the dialog through the proxy's sealed Record-Route.
+/// Both report the media state at each step (the holder LOCAL_HOLD then
+/// ACTIVE, the other REMOTE_HOLD then ACTIVE), each final answer is 200, and
+/// every request the other party received came from the proxy (its Via on
+/// top).
+fn call_with_hold_and_update(test: &str, alice_on: Transport, bob_on: Transport, holder: Holder) {
     let options = ProxyOptions {
         users: users(),
         permits: vec![("alice", "bob")],
@@ -605,17 +634,29 @@ fn call_with_hold_and_update(test: &str, alice_on: Transport, bob_on: Transport)
         tls: alice_on == Transport::Tls || bob_on == Transport::Tls,
     };
     let bed = Bed::new(test, &options);
-    let answerer = Agent::new("alice", alice_on)
+    let modify: &[&'static str] = &["--hold", "--update"];
+    let mut answerer = Agent::new("alice", alice_on)
         .password("alice-secret")
         .role(Role::Answer);
-    let dialer = Agent::new("bob", bob_on)
+    let mut dialer = Agent::new("bob", bob_on)
         .password("bob-secret")
         .role(Role::Call {
             user: "alice",
             register: true,
-        })
-        .flags(&["--hold", "--update"]);
+        });
+    match holder {
+        Holder::Caller => dialer = dialer.flags(modify),
+        Holder::Callee => {
+            answerer = answerer.flags(modify);
+            // The caller stays in the call while the callee changes it.
+            dialer = dialer.flags(&["--talk", "4"]);
+        }
+    }
     let (bob, alice) = bed.call(&answerer, &dialer);
+    let (changer, other, other_on, invites) = match holder {
+        Holder::Caller => (&bob, &alice, alice_on, 3),
+        Holder::Callee => (&alice, &bob, bob_on, 2),
+    };
     let media = |o: &Outcome| -> Vec<String> {
         o.lines
             .iter()
@@ -623,19 +664,20 @@ fn call_with_hold_and_update(test: &str, alice_on: Transport, bob_on: Transport)
             .map(str::to_string)
             .collect()
     };
-    let (bob_media, alice_media) = (media(&bob), media(&alice));
+    let (changer_media, other_media) = (media(changer), media(other));
     let hold_then_active = |m: &[String], hold: &str| {
         let at = m.iter().position(|s| s == hold);
         at.is_some_and(|i| m[i + 1..].iter().any(|s| s == "ACTIVE"))
     };
     assert!(
-        hold_then_active(&bob_media, "LOCAL_HOLD") && hold_then_active(&alice_media, "REMOTE_HOLD"),
-        "media states: bob {bob_media:?}, alice {alice_media:?}"
+        hold_then_active(&changer_media, "LOCAL_HOLD")
+            && hold_then_active(&other_media, "REMOTE_HOLD"),
+        "media states: holder {changer_media:?}, other {other_media:?}"
     );
     for (side, outcome, line) in [
-        ("bob", &bob, "TSX UAC INVITE 200"),
-        ("bob", &bob, "TSX UAC UPDATE 200"),
-        ("alice", &alice, "TSX UAS UPDATE 200"),
+        ("holder", changer, "TSX UAC INVITE 200"),
+        ("holder", changer, "TSX UAC UPDATE 200"),
+        ("other", other, "TSX UAS UPDATE 200"),
     ] {
         assert!(
             outcome.has(line),
@@ -643,29 +685,35 @@ fn call_with_hold_and_update(test: &str, alice_on: Transport, bob_on: Transport)
             outcome.lines
         );
     }
-    // The first INVITE and the two re-INVITEs, and the UPDATE, all from the
-    // proxy (PJSIP logs each received message with its sender).
-    let proxy = format!("{HOST}:{}", bed.proxy.port(alice_on));
-    let from_proxy: Vec<&str> = alice
-        .log
-        .lines()
-        .filter(|l| l.contains("RX ") && l.contains("Request msg "))
-        .filter(|l| !l.contains(&proxy))
+    let proxy_via = format!(
+        "SIP/2.0/{} {HOST}:{};",
+        other_on.uri_param().to_ascii_uppercase(),
+        bed.proxy.port(other_on)
+    );
+    let vias = received_top_vias(&other.log);
+    let elsewhere: Vec<&(String, String)> = vias
+        .iter()
+        .filter(|(_, via)| !via.contains(&proxy_via))
         .collect();
     assert!(
-        received(&alice.log, "INVITE") >= 3
-            && received(&alice.log, "UPDATE") == 1
-            && from_proxy.is_empty(),
-        "alice received {} INVITE, {} UPDATE; not from the proxy {proxy}: {from_proxy:?}",
-        received(&alice.log, "INVITE"),
-        received(&alice.log, "UPDATE")
+        received(&other.log, "INVITE") >= invites
+            && received(&other.log, "UPDATE") == 1
+            && elsewhere.is_empty(),
+        "the other party received {} INVITE, {} UPDATE; not from the proxy ({proxy_via}): {elsewhere:?}",
+        received(&other.log, "INVITE"),
+        received(&other.log, "UPDATE")
     );
 }
 
 #[test]
 fn udp_call_with_hold_resume_and_update() {
     if pjsua_available() {
-        call_with_hold_and_update("udp_hold_update", Transport::Udp, Transport::Udp);
+        call_with_hold_and_update(
+            "udp_hold_update",
+            Transport::Udp,
+            Transport::Udp,
+            Holder::Caller,
+        );
     }
 }
 
@@ -674,6 +722,21 @@ fn udp_call_with_hold_resume_and_update() {
 #[test]
 fn tls_call_with_hold_resume_and_update() {
     if pjsua_available() {
-        call_with_hold_and_update("tls_hold_update", Transport::Tls, Transport::Tcp);
+        call_with_hold_and_update(
+            "tls_hold_update",
+            Transport::Tls,
+            Transport::Tcp,
+            Holder::Caller,
+        );
+    }
+}
+
+/// The callee holds, resumes and updates: over UDP, and with both over TLS
+/// (her requests reach bob over the connection he called on).
+#[test]
+fn callee_holds_resumes_and_updates() {
+    if pjsua_available() {
+        call_with_hold_and_update("callee_udp", Transport::Udp, Transport::Udp, Holder::Callee);
+        call_with_hold_and_update("callee_tls", Transport::Tls, Transport::Tls, Holder::Callee);
     }
 }

@@ -181,9 +181,9 @@ def parse_args():
     p.add_argument("--call", metavar="USER", help="call sip:USER@DOMAIN")
     p.add_argument("--talk", type=float, default=1.0, help="seconds before hanging up (--call)")
     p.add_argument("--hold", action="store_true",
-                   help="(--call) once confirmed, put the call on hold and resume it (two re-INVITEs)")
+                   help="once the call is confirmed, put it on hold and resume it (two re-INVITEs)")
     p.add_argument("--update", action="store_true",
-                   help="(--call) once confirmed (and resumed), send an UPDATE (RFC 3311) with an offer")
+                   help="once the call is confirmed (and resumed), send an UPDATE (RFC 3311) with an offer")
     p.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds")
     p.add_argument("--log", help="PJSIP log file with the SIP messages")
     return p.parse_args()
@@ -276,22 +276,8 @@ def main():
             pump(lambda: state.register_final is not None, limit=3)
         finish(status, why)
 
-    if not args.no_register:
-        if not pump(lambda: state.register_final is not None):
-            done(3, "timeout waiting for the REGISTER answer")
-        code, reason = state.register_final
-        if not state.registered:
-            done(1, f"register {code} {reason}")
-
-    if args.call:
-        call = Call(acc, state)
-        state.calls.append(call)
-        call.makeCall(f"sip:{args.call}@{args.domain}", pj.CallOpParam(True))
-        if not pump(lambda: state.confirmed or state.disconnected):
-            done(3, "timeout waiting for the call")
-        if not state.confirmed:
-            code, reason = state.disconnected
-            done(1, f"call {code} {reason}")
+    def modify(call):
+        """--hold and --update on the confirmed call: hold, resume, UPDATE."""
         if args.hold:
             call.setHold(pj.CallOpParam(True))
             if not pump(lambda: state.media == "LOCAL_HOLD" or state.disconnected):
@@ -309,6 +295,24 @@ def main():
                 call.hangup(pj.CallOpParam(True))
                 pump(lambda: state.disconnected, limit=3)
                 done(1, f"update {state.updated}")
+
+    if not args.no_register:
+        if not pump(lambda: state.register_final is not None):
+            done(3, "timeout waiting for the REGISTER answer")
+        code, reason = state.register_final
+        if not state.registered:
+            done(1, f"register {code} {reason}")
+
+    if args.call:
+        call = Call(acc, state)
+        state.calls.append(call)
+        call.makeCall(f"sip:{args.call}@{args.domain}", pj.CallOpParam(True))
+        if not pump(lambda: state.confirmed or state.disconnected):
+            done(3, "timeout waiting for the call")
+        if not state.confirmed:
+            code, reason = state.disconnected
+            done(1, f"call {code} {reason}")
+        modify(call)
         talk_end = time.monotonic() + args.talk
         pump(lambda: time.monotonic() > talk_end or state.disconnected)
         if not state.disconnected:
@@ -316,6 +320,11 @@ def main():
         if not pump(lambda: state.disconnected):
             done(3, "timeout waiting for the hang-up")
     elif args.answer:
+        if args.hold or args.update:
+            if not pump(lambda: state.confirmed or state.disconnected):
+                done(3, "timeout waiting for a call to be confirmed")
+            if state.confirmed and not state.disconnected:
+                modify(state.calls[0])
         if not pump(lambda: state.disconnected):
             done(3, "timeout waiting for a call to come and end")
         if not state.confirmed:
