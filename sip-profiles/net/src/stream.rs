@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sip_core::message::{skip_keepalives, stream_frame, stream_head};
+use sip_core::message::{ParseError, skip_keepalives, stream_frame, stream_head};
 use sip_core::transport::{Received, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -358,11 +358,12 @@ impl StreamSet {
                         }
                     }
                     Ok(None) => break,
-                    Err(_) => {
+                    Err(e) => {
                         NetStats::bump(&self.inner.stats.framing_errors);
                         // RFC 3261 §18.3, RFC 4475 `ncl`, `mcl01`: the stream is out of
-                        // step, but the header section may still be answered (400).
-                        if let Some(head) = stream_head(&buf) {
+                        // step, but the header section of a message whose length is
+                        // unreadable may still be answered (400).
+                        if let (ParseError::BadHeader(_), Some(head)) = (e, stream_head(&buf)) {
                             let data = buf.split_to(head).freeze();
                             let msg = Received {
                                 transport,

@@ -137,8 +137,9 @@ fn header_end(buf: &[u8]) -> Option<usize> {
 /// is framed as a message without a body, so that the stream stays in step with a peer
 /// that sends none (an RFC 2543 request, stray octets ending in an empty line; RFC 4475
 /// `inv2543`, `dblreq`). Lines that are not `name: value` are left to the parser. An
-/// invalid or repeated Content-Length is an error: where the message ends is unknown, and
-/// [`stream_head`] is all that can be read of it.
+/// invalid or repeated Content-Length is an error (`BadHeader`): where the message ends
+/// is unknown, and [`stream_head`] is all that can be read of it. A first line with
+/// control octets is `BadStartLine`: not SIP at all.
 pub fn stream_frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     let Some(end) = header_end(buf) else {
         return if buf.len() > MAX_MESSAGE_SIZE {
@@ -149,6 +150,14 @@ pub fn stream_frame(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     };
     let head = &buf[..end + 2];
     let first = memchr::memchr(b'\n', head).map_or(head.len(), |i| i + 1);
+    // A first line with control octets is no SIP start line but another protocol (a TLS
+    // record on a TCP port, say): the stream cannot be SIP.
+    if head[..first]
+        .iter()
+        .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f)
+    {
+        return Err(ParseError::BadStartLine);
+    }
     let mut len = None;
     for line in Lines::new(&head[first..]) {
         let Ok((name, value)) = split_header_line(line) else {

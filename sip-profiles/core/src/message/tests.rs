@@ -201,6 +201,11 @@ fn stream_framing_without_content_length() {
     assert_eq!(stream_frame(&buf), Ok(Some(head.len())));
     assert_eq!(stream_frame(&buf[head.len()..]), Ok(Some(5)));
     assert_eq!(stream_head(&buf), Some(head.len()));
+    // Another protocol on the port is not framed at all.
+    assert_eq!(
+        stream_frame(b"\x16\x03garbage\r\n\r\n"),
+        Err(ParseError::BadStartLine)
+    );
 }
 
 /// RFC 4475 `ncl`, `mcl01` on a stream: where the message ends is unknown, but its header
