@@ -553,16 +553,9 @@ impl Ua {
     /// (RFC 3581 §4). Via and Contact then name that flow, so that a request sent to
     /// our Contact reuses it (RFC 3261 §18.2.2 connection reuse, RFC 5626 §5.3).
     fn learn_flow(&mut self, via: &sip_core::message::Via<'_>) {
-        let (Some(received), Some(Some(port))) = (via.received(), via.rport()) else {
+        let Some(addr) = seen_address(via) else {
             return;
         };
-        let Some(ip) = std::str::from_utf8(received)
-            .ok()
-            .and_then(|r| r.trim_start_matches('[').trim_end_matches(']').parse().ok())
-        else {
-            return;
-        };
-        let addr = SocketAddr::new(ip, port);
         if addr != self.cfg.local.advertised {
             tracing::debug!(%addr, "our TLS flow's address");
             self.cfg.local.advertised = addr;
@@ -765,6 +758,25 @@ impl Ua {
         // The ACK for a 2xx is its own transaction (§13.3.1.4, §17.1.1.3).
         self.on_dialog_ack(msg);
     }
+}
+
+/// Our address as the peer saw it: `received` (or the sent-by host) and `rport`
+/// (or the sent-by port) of our top Via in a response (RFC 3581 §4).
+pub(crate) fn seen_address(via: &sip_core::message::Via<'_>) -> Option<SocketAddr> {
+    let ip_of = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
+    };
+    let ip = match via.received() {
+        Some(r) => ip_of(r)?,
+        None => ip_of(via.host)?,
+    };
+    let port = via.rport().flatten().or(via.port)?;
+    Some(SocketAddr::new(ip, port))
 }
 
 /// The ACK for a 300–699 final response (RFC 3261 §17.1.1.3): the INVITE's

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sip_core::message::{HeaderName, Message, NameAddr};
 
 use crate::auth::Realm;
-use crate::engine::{Event, Purpose, Sent, Ua};
+use crate::engine::{Event, Purpose, Sent, Ua, seen_address};
 use crate::request::{self, Request};
 
 /// After a failure of a registration that once succeeded, try again this much later.
@@ -43,6 +43,11 @@ pub struct Registration {
     pub phase: Phase,
     /// Whether a REGISTER ever succeeded: then failures are retried.
     ever: bool,
+    /// A Contact to remove with the next REGISTER (our address changed).
+    stale_contact: Option<String>,
+    /// The REGISTER in flight followed an address change: accept its answer as it is
+    /// (a NAT that changes the mapping on every request must not make a loop).
+    moved: bool,
 }
 
 impl Registration {
@@ -109,6 +114,13 @@ impl Ua {
         self.reg.cseq += 1;
         let branch = self.new_branch();
         let aor = local.aor();
+        let mut headers = vec![
+            ("Contact", format!("<{}>", local.contact_uri())),
+            ("Expires", expires.to_string()),
+        ];
+        if let Some(old) = self.reg.stale_contact.take() {
+            headers.push(("Contact", format!("<{old}>;expires=0")));
+        }
         let mut req = Request {
             method: "REGISTER",
             uri: format!("sip:{}", local.domain),
@@ -117,10 +129,7 @@ impl Ua {
             to: format!("<{aor}>"),
             call_id,
             cseq: self.reg.cseq,
-            headers: vec![
-                ("Contact", format!("<{}>", local.contact_uri())),
-                ("Expires", expires.to_string()),
-            ],
+            headers,
             body: None,
         };
         let tries = u8::from(self.preauthorize(&mut req, Realm::Server));
@@ -142,7 +151,21 @@ impl Ua {
     ) {
         match status {
             100..=199 => {}
+            200..=299 if self.address_changed(msg) => {
+                // The registrar sees us at another address (a NAT, a new interface):
+                // bind that one and remove the old binding in one REGISTER.
+                self.reg.cseq = self.reg.cseq.max(sent.req.cseq);
+                if let Some(addr) = msg.top_via().ok().as_ref().and_then(seen_address) {
+                    let old = self.cfg.local.contact_uri();
+                    self.cfg.local.advertised = addr;
+                    self.reg.stale_contact = Some(old);
+                    self.reg.moved = true;
+                    tracing::info!("our address changed: registering again");
+                    self.send_register(now, self.reg.expires, Purpose::Register);
+                }
+            }
             200..=299 => {
+                self.reg.moved = false;
                 let expires = granted(msg, &self.cfg.local.contact_uri(), self.reg.expires);
                 self.reg.cseq = self.reg.cseq.max(sent.req.cseq);
                 // Refresh at half the lifetime (RFC 3261 §10.2.4 leaves the margin to us).
@@ -173,6 +196,20 @@ impl Ua {
             }
             _ => self.registration_failed(now, Some(status)),
         }
+    }
+
+    /// Over UDP, whether the REGISTER's response shows an address other than ours
+    /// (RFC 3581 §4). Over TCP our Contact names our listener, and over TLS the flow
+    /// was learnt before the first REGISTER.
+    fn address_changed(&self, msg: &Message) -> bool {
+        self.cfg.local.transport == sip_core::transport::Transport::Udp
+            && !self.reg.moved
+            && msg
+                .top_via()
+                .ok()
+                .as_ref()
+                .and_then(seen_address)
+                .is_some_and(|a| a != self.cfg.local.advertised)
     }
 
     fn registration_failed(&mut self, now: Instant, status: Option<u16>) {

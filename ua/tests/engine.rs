@@ -668,6 +668,41 @@ fn tls_flow_address_is_learnt_from_rport() {
     assert_eq!(reg.top_via().unwrap().port, Some(40001));
 }
 
+/// The registrar sees us at another address (a NAT): the UA registers that one and
+/// removes the old binding in the same REGISTER, once.
+#[test]
+fn address_change_seen_by_the_registrar_re_registers() {
+    let mut b = Bench::new(Transport::Udp, 1);
+    b.ua.register(b.clock.now());
+    let first = b.sent_one();
+    let natted = |req: &Message, port: u16| {
+        let via = "SIP/2.0/UDP 127.0.0.1:5070;branch=".to_string()
+            + std::str::from_utf8(req.top_via().unwrap().branch().unwrap()).unwrap()
+            + &format!(";received=192.0.2.7;rport={port}");
+        ResponseBuilder::new(req, 200, "OK")
+            .to_tag(b"r")
+            .top_via(via.as_bytes())
+            .header("Expires", b"600")
+            .to_vec()
+    };
+    b.receive(natted(&first, 41000));
+    assert!(b.events().is_empty(), "not registered at the old address");
+    let again = b.sent_one();
+    let contacts: Vec<&[u8]> = again.headers(HeaderName::Contact).collect();
+    assert_eq!(
+        contacts,
+        [
+            &b"<sip:alice@192.0.2.7:41000>"[..],
+            b"<sip:alice@127.0.0.1:5070>;expires=0"
+        ]
+    );
+    assert_eq!(again.top_via().unwrap().port, Some(41000));
+    // Even if the mapping moves again, the answer is taken: no loop.
+    b.receive(natted(&again, 41002));
+    assert_eq!(b.events(), [Event::Registered { expires: 600 }]);
+    assert!(b.sent().is_empty());
+}
+
 /// Regression: over TCP a client transaction ends at its final response (Timer K is
 /// zero), and the 401 was once dropped with it instead of being answered.
 #[test]
