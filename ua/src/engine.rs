@@ -240,6 +240,11 @@ impl Ua {
         self.transmits.pop_front()
     }
 
+    /// Whether `poll_transmit` has something (for drivers that interleave engines).
+    pub fn poll_transmit_pending(&self) -> bool {
+        !self.transmits.is_empty()
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

@@ -737,3 +737,110 @@ fn challenge_over_a_reliable_transport_is_answered() {
         }]
     );
 }
+
+/// Two engines call each other directly over a simulated link that loses 20 % of
+/// the datagrams, duplicates 5 % and reorders with jitter: for every seed the call
+/// connects and ends on both sides, by retransmission alone.
+#[test]
+fn direct_call_over_a_lossy_link_connects_and_ends() {
+    use sip_testkit::{Endpoint, LinkConfig, SimNetwork};
+
+    const BOB: &str = "127.0.0.1:5080";
+    let engine = |user: &str, me: &str, peer: &str, seed: u64| {
+        let local = Local {
+            user: user.into(),
+            domain: "localhost".into(),
+            transport: Transport::Udp,
+            advertised: me.parse().unwrap(),
+        };
+        Ua::new(
+            UaConfig::new(local, me.parse().unwrap(), peer.parse().unwrap()),
+            seeded_rng(seed),
+        )
+    };
+    for seed in 0..20 {
+        let link = LinkConfig::perfect(Duration::from_millis(20))
+            .with_loss(0.2)
+            .with_duplication(0.05)
+            .with_jitter(Duration::from_millis(30));
+        let mut net = SimNetwork::symmetric(seed, link);
+        let mut clock = VirtualClock::new();
+        let mut alice = engine("alice", ME, BOB, seed);
+        let mut bob = engine("bob", BOB, ME, seed + 100);
+        let (mut a_events, mut b_events) = (vec![], vec![]);
+        let call = alice.call(
+            clock.now(),
+            "sip:bob@127.0.0.1:5080",
+            "127.0.0.1:30000".parse().unwrap(),
+        );
+        let mut hung_up = false;
+        for _ in 0..10_000 {
+            let now = clock.now();
+            for (ua, from) in [(&mut alice, Endpoint::A), (&mut bob, Endpoint::B)] {
+                while let Some(t) = ua.poll_transmit() {
+                    net.send(now, from, t.data);
+                }
+            }
+            while let Some(d) = net.poll_deliver(now) {
+                let (ua, peer, local) = match d.to {
+                    Endpoint::A => (&mut alice, BOB, ME),
+                    Endpoint::B => (&mut bob, ME, BOB),
+                };
+                ua.handle_received(
+                    now,
+                    Received {
+                        transport: Transport::Udp,
+                        local: local.parse().unwrap(),
+                        peer: peer.parse().unwrap(),
+                        data: d.payload,
+                    },
+                );
+            }
+            while let Some(e) = bob.poll_event() {
+                if let Event::IncomingCall { call, .. } = &e {
+                    bob.answer(now, call, "127.0.0.1:30002".parse().unwrap());
+                }
+                b_events.push(e);
+            }
+            while let Some(e) = alice.poll_event() {
+                if matches!(e, Event::CallConnected { .. }) && !hung_up {
+                    hung_up = true;
+                    alice.hangup(now, &call);
+                }
+                a_events.push(e);
+            }
+            if alice.poll_transmit_pending() || bob.poll_transmit_pending() {
+                continue;
+            }
+            let next = [net.poll_timeout(), alice.poll_timeout(), bob.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = next else { break };
+            let now = clock.advance_to(next.max(clock.now()));
+            alice.handle_timeout(now);
+            bob.handle_timeout(now);
+        }
+        let ended = |events: &[Event], by_peer: bool| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::CallEnded { by_peer: b, .. } if *b == by_peer))
+        };
+        let connected = |events: &[Event]| {
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::CallConnected { .. }))
+                .count()
+        };
+        assert_eq!(connected(&a_events), 1, "seed {seed}: alice {a_events:?}");
+        // Bob may see the BYE before any ACK (lost or overtaken): the call ends unconfirmed.
+        assert!(connected(&b_events) <= 1, "seed {seed}: bob {b_events:?}");
+        assert!(
+            matches!(b_events[0], Event::IncomingCall { .. }),
+            "seed {seed}: bob {b_events:?}"
+        );
+        assert!(ended(&a_events, false), "seed {seed}: alice {a_events:?}");
+        assert!(ended(&b_events, true), "seed {seed}: bob {b_events:?}");
+        assert_eq!(alice.load().active + bob.load().active, 0, "seed {seed}");
+    }
+}
