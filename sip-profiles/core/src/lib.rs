@@ -13,10 +13,13 @@
 //! - [`permit`]: the permit token (HMAC-SHA256, rotating proxy keys, the callee's
 //!   one-time token book), the session key and its HKDF-SHA256 SRTP keys, SDES
 //!   `a=crypto` lines and their SDP edits (RFC 4568).
+//! - [`media`]: which RTP packets carry an I picture (H.264 RFC 6184, MPEG-2 RFC 2250)
+//!   and the in-order merge of one RTP stream arriving over two paths.
 //! - [`transport`]: the values exchanged with the transport shell (received bytes,
 //!   transmits).
 
 pub mod digest;
+pub mod media;
 pub mod message;
 pub mod permit;
 pub mod transaction;
