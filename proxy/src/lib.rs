@@ -14,6 +14,7 @@ pub mod gate;
 pub mod keys;
 pub mod limiter;
 pub mod location;
+pub mod mailbox;
 pub mod manage;
 pub mod permits;
 pub mod registrar;
