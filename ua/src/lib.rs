@@ -8,10 +8,12 @@
 //! of their own: time is the `now` argument, randomness the rng given to [`Ua::new`],
 //! bytes come in through [`Ua::handle_received`] and go out through
 //! [`Ua::poll_transmit`]. [`shell`] is the thin tokio driver that binds the sockets
-//! (through `sip-net`) and runs media; `permit-ua` (the binary) is wiring and CLI only.
+//! (through `sip-net`), [`commands`] the CLI's commands on top of it (media, output,
+//! exit codes); `permit-ua` (the binary) is wiring and CLI only.
 
 pub mod auth;
 pub mod call;
+pub mod commands;
 pub mod dialog;
 pub mod engine;
 pub mod media;

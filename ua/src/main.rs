@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use permit_ua::PermitChange;
+use permit_ua::commands::{self, AnswerOptions};
 use permit_ua::outcome::exit;
 use permit_ua::settings::{FileSettings, Overrides, Settings};
-use permit_ua::shell::{self, AnswerOptions, Driver, Output};
+use permit_ua::shell::{self, Driver, Output};
 use sip_core::transport::Transport;
 
 /// Permit's SIP user agent: register, answer, call, and manage who may call you.
@@ -189,7 +190,7 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
                 play: None,
                 record: None,
             };
-            shell::run_registered(driver, out, opts).await
+            commands::run_registered(driver, out, opts).await
         }
         Command::Answer { record, .. } => {
             let opts = AnswerOptions {
@@ -197,7 +198,7 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
                 play,
                 record,
             };
-            shell::run_registered(driver, out, opts).await
+            commands::run_registered(driver, out, opts).await
         }
         Command::Call {
             aor,
@@ -212,7 +213,7 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
                 }
                 s => s.map(Duration::from_secs_f64),
             };
-            shell::run_call(driver, out, &aor, play, record, duration).await
+            commands::run_call(driver, out, &aor, play, record, duration).await
         }
         Command::Permit { action, if_match } => {
             let change = match action {
@@ -221,7 +222,7 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
                 PermitAction::Remove { entries } => PermitChange::Remove(entries),
                 PermitAction::Set { entries } => PermitChange::Replace(entries),
             };
-            shell::run_permit(driver, out, &change, if_match.as_deref()).await
+            commands::run_permit(driver, out, &change, if_match.as_deref()).await
         }
     }
 }
