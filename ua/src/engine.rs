@@ -713,7 +713,9 @@ impl Ua {
                     self.emit(Event::LoadQuery { status });
                 }
             }
-            _ if msg.to_tag().is_some() => {
+            // In a dialog of ours, a method we do not take (UPDATE, INFO, …): 405 with
+            // Allow (RFC 3261 §8.2.1); outside any dialog of ours, 481 (§12.2.2).
+            _ if msg.to_tag().is_some() && self.call_of(&msg).is_none() => {
                 let resp = ResponseBuilder::new(&msg, 481, "Call/Transaction Does Not Exist");
                 self.respond(now, &key, 481, resp.to_vec().into());
             }

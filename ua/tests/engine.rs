@@ -524,6 +524,14 @@ fn incoming_call_answer_retransmit_ack_bye_and_load_query() {
             .is_none_or(|t| t - b.clock.now() > Duration::from_secs(4))
     );
 
+    // UPDATE in the dialog: not taken (405 with Allow); outside it: 481.
+    b.receive(in_dialog("UPDATE", "z9hG4bKupd", "c1", &tag, 2));
+    let resp = b.sent_one();
+    assert_eq!(resp.status(), Some(405));
+    assert!(header(&resp, HeaderName::Allow).contains("BYE"));
+    b.receive(in_dialog("UPDATE", "z9hG4bKupd2", "c1", "nottag", 2));
+    assert_eq!(b.sent_one().status(), Some(481));
+
     // A BYE with the wrong tag is not ours (481); the right one ends the call.
     b.receive(in_dialog("BYE", "z9hG4bKbye0", "c1", "nottag", 2));
     assert_eq!(b.sent_one().status(), Some(481));

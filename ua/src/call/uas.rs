@@ -88,7 +88,7 @@ impl Ua {
     }
 
     /// The call an in-dialog request belongs to (§12.2.2).
-    fn call_of(&self, msg: &Message) -> Option<&Call> {
+    pub(crate) fn call_of(&self, msg: &Message) -> Option<&Call> {
         let call_id = std::str::from_utf8(msg.call_id()?).ok()?;
         let call = self.calls.get(call_id)?;
         call.dialog()
