@@ -14,6 +14,7 @@ use sip_core::digest::Algorithm;
 use crate::auth::AuthSettings;
 use crate::engine::ProxyConfig;
 use crate::gate::GateSettings;
+use crate::mailbox::StoreSettings;
 use crate::registrar::RegistrarConfig;
 use crate::route::Identity;
 use crate::store::Durability;
@@ -61,6 +62,47 @@ pub struct FileConfig {
     pub gate: GateFile,
     #[serde(default)]
     pub proxy: ProxyFile,
+    #[serde(default)]
+    pub store: StoreFile,
+}
+
+impl StoreFile {
+    /// The settings: defaults where a key is not given.
+    fn settings(&self) -> StoreSettings {
+        let d = StoreSettings::default();
+        let dq = d.quotas;
+        StoreSettings {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            quotas: crate::mailbox::Quotas {
+                max_item_bytes: self.max_item_bytes.unwrap_or(dq.max_item_bytes),
+                callee_items: self.callee_max_items.unwrap_or(dq.callee_items),
+                callee_bytes: self.callee_max_bytes.unwrap_or(dq.callee_bytes),
+                caller_items: self.caller_max_items.unwrap_or(dq.caller_items),
+                caller_bytes: self.caller_max_bytes.unwrap_or(dq.caller_bytes),
+                expiry_secs: self.expiry_s.map_or(dq.expiry_secs, |s| s.max(1)),
+            },
+            max_file_bytes: self.max_file_bytes.unwrap_or(d.max_file_bytes),
+        }
+    }
+}
+
+/// `[store]`: store-and-forward of deposits for busy or offline callees.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub enabled: Option<bool>,
+    /// Largest deposit body, bytes (default 60000).
+    pub max_item_bytes: Option<u64>,
+    /// Items and bytes waiting for one callee (defaults 100, 10 MiB).
+    pub callee_max_items: Option<u64>,
+    pub callee_max_bytes: Option<u64>,
+    /// Items and bytes one caller may have waiting (defaults 50, 5 MiB).
+    pub caller_max_items: Option<u64>,
+    pub caller_max_bytes: Option<u64>,
+    /// Lifetime of an item, seconds (default 604800, 7 days).
+    pub expiry_s: Option<u64>,
+    /// Cap of `mailbox.sqlite`, bytes (default 1 GiB; 0: none).
+    pub max_file_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +191,8 @@ pub struct Config {
     pub gate: GateSettings,
     /// `[proxy] symmetric_responses` (`ProxyConfig::symmetric_responses`).
     pub symmetric_responses: bool,
+    /// `[store]` (docs/operations.md "Store and forward").
+    pub store: StoreSettings,
 }
 
 /// Where the TLS material is, if any.
@@ -263,6 +307,7 @@ impl Config {
         }
         gate.insecure_keys = f.gate.insecure_keys.unwrap_or(gate.insecure_keys);
         gate.force_direct = f.gate.force_direct.unwrap_or(gate.force_direct);
+        let store = f.store.settings();
         let r = RegistrarConfig::default();
         let t = TimerConfig::default();
         let domain = o.domain.or(f.domain);
@@ -292,6 +337,7 @@ impl Config {
             tls,
             gate,
             symmetric_responses: f.proxy.symmetric_responses.unwrap_or(true),
+            store,
         })
     }
 
@@ -385,6 +431,19 @@ mod tests {
             ),
             Err(ConfigError::TlsWithoutCert)
         ));
+        std::fs::write(
+            &file,
+            "[store]\nmax_item_bytes = 100\ncaller_max_items = 2\nexpiry_s = 60\nmax_file_bytes = 0\n",
+        )
+        .unwrap();
+        let s = Config::load(Some(&file), Overrides::default()).unwrap().store;
+        assert_eq!(
+            (s.quotas.max_item_bytes, s.quotas.caller_items, s.quotas.expiry_secs),
+            (100, 2, 60)
+        );
+        assert_eq!(s.quotas.callee_items, 100, "unset keys keep their default");
+        assert_eq!(s.max_file_bytes, 0);
+        assert!(s.enabled);
         std::fs::write(&file, "nonsense = 1\n").unwrap();
         assert!(matches!(
             Config::load(Some(&file), Overrides::default()),

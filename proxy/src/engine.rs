@@ -92,6 +92,11 @@ pub struct Stats {
     pub grants: u64,
     /// Permitted INVITEs answered in direct mode (302 with the token).
     pub redirects: u64,
+    /// Items stored for a busy or offline callee (202), delivered and deleted after
+    /// the callee's 2xx, and message-summary NOTIFYs sent (engine::deposit, mwi).
+    pub deposits: u64,
+    pub delivered: u64,
+    pub notifies: u64,
 }
 
 /// The response context of a proxied request (§16.7), serving sequential forking.
@@ -116,6 +121,9 @@ struct Context {
     parties: Option<Parties>,
     /// The token and secret issued for a permitted INVITE.
     grant: Option<Grant>,
+    /// A MESSAGE that asked to be queued: its sender, when it is stored instead of
+    /// failing (engine::deposit).
+    deposit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -146,6 +154,8 @@ pub struct Proxy {
     route_keys: RouteKeys,
     remembered: Remembered,
     token_ring: KeyRing,
+    /// Store-and-forward: the item store, message-summary subscriptions, deliveries.
+    sf: deposit::StoreForward,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -183,6 +193,7 @@ impl Proxy {
             auth,
             permits,
             dialogs: Dialogs::default(),
+            sf: deposit::StoreForward::default(),
             server: HashMap::new(),
             client: HashMap::new(),
             contexts: HashMap::new(),
@@ -382,13 +393,16 @@ impl Proxy {
         if for_proxy_itself || (ruri_is_us && method == Method::Register && remaining.is_empty()) {
             return self.handle_local(now, key, msg, &method);
         }
+        if ruri_is_us && remaining.is_empty() && deposit::answered_here(&msg, &uri) {
+            return self.handle_store_request(now, key, &msg, &uri);
+        }
         let gated = ruri_is_us && remaining.is_empty();
         let in_dialog = msg.to_tag().is_some();
-        let (callee, parties, caller) = if in_dialog {
+        let (callee, parties, caller, depositor) = if in_dialog {
             // §12.2: an in-dialog request comes back along the route set we
             // record-routed; without our valid seal it belongs to no dialog we set up.
             match self.open_seal(&msg, &routes[..own_routes]) {
-                Ok(p) => (None, p, None),
+                Ok(p) => (None, p, None, None),
                 Err(e) => return self.refuse_in_dialog(now, &key, &msg, e),
             }
         } else {
@@ -406,15 +420,14 @@ impl Proxy {
             let Ok(a) = self.admit(now, &key, &msg, &uri, gated, next_hop) else {
                 return;
             };
-            (a.callee, a.parties, a.caller)
+            let depositor = self.depositor(&msg, &a);
+            (a.callee, a.parties, a.caller, depositor)
         };
-        let targets = match self.targets(now, &uri, ruri, ruri_is_us, remaining) {
-            Ok(t) => t,
-            Err((status, reason)) => return self.reply(now, &key, &msg, status, reason, &[]),
+        let to = (&uri, ruri, ruri_is_us, remaining);
+        let deposit = depositor.as_deref().zip(callee.as_deref());
+        let Some(targets) = self.targets_or_answer(now, &key, &msg, to, deposit) else {
+            return;
         };
-        if targets.is_empty() {
-            return self.reply(now, &key, &msg, 480, "Temporarily Unavailable", &[]);
-        }
         if in_dialog {
             let ruri_aor = self.local_aor(&uri).filter(|_| gated);
             let hops = targets.iter().map(|t| t.dest);
@@ -448,6 +461,7 @@ impl Proxy {
                 querying: None,
                 parties: (!in_dialog).then_some(parties),
                 grant,
+                deposit: depositor,
             },
         );
         if query {
@@ -517,6 +531,7 @@ impl Proxy {
                 self.handle_branch_response(now, ctx_id, &key, msg, status);
             }
             (Some(_), Purpose::Branch) => self.forward_stateless_response(msg),
+            (_, Purpose::Own) => self.handle_own_response(now, &key, status),
             (None, _) | (_, Purpose::Cancel) => {}
         }
     }
@@ -585,6 +600,12 @@ impl Proxy {
                         continue;
                     };
                     if ctx.querying.take().is_some() && !ctx.answered {
+                        if self.deposit_instead(now, ctx_id) {
+                            continue;
+                        }
+                        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+                            continue;
+                        };
                         ctx.answered = true;
                         let (server, req) = (ctx.server.clone(), ctx.request.clone());
                         self.reply(now, &server, &req, 480, "Temporarily Unavailable", &[]);
@@ -597,6 +618,7 @@ impl Proxy {
                     if let Err(e) = self.location.purge(unix) {
                         tracing::warn!(error = %e, "purging expired bindings failed");
                     }
+                    self.purge_store(now);
                     self.heap
                         .push(Reverse((now + self.cfg.purge_interval, Wake::Purge)));
                 }
@@ -629,9 +651,11 @@ impl sip_net::Engine for Proxy {
 }
 
 mod admit;
+mod deposit;
 pub mod dialog;
 mod forward;
 mod local;
+mod mwi;
 mod permit;
 mod target;
 mod tx;
@@ -647,6 +671,8 @@ use validate::{Fault, Inspected};
 
 #[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod deposit_tests;
 #[cfg(test)]
 mod gate_tests;
 #[cfg(test)]

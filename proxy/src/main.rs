@@ -422,6 +422,16 @@ fn run(cfg: &Config) -> ExitCode {
         proxy_cfg.route_keys = Some(route_keys);
         proxy_cfg.token_keys = Some(token_keys);
         let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
+        match permit_proxy::mailbox::SqliteItems::open(&cfg.data, cfg.store.max_file_bytes) {
+            Ok(items) => proxy.set_mailbox(
+                permit_proxy::mailbox::Mailbox::new(Box::new(items), cfg.store.quotas),
+                cfg.store.enabled,
+            ),
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {
             tracing::info!(transport = ?l.transport, addr = %l.addr, "listening");

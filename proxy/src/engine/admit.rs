@@ -135,11 +135,17 @@ impl Proxy {
         callee: Option<&str>,
         targets: &VecDeque<Target>,
     ) -> Result<bool, Answered> {
-        let (Some(callee), true, Some(Method::Invite)) =
-            (callee, self.cfg.gate.enabled, msg.method())
-        else {
+        let (Some(callee), true) = (callee, self.cfg.gate.enabled) else {
             return Ok(false);
         };
+        match msg.method() {
+            Some(Method::Invite) => {}
+            // A deposit asks first too: busy or silent means stored (engine::deposit).
+            Some(Method::Message) if super::deposit::wants_queue(msg) => {
+                return Ok(self.cfg.gate.load_query && targets.iter().all(|t| t.load_query));
+            }
+            _ => return Ok(false),
+        }
         let limit = targets.iter().filter_map(|t| t.max_calls).min();
         if limit.is_some_and(|l| self.dialogs.active(callee) >= l) {
             self.stats.busy += 1;
@@ -241,6 +247,12 @@ From: <sip:permit@{domain}>;tag={tag}\r\nTo: <{uri}>\r\nCall-ID: {call_id}\r\nCS
             QueryOutcome::Busy if pending > 1 => ctx.querying = Some(pending - 1),
             QueryOutcome::Busy => {
                 ctx.querying = None;
+                if self.deposit_instead(now, ctx_id) {
+                    return;
+                }
+                let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+                    return;
+                };
                 ctx.answered = true;
                 let (server, req) = (ctx.server.clone(), ctx.request.clone());
                 self.stats.busy += 1;

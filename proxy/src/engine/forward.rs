@@ -112,6 +112,17 @@ impl Proxy {
         if ctx.answered {
             return;
         }
+        // A deposit that did not reach the callee is stored instead (engine::deposit).
+        let status = ctx.best.as_ref().and_then(Message::status).unwrap_or(408);
+        if ctx.deposit.is_some()
+            && super::deposit::stores_instead(status)
+            && self.deposit_instead(now, ctx_id)
+        {
+            return;
+        }
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
+            return;
+        };
         ctx.answered = true;
         let server = ctx.server.clone();
         match ctx.best.take() {

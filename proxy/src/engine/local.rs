@@ -146,6 +146,7 @@ impl Proxy {
                     .map(|(n, v)| (n.as_str(), v.as_slice()))
                     .collect();
                 self.reply(now, &key, msg, 200, "OK", &headers);
+                self.after_register(now, &aor, msg);
             }
             Registered::Reject {
                 status,

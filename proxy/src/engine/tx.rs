@@ -123,6 +123,9 @@ pub(super) enum Purpose {
     LoadQuery,
     /// A CANCEL of a branch.
     Cancel,
+    /// A request of the proxy's own: NOTIFY message-summary or a delivering MESSAGE
+    /// (engine::deposit).
+    Own,
 }
 
 /// What a popped timer-heap entry did to its transaction.

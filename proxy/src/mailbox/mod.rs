@@ -248,6 +248,26 @@ impl Default for Quotas {
     }
 }
 
+/// The `[store]` settings (docs/operations.md "Store and forward").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Off: `Request-Disposition: queue` is ignored and nothing is stored.
+    pub enabled: bool,
+    pub quotas: Quotas,
+    /// Cap of `mailbox.sqlite` in bytes (0: none); past it deposits get 507.
+    pub max_file_bytes: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            quotas: Quotas::default(),
+            max_file_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
 /// Why a deposit is refused by policy (no I/O fault).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
