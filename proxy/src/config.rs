@@ -436,9 +436,15 @@ mod tests {
             "[store]\nmax_item_bytes = 100\ncaller_max_items = 2\nexpiry_s = 60\nmax_file_bytes = 0\n",
         )
         .unwrap();
-        let s = Config::load(Some(&file), Overrides::default()).unwrap().store;
+        let s = Config::load(Some(&file), Overrides::default())
+            .unwrap()
+            .store;
         assert_eq!(
-            (s.quotas.max_item_bytes, s.quotas.caller_items, s.quotas.expiry_secs),
+            (
+                s.quotas.max_item_bytes,
+                s.quotas.caller_items,
+                s.quotas.expiry_secs
+            ),
             (100, 2, 60)
         );
         assert_eq!(s.quotas.callee_items, 100, "unset keys keep their default");
