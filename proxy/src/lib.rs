@@ -18,6 +18,7 @@ pub mod mailbox;
 pub mod manage;
 pub mod permits;
 pub mod registrar;
+pub mod relay;
 pub mod route;
 pub mod store;
 pub mod users;
