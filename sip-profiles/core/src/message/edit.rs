@@ -17,6 +17,7 @@ pub struct Forward<'a> {
     drop_headers: Vec<HeaderName>,
     max_forwards: Option<u8>,
     extra: Vec<(&'a str, &'a [u8])>,
+    body: Option<&'a [u8]>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,7 @@ impl<'a> Forward<'a> {
             drop_headers: Vec::new(),
             max_forwards: None,
             extra: Vec::new(),
+            body: None,
         }
     }
 
@@ -111,6 +113,14 @@ impl<'a> Forward<'a> {
         self
     }
 
+    /// Replaces the body (e.g. an SDP edit); Content-Length follows it (RFC 3261
+    /// §20.14), in place of the first Content-Length line.
+    #[must_use]
+    pub fn body(mut self, body: &'a [u8]) -> Self {
+        self.body = Some(body);
+        self
+    }
+
     /// Appends the edited message to `out`. Content-Length is added when the original
     /// had none, so the result is valid on a stream transport too.
     pub fn write(&self, out: &mut Vec<u8>) {
@@ -162,8 +172,12 @@ impl<'a> Forward<'a> {
                     seen_mf = true;
                 }
                 HeaderName::ContentLength => {
+                    match self.body {
+                        Some(b) if !seen_cl => put_num(out, "Content-Length", b.len() as u32),
+                        Some(_) => {}
+                        None => copy_line(out, m, f),
+                    }
                     seen_cl = true;
-                    copy_line(out, m, f);
                 }
                 _ => copy_line(out, m, f),
             }
@@ -174,11 +188,12 @@ impl<'a> Forward<'a> {
         for (name, value) in &self.extra {
             put(out, name, value);
         }
+        let body = self.body.unwrap_or(m.body());
         if !seen_cl {
-            put_num(out, "Content-Length", m.body().len() as u32);
+            put_num(out, "Content-Length", body.len() as u32);
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(m.body());
+        out.extend_from_slice(body);
     }
 
     pub fn to_vec(&self) -> Vec<u8> {

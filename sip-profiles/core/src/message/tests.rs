@@ -53,6 +53,27 @@ fn forward_with_no_edits_is_identity() {
 }
 
 #[test]
+fn forward_with_a_new_body_fixes_content_length_in_place() {
+    let m = parse(INVITE).unwrap();
+    let out = Forward::new(&m).body(b"v=0\r\ns=-\r\n").to_vec();
+    let expected = [
+        &INVITE[..INVITE.len() - 4 - "Content-Length: 4\r\n\r\n".len()],
+        b"Content-Length: 10\r\n\r\nv=0\r\ns=-\r\n",
+    ]
+    .concat();
+    assert_eq!(out, expected);
+    let again = parse(&out).unwrap();
+    assert_eq!(again.body(), b"v=0\r\ns=-\r\n");
+    // Without a Content-Length line one is added, for the new body.
+    let bare = parse(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: c\r\n\r\n").unwrap();
+    let out = Forward::new(&bare).body(b"ab").to_vec();
+    assert_eq!(
+        out,
+        b"OPTIONS sip:x SIP/2.0\r\nCall-ID: c\r\nContent-Length: 2\r\n\r\nab"
+    );
+}
+
+#[test]
 fn forward_edits() {
     let m = parse(INVITE).unwrap();
     let out = Forward::new(&m)
