@@ -310,13 +310,15 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
 /// carries the same 8,000 CPS with less than half the CPU per call
 /// (docs/benchmarks.md, runs of 14:38 and 14:48); bursts wait in the 8 MiB UDP buffers.
 /// The engine's long-lived keys from the data directory: the dialog seal's route key
-/// (dialogs set up before a restart keep working after it) and the permit-token ring.
+/// (dialogs set up before a restart keep working after it), the permit-token ring, and
+/// the store of deposited items (`mailbox.sqlite`, store-and-forward).
 fn engine_keys(
     cfg: &Config,
 ) -> Result<
     (
         permit_proxy::engine::dialog::RouteKeys,
         sip_core::permit::KeyRing,
+        permit_proxy::mailbox::Mailbox,
     ),
     String,
 > {
@@ -326,9 +328,12 @@ fn engine_keys(
     .map_err(|e| format!("route key: {e}"))?;
     let tokens = permit_proxy::keys::token_ring(&cfg.data, |k| rand::rng().fill_bytes(k))
         .map_err(|e| format!("token key: {e}"))?;
+    let items = permit_proxy::mailbox::SqliteItems::open(&cfg.data, cfg.store.max_file_bytes)
+        .map_err(|e| e.to_string())?;
     Ok((
         permit_proxy::engine::dialog::RouteKeys::new(1, route),
         tokens,
+        permit_proxy::mailbox::Mailbox::new(Box::new(items), cfg.store.quotas),
     ))
 }
 
@@ -408,7 +413,7 @@ fn run(cfg: &Config) -> ExitCode {
         if !cfg.gate.enabled {
             tracing::warn!("the gate is OFF: every caller reaches every callee, without a load query");
         }
-        let (route_keys, token_keys) = match engine_keys(cfg) {
+        let (route_keys, token_keys, mailbox) = match engine_keys(cfg) {
             Ok(k) => k,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");
@@ -422,16 +427,7 @@ fn run(cfg: &Config) -> ExitCode {
         proxy_cfg.route_keys = Some(route_keys);
         proxy_cfg.token_keys = Some(token_keys);
         let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
-        match permit_proxy::mailbox::SqliteItems::open(&cfg.data, cfg.store.max_file_bytes) {
-            Ok(items) => proxy.set_mailbox(
-                permit_proxy::mailbox::Mailbox::new(Box::new(items), cfg.store.quotas),
-                cfg.store.enabled,
-            ),
-            Err(e) => {
-                eprintln!("permit-proxy: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        proxy.set_mailbox(mailbox, cfg.store.enabled);
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {
             tracing::info!(transport = ?l.transport, addr = %l.addr, "listening");
