@@ -156,6 +156,8 @@ pub struct Proxy {
     token_ring: KeyRing,
     /// Store-and-forward: the item store, message-summary subscriptions, deliveries.
     sf: deposit::StoreForward,
+    /// The media relay for permitted video calls (engine::relay), when configured.
+    relay: Option<relay::RelayHook>,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -194,6 +196,7 @@ impl Proxy {
             permits,
             dialogs: Dialogs::default(),
             sf: deposit::StoreForward::default(),
+            relay: None,
             server: HashMap::new(),
             client: HashMap::new(),
             contexts: HashMap::new(),
@@ -619,6 +622,7 @@ impl Proxy {
                         tracing::warn!(error = %e, "purging expired bindings failed");
                     }
                     self.purge_store(now);
+                    self.relay_purge();
                     self.heap
                         .push(Reverse((now + self.cfg.purge_interval, Wake::Purge)));
                 }
@@ -657,6 +661,7 @@ mod forward;
 mod local;
 mod mwi;
 mod permit;
+mod relay;
 mod target;
 mod tx;
 mod validate;
@@ -679,5 +684,7 @@ mod gate_tests;
 mod hole_tests;
 #[cfg(test)]
 mod permit_tests;
+#[cfg(test)]
+mod relay_tests;
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,7 @@ use crate::route::{Flow, Identity, branch_for, loop_hash, received_via, resolve}
 impl Proxy {
     /// Forwards the context's request to its next target (sequential forking by q).
     pub(super) fn try_next_target(&mut self, now: Instant, ctx_id: u64, hash: u64) {
+        self.relay_offer(now, ctx_id);
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
@@ -106,6 +107,7 @@ impl Proxy {
 
     /// All targets are done: forward the best final response (§16.7 step 6) or 408/480.
     pub(super) fn finish(&mut self, now: Instant, ctx_id: u64) {
+        self.relay_failed(ctx_id);
         let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return;
         };
@@ -385,6 +387,7 @@ impl Proxy {
                 (Some(Method::Bye), _, Some(cid)) => {
                     self.dialogs.ended(cid);
                     self.remembered.ended(cid);
+                    Self::relay_bye(self.relay.as_mut(), &ctx.request);
                 }
                 _ => {}
             }
@@ -425,6 +428,8 @@ impl Proxy {
     /// every provisional and 2xx response (docs/profile.md), and whatever the callee
     /// put in those headers is dropped.
     fn upstream(&self, ctx_id: u64, msg: &Message) -> Vec<u8> {
+        let edited = self.relay_answer(ctx_id, msg);
+        let msg = edited.as_ref().unwrap_or(msg);
         let fwd = Forward::new(msg).drop_top_via();
         let Some(g) = self.contexts.get(&ctx_id).and_then(|c| c.grant.as_ref()) else {
             return fwd.to_vec();
