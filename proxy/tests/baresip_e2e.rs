@@ -1166,3 +1166,77 @@ fn tls_call_with_hold_and_resume_both_ways() {
         );
     }
 }
+
+/// Store and forward (docs/profile.md "Store and forward"): SIPp deposits a
+/// MESSAGE for bob while he is offline (202); bob's baresip then registers
+/// with `mwi=yes` (module `mwi`, loaded with `insmod`), subscribes to
+/// `message-summary` (401, credentials, 200), and its `MWI_NOTIFY` event
+/// carries the proxy's NOTIFY body: `Messages-Waiting: yes`, one item listed.
+#[test]
+fn stored_message_lights_the_message_waiting_lamp_of_baresip() {
+    if !baresip_available() || !common::sipp::sipp_available() {
+        return;
+    }
+    let bed = Bed::new(
+        "mwi",
+        &ProxyOptions {
+            users: users(),
+            digest_algorithms: BARESIP_DIGEST,
+            permits: vec![("bob", "alice")],
+            ..ProxyOptions::default()
+        },
+    );
+    let udp = bed.proxy.port(Transport::Udp);
+    let deposit = common::sipp::Sipp::new(
+        &bed.dir,
+        "deposit",
+        "message_deposit.xml",
+        Transport::Udp,
+        Some(udp),
+    )
+    .arg(&["-s", "bob", "-au", "alice", "-ap", "alice-secret"])
+    .arg(&["-auth_uri", &format!("bob@{DOMAIN}"), "-m", "1"])
+    .key("caller", "alice")
+    .key("body", "call me back")
+    .run_ok(1);
+    let accepted = deposit
+        .trace()
+        .into_iter()
+        .find(|t| t.received && t.status() == Some(202))
+        .expect("the deposit was answered 202");
+    let item = accepted.header("Permit-Item").expect("Permit-Item");
+    let id = item.split(';').next().unwrap().to_owned();
+
+    let mut bob = Baresip::start(&bed.dir, "bob", &bed.proxy);
+    bob.command("insmod", "mwi");
+    let account = Account::new("bob", Transport::Udp).password("bob-secret");
+    bob.command("uanew", &format!("{};mwi=yes", account.line(&bed.proxy)));
+    bob.expect_event("REGISTER_OK", &["REGISTER_FAIL"]);
+    // baresip 1.0 reports the NOTIFY of its subscription as an event (whose
+    // param it leaves empty) and prints "MWI for <aor>".
+    bob.expect_event("MWI_NOTIFY", &[]);
+    let subscribed = bob
+        .trace_messages()
+        .iter()
+        .any(|m| m.is_response('2', "SUBSCRIBE"));
+    assert!(subscribed, "SUBSCRIBE answered 2xx\n{}", bob.trace());
+    // The NOTIFY in the subscription's dialog, and its body.
+    let notify = bob.wait_traced("the NOTIFY of the subscription", 1, |m| {
+        m.is_request("NOTIFY")
+            && m.header("Subscription-State")
+                .is_some_and(|s| s.starts_with("active;expires="))
+    });
+    assert_eq!(notify.header("Event"), Some("message-summary"));
+    let body = notify.body.join("\n");
+    assert!(
+        body.starts_with(
+            "Messages-Waiting: yes\nMessage-Account: sip:bob@localhost\nText-Message: 1/0"
+        ),
+        "{body}"
+    );
+    assert!(body.contains(&format!("Permit-Item: {id};")), "{body}");
+    bob.wait_traced("bob's 200 to the NOTIFY", 1, |m| {
+        m.is_response('2', "NOTIFY")
+    });
+    assert!(read_text(&bob.log).contains("MWI for sip:bob@localhost"));
+}

@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,7 +26,10 @@ use sha2::Sha256;
 const BODY: &str = "meet me at noon, the usual place";
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// A received SIP message: start line, headers, body.
@@ -180,9 +184,9 @@ Call-ID: ua-{user}-{port}-{n}\r\nCSeq: {n} {method}\r\nContact: <sip:{user}@{HOS
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(name))
             {
-                r.push_str(&format!("{name}: {value}\r\n"));
+                let _ = write!(r, "{name}: {value}\r\n");
             } else if name.eq_ignore_ascii_case("To") {
-                r.push_str(&format!("To: {value};tag=ok{code}\r\n"));
+                let _ = write!(r, "To: {value};tag=ok{code}\r\n");
             }
         }
         r.push_str("Content-Length: 0\r\n\r\n");
