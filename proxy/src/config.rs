@@ -40,6 +40,8 @@ pub enum ConfigError {
     NoAlgorithm,
     #[error("a tls: listener needs a certificate and key (--tls-cert/--tls-key or [tls] cert/key)")]
     TlsWithoutCert,
+    #[error(transparent)]
+    Relay(#[from] crate::relay::config::RelayConfigError),
 }
 
 /// The file format (every key optional).
@@ -64,6 +66,8 @@ pub struct FileConfig {
     pub proxy: ProxyFile,
     #[serde(default)]
     pub store: StoreFile,
+    #[serde(default)]
+    pub relay: crate::relay::config::RelayFile,
 }
 
 impl StoreFile {
@@ -193,6 +197,8 @@ pub struct Config {
     pub symmetric_responses: bool,
     /// `[store]` (docs/operations.md "Store and forward").
     pub store: StoreSettings,
+    /// `[relay]` when enabled (docs/operations.md "Media relay").
+    pub relay: Option<crate::relay::config::RelayConfig>,
 }
 
 /// Where the TLS material is, if any.
@@ -308,6 +314,7 @@ impl Config {
         gate.insecure_keys = f.gate.insecure_keys.unwrap_or(gate.insecure_keys);
         gate.force_direct = f.gate.force_direct.unwrap_or(gate.force_direct);
         let store = f.store.settings();
+        let relay = f.relay.settings(&listen)?;
         let r = RegistrarConfig::default();
         let t = TimerConfig::default();
         let domain = o.domain.or(f.domain);
@@ -338,6 +345,7 @@ impl Config {
             gate,
             symmetric_responses: f.proxy.symmetric_responses.unwrap_or(true),
             store,
+            relay,
         })
     }
 

@@ -337,6 +337,24 @@ fn engine_keys(
     ))
 }
 
+/// The media relay, when `[relay]` enables it: every port of the range bound now, the
+/// relay thread started, and the engine handed the shared table.
+fn start_relay(cfg: &Config, proxy: &mut Proxy, seed: u64) -> Result<(), String> {
+    use permit_proxy::relay::{RelayTable, shell};
+    let Some(rc) = &cfg.relay else {
+        return Ok(());
+    };
+    let sockets = shell::bind(&rc.settings).map_err(|e| e.to_string())?;
+    let table = shell::SharedRelay::new(RelayTable::new(rc.settings.clone(), seed.rotate_left(29)));
+    shell::spawn(table.clone(), sockets).map_err(|e| format!("relay thread: {e}"))?;
+    let (first, last) = rc.settings.ports;
+    tracing::info!(address = %rc.settings.address, first, last, audio = rc.audio, "media relay ready");
+    proxy.set_relay(Box::new(table), rc.audio);
+    Ok(())
+}
+
+// The start-up sequence reads best in one place; each step is a call or a match.
+#[allow(clippy::too_many_lines)]
 fn run(cfg: &Config) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -428,6 +446,10 @@ fn run(cfg: &Config) -> ExitCode {
         proxy_cfg.token_keys = Some(token_keys);
         let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
         proxy.set_mailbox(mailbox, cfg.store.enabled);
+        if let Err(e) = start_relay(cfg, &mut proxy, seed) {
+            eprintln!("permit-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {
             tracing::info!(transport = ?l.transport, addr = %l.addr, "listening");
@@ -435,6 +457,9 @@ fn run(cfg: &Config) -> ExitCode {
         tracing::info!(domain = %cfg.domain, aors, bindings, users = user_count, auth = cfg.auth.enabled, "permit-proxy ready");
         let stats = net.sender.stats.clone();
         sip_net::run(&mut proxy, net, shutdown()).await;
+        if let Some((relay, hook)) = proxy.relay_stats() {
+            tracing::info!(?relay, ?hook, "media relay");
+        }
         tracing::info!(stats = ?proxy.stats, net_dropped = stats.dropped_input.load(std::sync::atomic::Ordering::Relaxed), "permit-proxy stopped");
         ExitCode::SUCCESS
     })

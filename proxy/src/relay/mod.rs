@@ -15,6 +15,7 @@
 //! nothing to learn from the SDP's `a=rtcp`. Memory is fixed at start: one entry per
 //! pair and at most one call per pair.
 
+pub mod config;
 pub mod latch;
 pub mod sdp;
 pub mod shell;
