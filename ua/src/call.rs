@@ -9,14 +9,28 @@ use bytes::Bytes;
 use rand::Rng;
 use sip_core::message::{HeaderName, Message, NameAddr, ResponseBuilder};
 
+use sip_core::permit::{CryptoAttr, SessionSecret};
+use sip_core::transport::Transport;
+
 use crate::auth::Realm;
 use crate::dialog::Dialog;
 use crate::engine::{ALLOW, CallId, Event, Purpose, Sent, TxKey, Ua};
+use crate::keys::{self, MediaKeys, Offer, PeerCrypto};
 use crate::outcome::CallOutcome;
+use crate::permit;
 use crate::request::{self, Dest, Request};
 use crate::sdp::{self, AudioOffer};
 
+mod redirect;
+
 mod uas;
+
+impl Ua {
+    /// The SRTP keys of a call (known once it is connected); `None` for plain RTP.
+    pub fn media_keys(&self, call_id: &str) -> Option<&MediaKeys> {
+        self.calls.get(call_id)?.keys.as_ref()
+    }
+}
 
 /// Why we cancel an outgoing call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +53,13 @@ pub struct Inviting {
     cancel: Option<CancelReason>,
     cancel_sent: bool,
     ring_deadline: Instant,
+    /// Direct mode asked (`Request-Disposition: redirect`), and whether the 302 was
+    /// followed already.
+    direct: bool,
+    redirected: bool,
+    /// Our a=crypto offer and, once the proxy told it, the call's session secret.
+    offer: Offer,
+    secret: Option<SessionSecret>,
 }
 
 /// UAS: an INVITE passed the policy; waiting for [`Ua::answer`].
@@ -85,6 +106,14 @@ pub struct Call {
     pub state: CallState,
     session_id: u64,
     local_media: Option<SocketAddr>,
+    /// Our `a=crypto` lines and SDP profile (RTP/SAVP or RTP/AVP).
+    crypto: Vec<CryptoAttr>,
+    savp: bool,
+    /// The call's SRTP keys, once both sides' keys are known.
+    keys: Option<MediaKeys>,
+    /// UAS of a direct call over a stream: in-dialog requests go back over the
+    /// caller's connection (its Contact names no listener we could reach).
+    flow: Option<Dest>,
 }
 
 impl Call {
@@ -108,7 +137,20 @@ impl Call {
     }
 
     fn sdp(&self) -> Option<String> {
-        self.local_media.map(|m| sdp::build(self.session_id, 1, m))
+        self.local_media
+            .map(|m| sdp::build(self.session_id, 1, m, &self.crypto, self.savp))
+    }
+
+    pub(crate) fn new(state: CallState, session_id: u64, local_media: Option<SocketAddr>) -> Self {
+        Self {
+            state,
+            session_id,
+            local_media,
+            crypto: Vec::new(),
+            savp: false,
+            keys: None,
+            flow: None,
+        }
     }
 }
 
@@ -117,12 +159,39 @@ impl Ua {
     /// `media` (RFC 3261 §13.2.1). Outcome: [`Event::CallConnected`] or
     /// [`Event::CallFailed`].
     pub fn call(&mut self, now: Instant, target: &str, media: SocketAddr) -> CallId {
+        self.call_with(now, target, media, false)
+    }
+
+    /// [`Ua::call`], in direct mode when `direct`: the INVITE asks the proxy for a
+    /// redirect (RFC 3841 §9.1 `Request-Disposition: redirect`), and the 302's Contact
+    /// is called straight with the token it carries (docs/profile.md "Where the token
+    /// and the key travel").
+    pub fn call_with(
+        &mut self,
+        now: Instant,
+        target: &str,
+        media: SocketAddr,
+        direct: bool,
+    ) -> CallId {
         let local = self.cfg.local.clone();
         let uri = local.target_uri(target);
         let call_id = request::call_id(&mut self.rng);
         let local_tag = request::tag(&mut self.rng);
         let branch = self.new_branch();
         let session_id = self.rng.random::<u32>().into();
+        // RFC 4568 §8.3: keys only in signalling that is protected (TLS to the proxy).
+        let offer = if local.transport == Transport::Tls {
+            Offer::new(None, &call_id, &mut self.rng)
+        } else {
+            Offer::plain()
+        };
+        let mut headers = vec![
+            ("Contact", format!("<{}>", local.contact_uri())),
+            ("Allow", ALLOW.to_string()),
+        ];
+        if direct {
+            headers.push(("Request-Disposition", "redirect".to_string()));
+        }
         let mut req = Request {
             method: "INVITE",
             uri: uri.clone(),
@@ -131,13 +200,10 @@ impl Ua {
             to: format!("<{uri}>"),
             call_id: call_id.clone(),
             cseq: 1,
-            headers: vec![
-                ("Contact", format!("<{}>", local.contact_uri())),
-                ("Allow", ALLOW.to_string()),
-            ],
+            headers,
             body: Some((
                 "application/sdp",
-                sdp::build(session_id, 1, media).into_bytes(),
+                sdp::build(session_id, 1, media, &offer.attrs, offer.savp).into_bytes(),
             )),
         };
         let tries = u8::from(self.preauthorize(&mut req, Realm::Proxy));
@@ -159,15 +225,15 @@ impl Ua {
             cancel: None,
             cancel_sent: false,
             ring_deadline: now + self.cfg.ring_timeout,
+            direct,
+            redirected: false,
+            offer: offer.clone(),
+            secret: None,
         };
-        self.calls.insert(
-            call_id.clone(),
-            Call {
-                state: CallState::Inviting(inviting),
-                session_id,
-                local_media: Some(media),
-            },
-        );
+        let mut call = Call::new(CallState::Inviting(inviting), session_id, Some(media));
+        call.crypto = offer.attrs;
+        call.savp = offer.savp;
+        self.calls.insert(call_id.clone(), call);
         call_id
     }
 
@@ -282,7 +348,8 @@ impl Ua {
         let local = self.cfg.local.clone();
         let branch = self.new_branch();
         let req = dialog.request("BYE", &local, &branch, None);
-        let dest = self.dest_to(dialog.next_hop(local.transport));
+        let flow = self.calls.get(call_id).and_then(|c| c.flow);
+        let dest = flow.unwrap_or_else(|| self.dest_to(dialog.next_hop(local.transport)));
         self.send_request(now, branch, req, dest, Purpose::Bye(call_id.to_string()), 0);
         if let Some(call) = self.calls.get_mut(call_id) {
             call.state = CallState::Ending;
@@ -331,7 +398,21 @@ impl Ua {
             }
             _ => return,
         };
+        // The proxy tells the caller the session secret in 18x and 2xx (routed mode);
+        // a callee reached directly cannot (RFC 3261 §8.1.3.4: its answer is not the
+        // proxy's).
+        if (101..300).contains(&status)
+            && !inv.redirected
+            && let Some(secret) = permit::permit_key(msg)
+        {
+            inv.secret = Some(secret);
+        }
         match status {
+            300..=399 if inv.direct && !inv.redirected => {
+                if !self.follow_redirect(now, call_id, msg) {
+                    self.fail_call(call_id, CallOutcome::Failed(status));
+                }
+            }
             100..=199 => {
                 inv.provisional = true;
                 let cancel =
@@ -404,7 +485,35 @@ impl Ua {
             self.send_bye(now, call_id, dialog);
             return;
         }
+        // The answer's key: the callee → caller derivation when we hold the secret
+        // (required in direct mode, where no proxy vouches for the peer).
+        let peer = PeerCrypto::of(msg.body());
+        let checked = keys::check_answer(
+            &peer,
+            &inv.offer,
+            inv.secret.as_ref(),
+            call_id,
+            inv.redirected,
+        );
+        let media_keys = match checked {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::info!(reason = %e, "the answer's keys are refused: hanging up");
+                self.send_bye(now, call_id, dialog);
+                self.emit(Event::CallFailed {
+                    call: call_id.to_string(),
+                    outcome: CallOutcome::Failed(488),
+                });
+                return;
+            }
+        };
         if let Some(call) = self.calls.get_mut(call_id) {
+            if let Some(k) = &media_keys {
+                call.crypto.retain(|a| a.suite == *k.suite());
+            } else {
+                call.crypto.clear();
+            }
+            call.keys = media_keys;
             call.state = CallState::Confirmed(Confirmed {
                 dialog,
                 ack: Some((dest, ack)),

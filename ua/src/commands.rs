@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use crate::call::user_of;
 use crate::engine::{CallId, Event};
+use crate::keys::MediaKeys;
 use crate::media::socket::{MediaHandle, MediaReport, MediaSocket};
+use crate::media::srtp::SrtpSession;
 use crate::media::wav;
 use crate::outcome::{CallOutcome, exit};
 use crate::publish::{self, PermitChange};
@@ -41,7 +43,30 @@ fn media_fields(r: &MediaReport) -> Value {
         "packets_sent": r.packets_sent,
         "packets_received": r.packets_received,
         "dropped": r.dropped,
+        "srtp": r.srtp,
+        "srtp_rejected": r.srtp_rejected,
     })
+}
+
+/// The SRTP session of a connected call, and how it is keyed in words and JSON
+/// fields (never key material).
+fn srtp_for(keys: Option<&MediaKeys>) -> (Option<SrtpSession>, String, Value) {
+    let Some(k) = keys else {
+        return (
+            None,
+            "audio: plain RTP (the other side offered no SRTP keys)".into(),
+            json!({ "srtp": Value::Null }),
+        );
+    };
+    let fields = json!({ "srtp": k.suite().name(), "keys_from_secret": k.from_secret });
+    match SrtpSession::new(k) {
+        Ok(s) => (Some(s), format!("audio: {}", k.describe()), fields),
+        Err(e) => (
+            None,
+            format!("audio: {e}; plain RTP"),
+            json!({ "srtp": Value::Null }),
+        ),
+    }
 }
 
 /// Stops a call's media, saves the recording if asked, and reports.
@@ -53,6 +78,9 @@ async fn finish_media(out: Output, call: &str, media: Option<MediaHandle>, recor
         "audio: {} packets sent, {} received",
         report.packets_sent, report.packets_received
     );
+    if report.srtp_rejected > 0 {
+        let _ = write!(text, ", {} refused by SRTP", report.srtp_rejected);
+    }
     if let Some(dir) = record {
         match save_recording(dir, call, &report) {
             Ok(path) => {
@@ -75,6 +103,7 @@ pub async fn run_call(
     play: Option<Arc<Vec<u8>>>,
     record: Option<PathBuf>,
     duration: Option<Duration>,
+    direct: bool,
 ) -> u8 {
     let callee = user_of(&d.ua.config().local.target_uri(target));
     let socket = match MediaSocket::bind(d.media_ip).await {
@@ -84,7 +113,7 @@ pub async fn run_call(
             return exit::FAILED;
         }
     };
-    let call = d.ua.call(Instant::now(), target, socket.local);
+    let call = d.ua.call_with(Instant::now(), target, socket.local, direct);
     out.say(
         "calling",
         &format!("calling {callee}"),
@@ -112,8 +141,10 @@ pub async fn run_call(
                     &CallOutcome::Connected.describe(&callee),
                     json!({ "callee": callee, "status": 200, "exit_code": 0 }),
                 );
+                let (srtp, text, fields) = srtp_for(d.ua.media_keys(&call));
+                out.say("keys", &text, fields);
                 if let Some(s) = socket.take() {
-                    media = Some(s.start(remote_media, play.clone()));
+                    media = Some(s.start(remote_media, play.clone(), srtp));
                 }
                 if hanging_up {
                     deadline = Some(Instant::now() + GRACE);
@@ -299,9 +330,11 @@ impl Answering {
                     &format!("connected to {who}"),
                     json!({ "from": who }),
                 );
+                let (srtp, text, fields) = srtp_for(d.ua.media_keys(&call));
+                self.out.say("keys", &text, fields);
                 if let Some(s) = self.sockets.remove(&call) {
                     self.media
-                        .insert(call, s.start(remote_media, self.opts.play.clone()));
+                        .insert(call, s.start(remote_media, self.opts.play.clone(), srtp));
                 }
             }
             Event::CallEnded { call, by_peer } => {

@@ -182,6 +182,7 @@ mod tests {
             domain: "localhost".into(),
             transport: Transport::Udp,
             advertised: "127.0.0.1:5070".parse().unwrap(),
+            listener: None,
         }
     }
 

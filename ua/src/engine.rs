@@ -32,6 +32,7 @@ use sip_core::transport::{Received, Transmit, Transport};
 use crate::auth::{Authorizer, Challenge, Realm};
 use crate::call::Call;
 use crate::outcome::CallOutcome;
+use crate::permit::Permits;
 use crate::policy::{self, Load};
 use crate::register::Registration;
 use crate::request::{self, Dest, Local, Request};
@@ -65,6 +66,13 @@ pub struct UaConfig {
     /// An outgoing call that rings longer than this is cancelled (unavailable).
     pub ring_timeout: Duration,
     pub timers: TimerConfig,
+    /// Permit mode (docs/profile.md "The UA in permit mode"): an INVITE is accepted
+    /// only with a permit token the proxy told us in its load query. Off: any INVITE
+    /// is taken, as a stock phone does.
+    pub permit: bool,
+    /// Wall-clock time at an instant: (`now`, unix seconds then). Token expiries are
+    /// unix seconds; the engine reads no clock of its own.
+    pub epoch: Option<(Instant, u64)>,
 }
 
 impl UaConfig {
@@ -80,6 +88,8 @@ impl UaConfig {
             keepalive: Duration::from_secs(30),
             ring_timeout: Duration::from_mins(1),
             timers: TimerConfig::default(),
+            permit: false,
+            epoch: None,
         }
     }
 }
@@ -186,6 +196,8 @@ pub struct Ua {
     pub(crate) proxy_auth: Option<Authorizer>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Tokens and session secrets from the proxy's load queries.
+    pub(crate) permits: Permits,
 }
 
 /// The transaction-key name of a method (ACK matches its INVITE, §17.2.3).
@@ -221,7 +233,26 @@ impl Ua {
             proxy_auth: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            permits: Permits::default(),
         }
+    }
+
+    /// Unix seconds at `now` (from [`UaConfig::epoch`]).
+    pub(crate) fn unix(&self, now: Instant) -> u64 {
+        self.cfg.epoch.map_or(0, |(at, unix)| {
+            unix + now.saturating_duration_since(at).as_secs()
+        })
+    }
+
+    /// Whether a request came from our proxy: its address over our transport (for
+    /// TLS, the connection we opened to it). Only the proxy tells us tokens and keys.
+    pub(crate) fn is_from_proxy(&self, dest: &Dest) -> bool {
+        dest.remote == self.cfg.proxy && dest.transport == self.cfg.local.transport
+    }
+
+    /// Permit tokens remembered from load queries.
+    pub fn permits_remembered(&self) -> usize {
+        self.permits.len()
     }
 
     pub fn config(&self) -> &UaConfig {
@@ -704,6 +735,19 @@ impl Ua {
                 } else {
                     policy::answer_options(self.load())
                 };
+                // The load query tells us the token (and key) of the call to come;
+                // only the proxy may (a stranger's OPTIONS would mint its own).
+                if status == 200 && msg.to_tag().is_none() {
+                    if self.is_from_proxy(&dest) {
+                        let unix = self.unix(now);
+                        self.permits.handle_load_query(&msg, unix);
+                    } else if msg.header(HeaderName::PermitToken).is_some() {
+                        tracing::info!(
+                            source = %crate::permit::redact(dest.remote),
+                            "Permit-Token in an OPTIONS not from the proxy: ignored"
+                        );
+                    }
+                }
                 let resp = ResponseBuilder::new(&msg, status, reason)
                     .header("Allow", ALLOW.as_bytes())
                     .header("Accept", b"application/sdp")

@@ -43,12 +43,20 @@ struct Global {
     /// Your domain (default: the proxy's host).
     #[arg(long, global = true)]
     domain: Option<String>,
-    /// Where to listen for SIP: udp|tcp:IP:PORT (default: an ephemeral port).
+    /// Where to listen for SIP: udp|tcp|tls:IP:PORT (default: an ephemeral port; with
+    /// a tls: proxy, tls: adds a listener that callers in direct mode connect to).
     #[arg(long, global = true)]
     listen: Option<String>,
-    /// PEM file of the CA that signed a TLS proxy's certificate.
+    /// PEM file of the certificates trusted for TLS: the proxy's CA, and the
+    /// certificates of callees called in direct mode.
     #[arg(long, global = true)]
     tls_ca: Option<PathBuf>,
+    /// Certificate of our TLS listener (generated, self-signed, if missing).
+    #[arg(long, global = true)]
+    tls_cert: Option<PathBuf>,
+    /// Private key of our TLS listener.
+    #[arg(long, global = true)]
+    tls_key: Option<PathBuf>,
     /// One JSON object per line on stdout, for scripts.
     #[arg(long, global = true)]
     json: bool,
@@ -69,6 +77,10 @@ enum Command {
         /// Send this WAV (16-bit PCM, mono, 8 kHz) in every call.
         #[arg(long)]
         play: Option<PathBuf>,
+        /// Accept any INVITE, like a stock phone (default: only INVITEs with a permit
+        /// token the proxy told us; others get 403).
+        #[arg(long)]
+        no_permit: bool,
     },
     /// Call AOR (`bob`, `bob@example.org` or a sip: URI).
     Call {
@@ -82,6 +94,10 @@ enum Command {
         /// Hang up after S seconds (default: when the other side does, or Ctrl-C).
         #[arg(long)]
         duration: Option<f64>,
+        /// Direct mode: ask the proxy for the callee's address (302 with a permit
+        /// token) and send the INVITE straight to the callee.
+        #[arg(long)]
+        direct: bool,
     },
     /// Read or change your permit list: who may call you.
     Permit {
@@ -126,6 +142,8 @@ fn main() -> ExitCode {
         domain: g.domain.clone(),
         listen: g.listen.clone(),
         tls_ca: g.tls_ca.clone(),
+        tls_cert: g.tls_cert.clone(),
+        tls_key: g.tls_key.clone(),
     };
     let settings = match Settings::merge(file, flags, std::env::var("PERMIT_UA_PASSWORD").ok()) {
         Ok(s) => s,
@@ -167,13 +185,30 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
             return exit::USAGE;
         }
     };
-    let mut driver = match Driver::start(&settings, max_calls).await {
+    let permit = !matches!(
+        &command,
+        Command::Answer {
+            no_permit: true,
+            ..
+        }
+    );
+    let mut driver = match Driver::start(&settings, max_calls, permit).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("permit-ua: {e}");
             return exit::FAILED;
         }
     };
+    if let Some(cert) = &driver.generated_cert {
+        out.say(
+            "certificate",
+            &format!(
+                "TLS listener certificate: {} (self-signed; callers in direct mode must trust it)",
+                cert.display()
+            ),
+            serde_json::json!({ "certificate": cert.display().to_string() }),
+        );
+    }
     // Over TLS the flow's address is learnt first (we have no listener to name).
     if settings.proxy.transport == Transport::Tls && !driver.probe().await {
         out.say(
@@ -204,6 +239,7 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
             aor,
             record,
             duration,
+            direct,
             ..
         } => {
             let duration = match duration {
@@ -213,7 +249,7 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
                 }
                 s => s.map(Duration::from_secs_f64),
             };
-            commands::run_call(driver, out, &aor, play, record, duration).await
+            commands::run_call(driver, out, &aor, play, record, duration, direct).await
         }
         Command::Permit { action, if_match } => {
             let change = match action {

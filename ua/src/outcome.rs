@@ -79,6 +79,9 @@ impl CallOutcome {
             Self::Unavailable(s) => format!("{callee} is not available ({s})"),
             Self::NoResponse => "no answer from the proxy".to_string(),
             Self::Cancelled => "call cancelled".to_string(),
+            Self::Failed(488) => {
+                format!("{callee}'s media keys are not the ones the proxy issued (488)")
+            }
             Self::Failed(s) => format!("the call failed ({s})"),
         }
     }

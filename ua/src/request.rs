@@ -25,6 +25,10 @@ pub struct Local {
     pub transport: Transport,
     /// The address written in Via, Contact and SDP (a concrete IP, never unspecified).
     pub advertised: SocketAddr,
+    /// Our own TLS listener (`--listen tls:IP:PORT`): the Contact names it, so that a
+    /// caller sent to us directly (a 302 in direct mode) can connect to it, while the
+    /// proxy keeps reaching us over the connection we registered on.
+    pub listener: Option<SocketAddr>,
 }
 
 impl Local {
@@ -50,6 +54,9 @@ impl Local {
     /// Our Contact URI (§8.1.1.8). On a stream transport it carries `ob` (RFC 5626
     /// §5.4): the proxy reaches us over the connection we opened.
     pub fn contact_uri(&self) -> String {
+        if let Some(l) = self.listener {
+            return format!("sip:{}@{};transport=tls;ob", self.user, host_port(l));
+        }
         match self.transport {
             Transport::Udp => format!("sip:{}@{}", self.user, self.host_port()),
             t => format!(
@@ -180,6 +187,7 @@ mod tests {
             domain: "example.org".into(),
             transport,
             advertised: "[::1]:5070".parse().unwrap(),
+            listener: None,
         }
     }
 

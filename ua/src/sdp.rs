@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use sip_core::permit::CryptoAttr;
+
 /// RTP/AVP payload type of PCMU (RFC 3551 Table 4).
 pub const PCMU: u8 = 0;
 
@@ -101,8 +103,17 @@ fn parse_connection(c: &str) -> Result<IpAddr, SdpError> {
 
 /// Our offer or answer: one `sendrecv` PCMU stream at `rtp` (RFC 3264 §5, §6).
 /// `session_id` is random per call; `version` goes up with each change (RFC 4566
-/// §5.2). Keying attributes (RFC 4568 `a=crypto`) belong here, in the media section.
-pub fn build(session_id: u64, version: u64, rtp: SocketAddr) -> String {
+/// §5.2). `crypto` are our SDES lines (RFC 4568 §9.1: media-level `a=crypto`, our
+/// sending key); `savp` writes the `RTP/SAVP` profile (SRTP required, RFC 3711 §12)
+/// instead of `RTP/AVP` (an offer with `a=crypto` under `RTP/AVP` is best-effort SRTP,
+/// the form baresip and PJSIP also use, so that a phone without SRTP still answers).
+pub fn build(
+    session_id: u64,
+    version: u64,
+    rtp: SocketAddr,
+    crypto: &[CryptoAttr],
+    savp: bool,
+) -> String {
     let (net, ip) = match rtp.ip() {
         IpAddr::V4(a) => ("IP4", a.to_string()),
         IpAddr::V6(a) => ("IP6", a.to_string()),
@@ -111,10 +122,15 @@ pub fn build(session_id: u64, version: u64, rtp: SocketAddr) -> String {
     let _ = write!(
         s,
         "v=0\r\no=permit-ua {session_id} {version} IN {net} {ip}\r\ns=permit-ua\r\n\
-c=IN {net} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {PCMU}\r\n\
+c=IN {net} {ip}\r\nt=0 0\r\nm=audio {port} {proto} {PCMU}\r\n\
 a=rtpmap:{PCMU} PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n",
-        port = rtp.port()
+        port = rtp.port(),
+        proto = if savp { "RTP/SAVP" } else { "RTP/AVP" },
     );
+    for c in crypto {
+        s.push_str(&c.to_line());
+        s.push_str("\r\n");
+    }
     s
 }
 
@@ -126,12 +142,26 @@ mod tests {
     fn our_description_reads_back() {
         for rtp in ["127.0.0.1:40000", "[::1]:40002"] {
             let rtp: SocketAddr = rtp.parse().unwrap();
-            let sdp = build(1, 2, rtp);
+            let sdp = build(1, 2, rtp, &[], false);
             let a = parse_audio(sdp.as_bytes()).unwrap();
             assert_eq!(a.addr, rtp);
             assert_eq!(a.payload_types, vec![PCMU]);
             assert!(a.accepts_pcmu());
         }
+    }
+
+    #[test]
+    fn our_crypto_lines_read_back() {
+        let keys = crate::keys::Offer::new(None, "c", &mut sip_testkit::seeded_rng(1));
+        let rtp: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let sdp = build(1, 1, rtp, &keys.attrs, true);
+        assert!(sdp.contains("m=audio 40000 RTP/SAVP 0\r\n"), "{sdp}");
+        let peer = crate::keys::PeerCrypto::of(sdp.as_bytes());
+        assert!(peer.savp);
+        assert_eq!(peer.attrs, keys.attrs);
+        assert_eq!(parse_audio(sdp.as_bytes()).unwrap().addr, rtp);
+        let plain = build(1, 1, rtp, &[], false);
+        assert!(plain.contains("RTP/AVP 0") && !plain.contains("a=crypto"));
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! user = "alice"
 //! password = "s3cret"            # or PERMIT_UA_PASSWORD
 //! domain = "example.org"
-//! listen = "udp:0.0.0.0:5070"     # udp|tcp:IP:PORT (default: an ephemeral port)
-//! tls_ca = "ca.pem"              # trust anchor for a tls: proxy
+//! listen = "udp:0.0.0.0:5070"     # udp|tcp|tls:IP:PORT (default: an ephemeral port;
+//!                                # tls: only with a tls: proxy, for direct mode)
+//! tls_ca = "ca.pem"              # trust anchors: the proxy, and callees called directly
+//! tls_cert = "cert.pem"          # the TLS listener's certificate and key (generated,
+//! tls_key = "key.pem"            #   self-signed, when the files do not exist)
 //! expires = 600
 //! ```
 
@@ -49,6 +52,8 @@ pub struct FileSettings {
     pub domain: Option<String>,
     pub listen: Option<String>,
     pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub expires: Option<u32>,
 }
 
@@ -128,6 +133,8 @@ pub struct Settings {
     pub domain: String,
     pub listen: Option<Endpoint>,
     pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub expires: u32,
 }
 
@@ -140,6 +147,8 @@ pub struct Overrides {
     pub domain: Option<String>,
     pub listen: Option<String>,
     pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -159,21 +168,14 @@ impl Settings {
             .or(file.listen)
             .map(|l| Endpoint::parse("listen", &l))
             .transpose()?;
-        if let Some(l) = &listen {
-            if l.transport == Transport::Tls {
-                return Err(SettingsError::Bad {
-                    what: "listen",
-                    value: format!("tls:{}:{}", l.host, l.port),
-                    why: "a TLS proxy is reached over our own connection: no TLS listener".into(),
-                });
-            }
-            if proxy.transport != l.transport {
-                return Err(SettingsError::Bad {
-                    what: "listen",
-                    value: format!("{}:{}", l.host, l.port),
-                    why: "must use the proxy's transport".into(),
-                });
-            }
+        if let Some(l) = &listen
+            && proxy.transport != l.transport
+        {
+            return Err(SettingsError::Bad {
+                what: "listen",
+                value: format!("{}:{}", l.host, l.port),
+                why: "must use the proxy's transport".into(),
+            });
         }
         let user = flags
             .user
@@ -191,6 +193,8 @@ impl Settings {
             domain,
             listen,
             tls_ca: flags.tls_ca.or(file.tls_ca),
+            tls_cert: flags.tls_cert.or(file.tls_cert),
+            tls_key: flags.tls_key.or(file.tls_key),
             expires: file.expires.unwrap_or(600),
         })
     }

@@ -7,9 +7,9 @@
 //! audio, print).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
 use serde_json::{Value, json};
@@ -70,6 +70,32 @@ pub struct Driver {
     signals: mpsc::UnboundedReceiver<()>,
     /// The IP our SDP announces.
     pub media_ip: IpAddr,
+    /// The self-signed certificate generated for our TLS listener, if one was.
+    pub generated_cert: Option<PathBuf>,
+}
+
+/// The TLS listener's certificate and key: `--tls-cert`/`--tls-key` when both are
+/// given and exist; otherwise a self-signed pair for `ip` is written (into the
+/// directory of `--tls-cert`, or a temporary directory of this process). The flag
+/// says whether it was generated.
+fn listener_identity(s: &Settings, ip: IpAddr) -> Result<(PathBuf, PathBuf, bool), ShellError> {
+    if let (Some(c), Some(k)) = (&s.tls_cert, &s.tls_key)
+        && c.exists()
+        && k.exists()
+    {
+        return Ok((c.clone(), k.clone(), false));
+    }
+    let dir = s
+        .tls_cert
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(
+            || std::env::temp_dir().join(format!("permit-ua-{}", std::process::id())),
+            Path::to_path_buf,
+        );
+    let (cert, key) = sip_net::self_signed(&dir, &[ip.to_string()])?;
+    Ok((cert, key, true))
 }
 
 /// The local IP the kernel would use towards `proxy` (for Via, Contact and SDP when
@@ -90,9 +116,10 @@ fn route_ip(proxy: SocketAddr) -> IpAddr {
 
 impl Driver {
     /// Binds the SIP socket (`--listen`, or an ephemeral port of the proxy's
-    /// transport; a TLS proxy is reached over our own connection, with no listener)
-    /// and starts listening for SIGINT and SIGTERM.
-    pub async fn start(s: &Settings, max_calls: usize) -> Result<Self, ShellError> {
+    /// transport; a TLS proxy is reached over our own connection, plus a TLS listener
+    /// for direct calls with `--listen tls:IP:PORT`) and starts listening for SIGINT
+    /// and SIGTERM. `permit`: permit mode (docs/profile.md "The UA in permit mode").
+    pub async fn start(s: &Settings, max_calls: usize, permit: bool) -> Result<Self, ShellError> {
         let transport = s.proxy.transport;
         let ip = match &s.listen {
             Some(l) => l.resolve().map_or(route_ip(s.proxy_addr), |a| a.ip()),
@@ -104,8 +131,26 @@ impl Driver {
         };
         let mut cfg = NetConfig::default();
         let mut listen = vec![];
+        let mut generated_cert = None;
         if transport == Transport::Tls {
-            cfg.tls = Some(TlsSettings::client(s.tls_ca.clone()));
+            if s.listen.is_some() {
+                let named = if ip.is_unspecified() {
+                    route_ip(s.proxy_addr)
+                } else {
+                    ip
+                };
+                let (cert, key, generated) = listener_identity(s, named)?;
+                let mut tls = sip_net::load_tls(&cert, &key)?;
+                tls.ca.clone_from(&s.tls_ca);
+                cfg.tls = Some(tls);
+                listen.push(Listen {
+                    transport,
+                    addr: want,
+                });
+                generated_cert = generated.then_some(cert);
+            } else {
+                cfg.tls = Some(TlsSettings::client(s.tls_ca.clone()));
+            }
         } else {
             listen.push(Listen {
                 transport,
@@ -127,11 +172,17 @@ impl Driver {
             domain: s.domain.clone(),
             transport,
             advertised,
+            listener: (transport == Transport::Tls && s.listen.is_some()).then_some(advertised),
         };
         let mut ua_cfg = UaConfig::new(local, bind, s.proxy_addr);
         ua_cfg.password.clone_from(&s.password);
         ua_cfg.expires = s.expires;
         ua_cfg.max_calls = max_calls;
+        ua_cfg.permit = permit;
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        ua_cfg.epoch = Some((Instant::now(), unix));
         let ua = Ua::new(ua_cfg, rand::rngs::StdRng::from_os_rng());
         let (tx, signals) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -165,6 +216,7 @@ impl Driver {
             net,
             signals,
             media_ip: advertised.ip(),
+            generated_cert,
         })
     }
 
@@ -220,15 +272,27 @@ impl Driver {
 }
 
 /// A message for the trace log, with our digest credentials cut (STYLE.md rule 11:
-/// the response and cnonce are material for an offline guess).
+/// the response and cnonce are material for an offline guess), and permit tokens,
+/// session secrets and SDES keys cut (never logged at any level): `Permit-Token` and
+/// `Permit-Key` values, `a=crypto` key parameters, and URI headers (a 302's Contact
+/// embeds the token).
 fn redacted(data: &[u8]) -> String {
     String::from_utf8_lossy(data)
         .split("\r\n")
         .map(|line| {
             let lower = line.to_ascii_lowercase();
-            if lower.starts_with("authorization:") || lower.starts_with("proxy-authorization:") {
-                let name = &line[..line.find(':').unwrap_or(0)];
+            let name = &line[..line.find(':').unwrap_or(0)];
+            if lower.starts_with("authorization:")
+                || lower.starts_with("proxy-authorization:")
+                || lower.starts_with("permit-token:")
+                || lower.starts_with("permit-key:")
+            {
                 format!("{name}: <redacted>")
+            } else if lower.starts_with("a=crypto:") {
+                let keep: Vec<&str> = line.splitn(3, ' ').take(2).collect();
+                format!("{} <redacted>", keep.join(" "))
+            } else if lower.contains("permit-token=") || lower.contains("permit-key=") {
+                format!("{name}: <redacted: carries a permit token>")
             } else {
                 line.to_string()
             }
@@ -256,5 +320,19 @@ proxy-authorization: Digest x\r\nTo: <sip:a@h>\r\n\r\n";
         let out = super::redacted(msg);
         assert!(!out.contains("0123") && !out.contains("Digest"), "{out}");
         assert!(out.contains("Authorization: <redacted>") && out.contains("To: <sip:a@h>"));
+    }
+
+    #[test]
+    fn trace_log_hides_tokens_and_keys() {
+        let msg = b"SIP/2.0 302 Moved\r\nContact: <sip:b@127.0.0.1:5071?Permit-Token=v1.1.9.SECRETTOKEN>\r\n\
+Permit-Token: v1.1.9.SECRETTOKEN;caller=\"sip:a@h\"\r\nPermit-Key: SECRETKEY\r\n\r\n\
+v=0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:SECRETINLINE\r\n";
+        let out = super::redacted(msg);
+        assert!(!out.contains("SECRET"), "{out}");
+        assert!(
+            out.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 <redacted>"),
+            "{out}"
+        );
+        assert!(out.contains("Permit-Key: <redacted>"), "{out}");
     }
 }

@@ -32,6 +32,7 @@ impl Bench {
             domain: "localhost".into(),
             transport,
             advertised: ME.parse().unwrap(),
+            listener: None,
         };
         let mut cfg = UaConfig::new(local, ME.parse().unwrap(), PROXY.parse().unwrap());
         cfg.password = Some("s3cret".into());
@@ -760,6 +761,7 @@ fn direct_call_over_a_lossy_link_connects_and_ends() {
             domain: "localhost".into(),
             transport: Transport::Udp,
             advertised: me.parse().unwrap(),
+            listener: None,
         };
         Ua::new(
             UaConfig::new(local, me.parse().unwrap(), peer.parse().unwrap()),

@@ -7,16 +7,23 @@ use std::time::Instant;
 use rand::Rng;
 use sip_core::message::{Message, ResponseBuilder};
 
+use sip_core::permit::SessionSecret;
+
 use super::{Call, CallState, CancelReason, Confirmed, Offered, cancel_for};
 use crate::engine::{CallId, Event, Purpose, TxKey, Ua};
-use crate::policy;
-use crate::request;
+use crate::keys::{self, PeerCrypto};
+use crate::request::{self, Dest};
+use crate::{permit, policy};
 
 impl Ua {
     pub(crate) fn on_invite(&mut self, now: Instant, key: &TxKey, msg: Message) {
         let trying = ResponseBuilder::new(&msg, 100, "Trying").to_vec();
         self.respond(now, key, 100, trying.into());
         let call_id = String::from_utf8_lossy(msg.call_id().unwrap_or_default()).into_owned();
+        let Some(dest) = self.server_dest(key) else {
+            return;
+        };
+        let from_proxy = self.is_from_proxy(&dest);
         let decision = if self.calls.contains_key(&call_id) {
             // Same Call-ID, new branch: a merged request (§8.2.2.2).
             Err(policy::Refusal {
@@ -25,8 +32,31 @@ impl Ua {
                 header: None,
             })
         } else {
-            policy::accept_invite(&msg, self.load())
+            self.check_permit(now, &msg, &dest)
+                .and_then(|secret| Ok((policy::accept_invite(&msg, self.load())?, secret)))
         };
+        // The keys of the call: the secret the proxy told us (load query, or a routed
+        // INVITE on a TLS hop) or ordinary SDES (crate::keys::answer).
+        let decision = decision.and_then(|(offer, secret)| {
+            let secret = secret.or_else(|| {
+                from_proxy
+                    .then(|| permit::permit_key(&msg))
+                    .flatten()
+                    .or_else(|| self.permits.secret(&call_id).cloned())
+            });
+            let peer = PeerCrypto::of(msg.body());
+            match keys::answer(&peer, secret.as_ref(), &call_id, !from_proxy, &mut self.rng) {
+                Ok(k) => Ok((offer, k, peer.savp)),
+                Err(e) => {
+                    tracing::info!(reason = %e, "INVITE refused (488)");
+                    Err(policy::Refusal {
+                        status: 488,
+                        reason: "Not Acceptable Here",
+                        header: None,
+                    })
+                }
+            }
+        });
         match decision {
             Err(r) => {
                 let tag = request::tag(&mut self.rng);
@@ -38,25 +68,33 @@ impl Ua {
                 self.respond(now, key, r.status, resp.to_vec().into());
                 self.emit(Event::IncomingRefused { status: r.status });
             }
-            Ok(offer) => {
+            Ok((offer, keyed, savp)) => {
                 let from = msg
                     .from()
                     .ok()
                     .map(|f| String::from_utf8_lossy(f.uri).into_owned())
                     .unwrap_or_default();
                 let session_id = self.rng.random::<u32>().into();
-                self.calls.insert(
-                    call_id.clone(),
-                    Call {
-                        state: CallState::Offered(Offered {
-                            key: key.clone(),
-                            request: msg,
-                            offer: offer.clone(),
-                        }),
-                        session_id,
-                        local_media: None,
-                    },
+                let mut call = Call::new(
+                    CallState::Offered(Offered {
+                        key: key.clone(),
+                        request: msg,
+                        offer: offer.clone(),
+                    }),
+                    session_id,
+                    None,
                 );
+                if let Some((line, k)) = keyed {
+                    call.crypto = vec![line];
+                    call.keys = Some(k);
+                }
+                call.savp = savp;
+                // A caller that reached us directly over a stream is answered, and
+                // later asked, over its own connection (RFC 5626 §5.3 in spirit).
+                if !from_proxy && dest.transport.is_reliable() {
+                    call.flow = Some(dest);
+                }
+                self.calls.insert(call_id.clone(), call);
                 self.emit(Event::IncomingCall {
                     call: call_id,
                     from,
@@ -64,6 +102,35 @@ impl Ua {
                 });
             }
         }
+    }
+
+    /// Permit mode: the INVITE's `Permit-Token` must be one the proxy told us for this
+    /// caller and Call-ID, unexpired and unused; else 403 (RFC 3261 §21.4.4), and the
+    /// refused source is logged (redacted at info level; the token never). Returns the
+    /// call's session secret from the load query, if any.
+    fn check_permit(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        dest: &Dest,
+    ) -> Result<Option<SessionSecret>, policy::Refusal> {
+        if !self.cfg.permit {
+            return Ok(None);
+        }
+        let unix = self.unix(now);
+        self.permits.accept_invite(msg, unix).map_err(|e| {
+            tracing::info!(
+                source = %permit::redact(dest.remote),
+                reason = %e,
+                "INVITE refused (403): no valid permit token"
+            );
+            tracing::debug!(source = %dest.remote, transport = ?dest.transport, "refused INVITE's source");
+            policy::Refusal {
+                status: 403,
+                reason: "Forbidden",
+                header: None,
+            }
+        })
     }
 
     /// A re-INVITE in a confirmed dialog: answered with our unchanged description

@@ -7,6 +7,7 @@
 pub mod g711;
 pub mod rtp;
 pub mod socket;
+pub mod srtp;
 pub mod wav;
 
 /// Samples per second of G.711.

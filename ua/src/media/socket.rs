@@ -1,5 +1,6 @@
 //! The tokio shell of one call's audio: a UDP socket, a 20 ms pacer that sends the
-//! file to play (then silence), and a reader that feeds the [`RtpReceiver`].
+//! file to play (then silence), and a reader that feeds the [`RtpReceiver`]. With
+//! keys, every packet goes through the call's [`SrtpSession`] both ways.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::rtp::{RtpReceiver, RtpSender};
+use super::srtp::SrtpSession;
 use super::{FRAME, SAMPLE_RATE, g711};
 
 /// At most this much received audio is kept per call (one hour).
@@ -22,6 +24,10 @@ pub struct MediaReport {
     pub packets_sent: u64,
     pub packets_received: u64,
     pub dropped: u64,
+    /// Received packets refused by SRTP (authentication, replay).
+    pub srtp_rejected: u64,
+    /// Whether the audio was SRTP.
+    pub srtp: bool,
     pub samples: Vec<i16>,
 }
 
@@ -40,10 +46,16 @@ impl MediaSocket {
     }
 
     /// Starts sending to `remote` (when known) and receiving. `play` is μ-law audio
-    /// sent once, then silence keeps the stream going.
-    pub fn start(self, remote: Option<SocketAddr>, play: Option<Arc<Vec<u8>>>) -> MediaHandle {
+    /// sent once, then silence keeps the stream going. With `srtp`, packets are
+    /// protected and unprotected with the call's keys (RFC 3711).
+    pub fn start(
+        self,
+        remote: Option<SocketAddr>,
+        play: Option<Arc<Vec<u8>>>,
+        srtp: Option<SrtpSession>,
+    ) -> MediaHandle {
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(self.socket, remote, play, stopped));
+        let task = tokio::spawn(run(self.socket, remote, play, srtp, stopped));
         MediaHandle { stop, task }
     }
 }
@@ -66,6 +78,7 @@ async fn run(
     socket: UdpSocket,
     remote: Option<SocketAddr>,
     play: Option<Arc<Vec<u8>>>,
+    mut srtp: Option<SrtpSession>,
     mut stopped: oneshot::Receiver<()>,
 ) -> MediaReport {
     let mut sender = RtpSender::new(&mut rand::rngs::StdRng::from_os_rng());
@@ -90,20 +103,37 @@ async fn run(
                     }
                     _ => &silence,
                 };
-                let packet = sender.packet(frame);
+                let mut packet = sender.packet(frame);
+                if let Some(s) = srtp.as_mut() {
+                    match s.protect(&packet) {
+                        Some(p) => packet = p,
+                        None => continue,
+                    }
+                }
                 if socket.send_to(&packet, remote).await.is_ok() {
                     report.packets_sent += 1;
                 }
             }
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, _)) = r {
-                    receiver.handle_datagram(&buf[..n]);
+                    match srtp.as_mut() {
+                        Some(s) => {
+                            if let Some(plain) = s.unprotect(&buf[..n]) {
+                                receiver.handle_datagram(&plain);
+                            }
+                        }
+                        None => {
+                            receiver.handle_datagram(&buf[..n]);
+                        }
+                    }
                 }
             }
         }
     }
     report.packets_received = receiver.packets;
     report.dropped = receiver.dropped;
+    report.srtp = srtp.is_some();
+    report.srtp_rejected = srtp.map_or(0, |s| s.rejected);
     report.samples = receiver.into_samples();
     report
 }
