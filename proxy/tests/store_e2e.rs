@@ -347,3 +347,59 @@ fn a_store_at_its_cap_answers_507_and_stores_nothing() {
     );
     assert_eq!(stored(&data).len(), 1);
 }
+
+/// SIPp both sides: bob is a registered SIPp UAS that answers the load query
+/// 486 (`uas_busy.xml`); SIPp's deposit from alice is stored and answered 202
+/// instead of 486, and bob is never sent the MESSAGE.
+#[test]
+fn busy_sipp_callee_gets_no_message_and_the_deposit_is_stored() {
+    if !sipp_available() {
+        return;
+    }
+    let (dir, data, ports) = bed("busy");
+    let _proxy = Proxy::start(&dir, "proxy", &data, ports, &[]);
+    let uas = Sipp::new(&dir, "bob-busy", "uas_busy.xml", Transport::Udp, None)
+        .arg(&["-m", "1"])
+        .timeout(30)
+        .spawn()
+        .wait_listening();
+    Sipp::new(
+        &dir,
+        "register-bob",
+        "register.xml",
+        Transport::Udp,
+        Some(ports.udp),
+    )
+    .arg(&["-s", "bob", "-au", "bob", "-ap", "bob-pw"])
+    .arg(&["-m", "1", "-auth_uri", DOMAIN])
+    .key("contact_host", uas.sipp.host)
+    .key("contact_port", &uas.sipp.port.to_string())
+    .key("contact_transport", "udp")
+    .key("expires", "3600")
+    .run_ok(1);
+    Sipp::new(
+        &dir,
+        "deposit",
+        "message_deposit.xml",
+        Transport::Udp,
+        Some(ports.udp),
+    )
+    .arg(&["-s", "bob", "-au", "alice", "-ap", "alice-pw"])
+    .arg(&["-auth_uri", &format!("bob@{DOMAIN}"), "-m", "1"])
+    .key("caller", "alice")
+    .key("body", BODY)
+    .run_ok(1);
+    let callee = uas.finish_ok(1).trace();
+    let asked = callee
+        .iter()
+        .filter(|t| t.received && t.is_request("OPTIONS"))
+        .count();
+    assert_eq!(asked, 1, "one load query");
+    assert!(
+        !callee.iter().any(|t| t.received && t.is_request("MESSAGE")),
+        "the busy callee got no MESSAGE"
+    );
+    let rows = stored(&data);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].3.starts_with(BODY.as_bytes()));
+}
