@@ -683,3 +683,39 @@ fn the_owner_subscribes_to_message_summary_and_is_notified_of_each_change() {
     assert!(text(&n3[0]).contains("Subscription-State: terminated"));
     assert_eq!(h.proxy.sf.subs.len(), 0);
 }
+
+#[test]
+fn with_the_store_off_a_queued_message_fails_as_usual() {
+    let mut h = gated_with(GateSettings::default());
+    let items = MemoryItems::default();
+    h.proxy.set_mailbox(
+        Mailbox::new(Box::new(items.clone()), Quotas::default()),
+        false,
+    );
+    let out = deposit(&mut h, "bob", "", "nobody home");
+    assert_eq!(final_status(&out), Some(404), "bob never registered");
+    assert!(items.all().is_empty());
+}
+
+#[test]
+fn subscriptions_end_at_their_expiry() {
+    let (mut h, _items) = harness(Quotas::default());
+    let out = authed(
+        &mut h,
+        BOB,
+        ("bob", "builder"),
+        ("SUBSCRIBE", "sip:bob@localhost"),
+        &|n, a| subscribe(n, "bob", None, 60, a),
+    );
+    assert_eq!(final_status(&out), Some(200));
+    assert_eq!(h.proxy.sf.subs.len(), 1);
+    // Still there just before, gone after the next purge past its expiry.
+    h.advance(Duration::from_secs(59));
+    assert_eq!(h.proxy.sf.subs.len(), 1);
+    h.advance(Duration::from_mins(2));
+    assert_eq!(h.proxy.sf.subs.len(), 0);
+    // A deposit now sends no in-dialog NOTIFY (bob has no binding either).
+    let out = deposit(&mut h, "bob", "", "later");
+    assert_eq!(final_status(&out), Some(202));
+    assert!(of_method(&out, BOB, Method::Notify).is_empty());
+}
