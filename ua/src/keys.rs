@@ -35,8 +35,8 @@ pub struct MediaKeys {
     pub send: SrtpKeys,
     /// What the peer encrypts with (the key in its SDP).
     pub recv: SrtpKeys,
-    /// Both keys are the session secret's derivations for their directions: the
-    /// peer's key was checked against the secret the proxy told us.
+    /// The peer's key is the session secret's derivation for its direction: checked
+    /// against the secret the proxy told us (only a holder of the secret writes it).
     pub from_secret: bool,
 }
 
@@ -48,7 +48,7 @@ impl MediaKeys {
     /// In words, for the user (no key material).
     pub fn describe(&self) -> String {
         let origin = if self.from_secret {
-            "keys from the proxy's session secret, checked"
+            "the peer's key is the proxy's session-key derivation"
         } else {
             "SDES keys"
         };
@@ -246,13 +246,10 @@ pub fn check_answer(
     if strict && secret.is_some() && !checked {
         return Err(KeyRefusal::Mismatch);
     }
-    let ours_derived = secret
-        .and_then(|s| s.srtp_keys(call_id, Direction::CallerToCallee, &attr.suite))
-        .is_some_and(|d| d == ours);
     Ok(Some(MediaKeys {
         send: ours,
         recv,
-        from_secret: checked && ours_derived,
+        from_secret: checked,
     }))
 }
 
@@ -398,6 +395,20 @@ a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJS
             .unwrap()
             .unwrap();
         assert!(!k.from_secret);
+        // Routed: our key was random (no secret yet when we offered); the callee's is
+        // the derivation, and checked.
+        let derived = CryptoAttr::inline(
+            2,
+            &s.srtp_keys(CALL, Direction::CalleeToCaller, &SrtpSuite::AeadAes128Gcm)
+                .unwrap(),
+        );
+        let back = PeerCrypto::of(&sdp("RTP/AVP", &[derived]));
+        let k = check_answer(&back, &routed, Some(&s), CALL, false)
+            .unwrap()
+            .unwrap();
+        assert!(k.from_secret);
+        assert_eq!(k.suite(), &SrtpSuite::AeadAes128Gcm);
+        assert_eq!(Some(&k.send), routed.attrs[1].srtp_keys().as_ref());
         let plain = PeerCrypto::of(&sdp("RTP/AVP", &[]));
         assert_eq!(check_answer(&plain, &routed, None, CALL, false), Ok(None));
         assert!(check_answer(&plain, &offer, Some(&s), CALL, true).is_err());

@@ -99,10 +99,20 @@ fn call_with_audio_both_ways(test: &str, transport: &str) {
     let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
     assert_eq!(
         events,
-        ["calling", "connected", "media", "ended"],
+        ["calling", "connected", "keys", "media", "ended"],
         "{lines:?}"
     );
-    let media = &lines[2];
+    // Keys only on TLS (RFC 4568 §8.3); there the callee's key is the derivation of
+    // the session secret the proxy gave both sides, and the caller checked it.
+    let keys = &lines[2];
+    if transport == "tls" {
+        assert_eq!(keys["srtp"], "AES_CM_128_HMAC_SHA1_80", "{keys}");
+        assert_eq!(keys["keys_from_secret"], true, "{keys}");
+    } else {
+        assert!(keys["srtp"].is_null(), "{keys}");
+    }
+    let media = &lines[3];
+    assert_eq!(media["srtp"], transport == "tls", "{media}");
     assert!(media["packets_sent"].as_u64().unwrap() >= 50, "{media}");
     assert!(media["packets_received"].as_u64().unwrap() >= 50, "{media}");
 
