@@ -344,11 +344,13 @@ fn start_relay(cfg: &Config, proxy: &mut Proxy, seed: u64) -> Result<(), String>
     let Some(rc) = &cfg.relay else {
         return Ok(());
     };
+    let started = Instant::now();
     let sockets = shell::bind(&rc.settings).map_err(|e| e.to_string())?;
+    let bind_us = started.elapsed().as_micros();
     let table = shell::SharedRelay::new(RelayTable::new(rc.settings.clone(), seed.rotate_left(29)));
     shell::spawn(table.clone(), sockets).map_err(|e| format!("relay thread: {e}"))?;
     let (first, last) = rc.settings.ports;
-    tracing::info!(address = %rc.settings.address, first, last, audio = rc.audio, "media relay ready");
+    tracing::info!(address = %rc.settings.address, first, last, audio = rc.audio, bind_us, "media relay ready");
     proxy.set_relay(Box::new(table), rc.audio);
     Ok(())
 }
