@@ -19,6 +19,12 @@ use sip_core::permit::{BookError, SessionSecret, Token, TokenBook};
 /// At most this many session secrets are remembered (as many as tokens).
 const MAX_SECRETS: usize = sip_core::permit::DEFAULT_BOOK_CAPACITY;
 
+/// A told token is kept at least this long after the load query, whatever its
+/// expiry says by our clock: expiries are whole seconds of the proxy's clock, and a
+/// UA's clock may run a little ahead of it. Bounded by the book's capacity, and each
+/// token is still accepted once only.
+pub const MIN_HOLD_S: u64 = 2;
+
 /// What a `Permit-Token` header says: the token and, in a load query, whom and which
 /// call it is for.
 #[derive(Clone, PartialEq, Eq)]
@@ -168,15 +174,16 @@ impl Permits {
             return false;
         };
         let caller = aor_of(caller.as_bytes()).unwrap_or_else(|| caller.clone());
+        let expires = token.expires().max(unix_now + MIN_HOLD_S);
         if let Err(e) = self
             .book
-            .insert(&told.token, &caller, call_id, token.expires(), unix_now)
+            .insert(&told.token, &caller, call_id, expires, unix_now)
         {
             tracing::debug!(error = %e, "load query's Permit-Token not remembered");
             return false;
         }
         if let Some(secret) = permit_key(msg) {
-            self.remember_secret(call_id, secret, token.expires(), unix_now);
+            self.remember_secret(call_id, secret, expires, unix_now);
         }
         true
     }

@@ -151,7 +151,22 @@ impl Proxy {
 
     /// [`Proxy::start`] with a TLS listener too, when `tls`.
     pub fn start_with(dir: &Path, users: &[(&str, &str)], tls: bool) -> Proxy {
+        Self::start_config(dir, users, tls, None)
+    }
+
+    /// [`Proxy::start_with`] with `config` (TOML) as its configuration file.
+    pub fn start_config(
+        dir: &Path,
+        users: &[(&str, &str)],
+        tls: bool,
+        config: Option<&str>,
+    ) -> Proxy {
         let data = dir.join("data");
+        let config_file = config.map(|c| {
+            let path = dir.join("proxy.toml");
+            fs::write(&path, c).expect("write the proxy's config");
+            path
+        });
         for (user, password) in users {
             let out = Command::new(proxy_program())
                 .arg("--data")
@@ -185,6 +200,9 @@ impl Proxy {
             let tls_port = tls.then(free_port);
             let log = dir.join("proxy.log");
             let mut cmd = Command::new(proxy_program());
+            if let Some(c) = &config_file {
+                cmd.arg("--config").arg(c);
+            }
             cmd.arg("run")
                 .args(["--listen", &format!("udp:{HOST}:{port}")])
                 .args(["--listen", &format!("tcp:{HOST}:{port}")]);
