@@ -79,6 +79,7 @@ impl StoreFile {
             enabled: self.enabled.unwrap_or(d.enabled),
             quotas: crate::mailbox::Quotas {
                 max_item_bytes: self.max_item_bytes.unwrap_or(dq.max_item_bytes),
+                max_upload_bytes: self.max_upload_bytes.unwrap_or(dq.max_upload_bytes),
                 callee_items: self.callee_max_items.unwrap_or(dq.callee_items),
                 callee_bytes: self.callee_max_bytes.unwrap_or(dq.callee_bytes),
                 caller_items: self.caller_max_items.unwrap_or(dq.caller_items),
@@ -86,6 +87,9 @@ impl StoreFile {
                 expiry_secs: self.expiry_s.map_or(dq.expiry_secs, |s| s.max(1)),
             },
             max_file_bytes: self.max_file_bytes.unwrap_or(d.max_file_bytes),
+            http_listen: self.http_listen,
+            http_base: self.http_base.clone(),
+            upload_window_secs: self.upload_window_s.map_or(d.upload_window_secs, |s| s.max(1)),
         }
     }
 }
@@ -107,6 +111,14 @@ pub struct StoreFile {
     pub expiry_s: Option<u64>,
     /// Cap of `mailbox.sqlite`, bytes (default 1 GiB; 0: none).
     pub max_file_bytes: Option<u64>,
+    /// Largest announced upload, bytes (default 50 MiB).
+    pub max_upload_bytes: Option<u64>,
+    /// The HTTP listener for large uploads (off when absent), e.g. "127.0.0.1:8080".
+    pub http_listen: Option<SocketAddr>,
+    /// `http://host:port` as callers reach the listener (default from `http_listen`).
+    pub http_base: Option<String>,
+    /// How long an announced upload may take, seconds (default 86400).
+    pub upload_window_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

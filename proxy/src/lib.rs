@@ -21,4 +21,5 @@ pub mod registrar;
 pub mod relay;
 pub mod route;
 pub mod store;
+pub mod upload;
 pub mod users;

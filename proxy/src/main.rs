@@ -330,11 +330,44 @@ fn engine_keys(
         .map_err(|e| format!("token key: {e}"))?;
     let items = permit_proxy::mailbox::SqliteItems::open(&cfg.data, cfg.store.max_file_bytes)
         .map_err(|e| e.to_string())?;
+    let mut mailbox = permit_proxy::mailbox::Mailbox::new(Box::new(items), cfg.store.quotas);
+    mailbox.uploads = start_uploads(cfg)?;
     Ok((
         permit_proxy::engine::dialog::RouteKeys::new(1, route),
         tokens,
-        permit_proxy::mailbox::Mailbox::new(Box::new(items), cfg.store.quotas),
+        mailbox,
     ))
+}
+
+/// The HTTP listener for large uploads when `[store] http_listen` is set (a task on
+/// the running runtime); the engine's URL signer and upload window.
+fn start_uploads(cfg: &Config) -> Result<Option<(permit_proxy::upload::Tokens, u64)>, String> {
+    let Some(addr) = cfg.store.http_listen else {
+        return Ok(None);
+    };
+    let key = permit_proxy::keys::load_or_create(&cfg.data, "upload.key", |k| {
+        rand::rng().fill_bytes(k);
+    })
+    .map_err(|e| format!("upload key: {e}"))?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| format!("upload listener {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let base = cfg
+        .store
+        .http_base
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let tokens = permit_proxy::upload::Tokens::new(key, base);
+    let uploads = permit_proxy::upload::http::Uploads::new(
+        tokens.clone(),
+        cfg.data.clone(),
+        cfg.store.quotas.expiry_secs,
+    );
+    tokio::spawn(permit_proxy::upload::http::serve(listener, uploads));
+    tracing::info!(addr = %bound, "upload listener ready");
+    Ok(Some((tokens, cfg.store.upload_window_secs)))
 }
 
 /// The media relay, when `[relay]` enables it: every port of the range bound now, the

@@ -28,8 +28,9 @@ use super::mwi::Subscriptions;
 use super::{ClientEntry, ClientTx, Kind, Proxy, Purpose, Target, TxKey};
 use crate::auth::Role;
 use crate::location::aor_key;
-use crate::mailbox::{DepositError, Item, ItemId, Mailbox, hex, summary};
+use crate::mailbox::{DepositError, Item, ItemId, Mailbox, Slot, hex, summary};
 use crate::route::{BRANCH_PREFIX, Flow, Identity};
+use crate::upload::{ANNOUNCE_TYPE, Announce, FILE_TYPE, Purpose as UrlPurpose, Tokens};
 
 /// The event package of a transfer request.
 pub const TRANSFER_EVENT: &[u8] = b"permit-transfer";
@@ -53,6 +54,11 @@ pub(super) struct StoreForward {
     in_flight: HashMap<ItemId, TxKey>,
     /// Off: `Request-Disposition: queue` is ignored (config `[store] enabled`).
     pub(super) disabled: bool,
+    /// Large files over HTTP (crate::upload): URL signing, and how long an announced
+    /// upload may take. `None`: announcements get 501.
+    upload: Option<(Tokens, u64)>,
+    /// Announced uploads whose owner is told once they complete (checked each purge).
+    pending_uploads: HashMap<ItemId, String>,
 }
 
 /// A request of the proxy's own, awaiting its final response.
@@ -73,6 +79,14 @@ pub(super) fn has_event(msg: &Message, package: &[u8]) -> bool {
     msg.header(HeaderName::Event).is_some_and(|e| {
         let p = e.split(|&b| b == b';').next().unwrap_or_default();
         trim(p).eq_ignore_ascii_case(package)
+    })
+}
+
+/// Whether the deposit announces a large file (`application/permit-upload+json`).
+fn is_announcement(msg: &Message) -> bool {
+    msg.header(HeaderName::ContentType).is_some_and(|v| {
+        let v = v.split(|&b| b == b';').next().unwrap_or_default();
+        trim(v).eq_ignore_ascii_case(ANNOUNCE_TYPE.as_bytes())
     })
 }
 
@@ -102,9 +116,15 @@ struct TransferAsk {
 
 impl Proxy {
     /// Replaces the in-memory item store (the binary opens the SQLite one).
-    pub fn set_mailbox(&mut self, mailbox: Mailbox, enabled: bool) {
+    pub fn set_mailbox(&mut self, mut mailbox: Mailbox, enabled: bool) {
+        self.sf.upload = mailbox.uploads.take();
         self.sf.mailbox = mailbox;
         self.sf.disabled = !enabled;
+    }
+
+    /// Turns on large uploads: the listener's URL signer and the upload window.
+    pub fn set_uploads(&mut self, tokens: Tokens, window_secs: u64) {
+        self.sf.upload = Some((tokens, window_secs));
     }
 
     /// A request [`answered_here`].
@@ -132,6 +152,13 @@ impl Proxy {
         (uri, ruri, ruri_is_us, remaining): (&SipUri<'_>, &[u8], bool, &[&[u8]]),
         deposit: Option<(&str, &str)>,
     ) -> Option<VecDeque<Target>> {
+        // An upload announcement is taken by the store whatever the callee's state.
+        if let Some((sender, owner)) = deposit
+            && is_announcement(msg)
+        {
+            self.open_upload(now, key, msg, owner, sender);
+            return None;
+        }
         let (status, reason) = match self.targets(now, uri, ruri, ruri_is_us, remaining) {
             Ok(t) if !t.is_empty() => return Some(t),
             Ok(_) => (480, "Temporarily Unavailable"),
@@ -243,6 +270,75 @@ impl Proxy {
             }
             Err(DepositError::Store(e)) => {
                 tracing::error!(error = %e, "deposit not stored");
+                let (status, reason, retry) = e.status();
+                let retry = retry.to_string();
+                self.reply(
+                    now,
+                    key,
+                    msg,
+                    status,
+                    reason,
+                    &[("Retry-After", retry.as_bytes())],
+                );
+            }
+        }
+    }
+
+    /// An upload announcement (crate::upload): a slot within the quotas, synced, then
+    /// `202` with `Permit-Upload: <URL>`; refusals as for a deposit, `501` when the
+    /// proxy has no upload listener, `400` for a bad announcement.
+    fn open_upload(&mut self, now: Instant, key: &TxKey, msg: &Message, owner: &str, sender: &str) {
+        let Some((tokens, window)) = self.sf.upload.clone() else {
+            return self.reply(now, key, msg, 501, "Uploads Not Enabled", &[]);
+        };
+        let Some((ask, sha256)) = Announce::parse(msg.body()).filter(|(a, _)| a.size > 0) else {
+            return self.reply(now, key, msg, 400, "Bad Upload Announcement", &[]);
+        };
+        let Some(attributes) = summary::parse_attributes(msg.other_headers(b"Permit-Attributes"))
+        else {
+            return self.reply(now, key, msg, 400, "Bad Permit-Attributes", &[]);
+        };
+        let unix = self.unix(now);
+        let slot = Slot {
+            id: ItemId(self.rng.random()),
+            owner: owner.to_owned(),
+            sender: sender.to_owned(),
+            content_type: ask
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            attributes,
+            name: ask.name,
+            size: ask.size,
+            sha256,
+            created_at: unix,
+            expires_at: unix.saturating_add(window),
+        };
+        match self.sf.mailbox.open_slot(&slot, unix) {
+            Ok(()) => {
+                let url = tokens.url(UrlPurpose::Upload, &slot.id, slot.expires_at);
+                let item = format!("{};expires={}", slot.id, slot.expires_at);
+                let url = format!("<{url}>");
+                self.reply(
+                    now,
+                    key,
+                    msg,
+                    202,
+                    "Accepted",
+                    &[
+                        ("Permit-Item", item.as_bytes()),
+                        ("Permit-Upload", url.as_bytes()),
+                    ],
+                );
+                if self.sf.pending_uploads.len() < 100_000 {
+                    self.sf.pending_uploads.insert(slot.id, slot.owner);
+                }
+            }
+            Err(DepositError::Refused(r)) => {
+                let (status, reason) = r.status();
+                self.reply(now, key, msg, status, reason, &[]);
+            }
+            Err(DepositError::Store(e)) => {
+                tracing::error!(error = %e, "upload slot not stored");
                 let (status, reason, retry) = e.status();
                 let retry = retry.to_string();
                 self.reply(
@@ -456,6 +552,12 @@ Permit-Item: {};sha256={};stored={};expires={}\r\n",
         if !item.attributes.is_empty() {
             let _ = write!(head, "Permit-Attributes: {}\r\n", item.attributes);
         }
+        if item.content_type == FILE_TYPE
+            && let Some((tokens, _)) = &self.sf.upload
+        {
+            let url = tokens.url(UrlPurpose::Download, &item.id, item.expires_at);
+            let _ = write!(head, "Permit-Download: <{url}>\r\n");
+        }
         let _ = write!(
             head,
             "Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
@@ -556,9 +658,34 @@ Permit-Item: {};sha256={};stored={};expires={}\r\n",
             Err(e) => tracing::warn!(error = %e, "purging expired items failed"),
         }
         self.sf.subs.expire(now);
+        self.check_uploads(now);
         let client = &self.client;
         self.sf.outgoing.retain(|k, _| client.contains_key(k));
         self.sf.in_flight.retain(|_, k| client.contains_key(k));
+    }
+}
+
+impl Proxy {
+    /// Owners of uploads that completed since the last look get their NOTIFY; slots
+    /// that expired are forgotten.
+    fn check_uploads(&mut self, now: Instant) {
+        let unix = self.unix(now);
+        let pending: Vec<(ItemId, String)> = self
+            .sf
+            .pending_uploads
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (id, owner) in pending {
+            let done = matches!(self.sf.mailbox.get(&id, unix), Ok(Some(_)));
+            let open = matches!(self.sf.mailbox.get_slot(&id, unix), Ok(Some(_)));
+            if done || !open {
+                self.sf.pending_uploads.remove(&id);
+            }
+            if done {
+                self.notify_owner(now, &owner);
+            }
+        }
     }
 }
 

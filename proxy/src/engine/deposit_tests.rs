@@ -719,3 +719,120 @@ fn subscriptions_end_at_their_expiry() {
     assert_eq!(final_status(&out), Some(202));
     assert!(of_method(&out, BOB, Method::Notify).is_empty());
 }
+
+/// alice announces a file for bob (`application/permit-upload+json`).
+fn announce(h: &mut Harness, body: &str) -> Vec<(SocketAddr, Message)> {
+    let body = body.to_owned();
+    authed(
+        h,
+        ALICE,
+        ("alice", "wonderland"),
+        ("MESSAGE", "sip:bob@localhost"),
+        &move |n, auth| {
+            message(n, "alice", "bob", true, auth, &body).replace(
+                "Content-Type: text/plain",
+                "Content-Type: application/permit-upload+json",
+            )
+        },
+    )
+}
+
+#[test]
+fn an_upload_gets_a_signed_url_and_once_complete_is_announced_and_delivered_as_a_link() {
+    use crate::mailbox::{Item, StoredItems as _};
+    use crate::upload::{FILE_TYPE, FileRef, Purpose, Tokens};
+    let (mut h, items) = harness(Quotas::default());
+    let digest = crate::mailbox::hex(&sha2::Sha256::digest(b"file bytes"));
+    let ok = format!(
+        "{{\"size\":10,\"sha256\":\"{digest}\",\"type\":\"image/png\",\"name\":\"p.png\"}}"
+    );
+    assert_eq!(
+        final_status(&announce(&mut h, &ok)),
+        Some(501),
+        "no listener"
+    );
+    let tokens = Tokens::new([5; 32], "http://127.0.0.1:8080".into());
+    h.proxy.set_uploads(tokens.clone(), 3600);
+    let bad = ok.replace(&digest, "xyz");
+    assert_eq!(final_status(&announce(&mut h, &bad)), Some(400));
+    let huge = ok.replace("\"size\":10", "\"size\":52428801");
+    assert_eq!(final_status(&announce(&mut h, &huge)), Some(413));
+    let stranger = authed(
+        &mut h,
+        ALICE,
+        ("mallory", "evil"),
+        ("MESSAGE", "sip:bob@localhost"),
+        &|n, auth| {
+            message(n, "mallory", "bob", true, auth, "{}").replace(
+                "Content-Type: text/plain",
+                "Content-Type: application/permit-upload+json",
+            )
+        },
+    );
+    assert_eq!(final_status(&stranger), Some(403));
+    assert!(items.slots().is_empty());
+
+    let out = announce(&mut h, &ok);
+    assert_eq!(final_status(&out), Some(202));
+    let resp = &out.last().unwrap().1;
+    let slots = items.slots();
+    assert_eq!(slots.len(), 1);
+    let slot = &slots[0];
+    assert_eq!((slot.size, slot.name.as_deref()), (10, Some("p.png")));
+    assert!(
+        items.all().is_empty(),
+        "no item before the upload is complete"
+    );
+    let url = header(resp, "Permit-Upload").unwrap();
+    let prefix = format!("<http://127.0.0.1:8080/upload/{}?t=", slot.id);
+    assert!(url.starts_with(&prefix), "{url}");
+    let token = url[prefix.len()..].trim_end_matches('>');
+    assert!(tokens.check(Purpose::Upload, &slot.id, token, slot.created_at));
+    assert!(!tokens.check(Purpose::Download, &slot.id, token, slot.created_at));
+
+    // The listener completes it (as crate::upload::http does): bob is told at the
+    // next purge, and his transfer gets the link with a download URL.
+    register_bob(&mut h, "");
+    let body = serde_json::to_vec(&FileRef {
+        file: slot.id.to_string(),
+        name: slot.name.clone(),
+        content_type: slot.content_type.clone(),
+        size: 10,
+        sha256: digest.clone(),
+    })
+    .unwrap();
+    let mut item = Item::new(
+        slot.id,
+        &slot.owner,
+        &slot.sender,
+        FILE_TYPE,
+        "",
+        body.clone(),
+        slot.created_at,
+        slot.created_at + 600_000,
+    );
+    item.sha256 = slot.sha256;
+    assert!(items.clone().complete_slot(&item).unwrap());
+    let out = h.advance(Duration::from_mins(1));
+    let mut notify = of_method(&out, BOB, Method::Notify);
+    // One NOTIFY, retransmitted over UDP while bob does not answer.
+    notify.dedup_by(|a, b| a.call_id() == b.call_id());
+    assert_eq!(notify.len(), 1, "bob hears of the complete upload");
+    let listed = String::from_utf8_lossy(notify[0].body()).into_owned();
+    assert!(
+        listed.contains(&format!(
+            "Permit-Item: {};type=\"{FILE_TYPE}\";size=10;sha256={digest}",
+            slot.id
+        )),
+        "{listed}"
+    );
+    let out = transfer(&mut h, "bob", "builder", "");
+    let msgs = of_method(&out, BOB, Method::Message);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].body(), &body[..]);
+    let download = header(&msgs[0], "Permit-Download").unwrap();
+    let prefix = format!("<http://127.0.0.1:8080/files/{}?t=", slot.id);
+    assert!(download.starts_with(&prefix), "{download}");
+    let token = download[prefix.len()..].trim_end_matches('>');
+    assert!(tokens.check(Purpose::Download, &slot.id, token, slot.created_at));
+}

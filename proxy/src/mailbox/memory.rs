@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{Item, ItemId, ItemMeta, MailboxError, StoredItems, Usage};
+use super::{Item, ItemId, ItemMeta, MailboxError, Slot, StoredItems, Usage};
 
 #[derive(Default)]
 struct Inner {
     items: BTreeMap<ItemId, Item>,
+    slots: BTreeMap<ItemId, Slot>,
     /// Writes fail with this (a full or broken disk).
     failure: Option<Failure>,
 }
@@ -41,6 +42,11 @@ impl MemoryItems {
         self.lock().items.values().cloned().collect()
     }
 
+    /// Every upload slot (tests).
+    pub fn slots(&self) -> Vec<Slot> {
+        self.lock().slots.values().cloned().collect()
+    }
+
     fn check(inner: &Inner) -> Result<(), MailboxError> {
         match inner.failure {
             None => Ok(()),
@@ -49,15 +55,23 @@ impl MemoryItems {
         }
     }
 
-    fn usage(&self, unix_now: u64, pick: impl Fn(&Item) -> bool) -> Usage {
-        self.lock()
+    /// Unexpired items and slots whose (owner, sender) `pick` selects.
+    fn usage(&self, unix_now: u64, pick: impl Fn(&str, &str) -> bool) -> Usage {
+        let inner = self.lock();
+        let items = inner
             .items
             .values()
-            .filter(|i| i.expires_at > unix_now && pick(i))
-            .fold(Usage::default(), |u, i| Usage {
-                items: u.items + 1,
-                bytes: u.bytes + i.body.len() as u64,
-            })
+            .filter(|i| i.expires_at > unix_now && pick(&i.owner, &i.sender))
+            .map(Item::stored_size);
+        let slots = inner
+            .slots
+            .values()
+            .filter(|s| s.expires_at > unix_now && pick(&s.owner, &s.sender))
+            .map(|s| s.size);
+        items.chain(slots).fold(Usage::default(), |u, size| Usage {
+            items: u.items + 1,
+            bytes: u.bytes + size,
+        })
     }
 }
 
@@ -101,17 +115,42 @@ impl StoredItems for MemoryItems {
     }
 
     fn usage_of_owner(&mut self, owner: &str, unix_now: u64) -> Result<Usage, MailboxError> {
-        Ok(self.usage(unix_now, |i| i.owner == owner))
+        Ok(self.usage(unix_now, |o, _| o == owner))
     }
 
     fn usage_of_sender(&mut self, sender: &str, unix_now: u64) -> Result<Usage, MailboxError> {
-        Ok(self.usage(unix_now, |i| i.sender == sender))
+        Ok(self.usage(unix_now, |_, s| s == sender))
     }
 
     fn purge_expired(&mut self, unix_now: u64) -> Result<usize, MailboxError> {
         let mut inner = self.lock();
-        let before = inner.items.len();
+        let before = inner.items.len() + inner.slots.len();
         inner.items.retain(|_, i| i.expires_at > unix_now);
-        Ok(before - inner.items.len())
+        inner.slots.retain(|_, s| s.expires_at > unix_now);
+        Ok(before - inner.items.len() - inner.slots.len())
+    }
+
+    fn put_slot(&mut self, slot: &Slot) -> Result<(), MailboxError> {
+        let mut inner = self.lock();
+        Self::check(&inner)?;
+        if inner.slots.contains_key(&slot.id) || inner.items.contains_key(&slot.id) {
+            return Err(MailboxError::Duplicate);
+        }
+        inner.slots.insert(slot.id, slot.clone());
+        Ok(())
+    }
+
+    fn get_slot(&mut self, id: &ItemId) -> Result<Option<Slot>, MailboxError> {
+        Ok(self.lock().slots.get(id).cloned())
+    }
+
+    fn complete_slot(&mut self, item: &Item) -> Result<bool, MailboxError> {
+        let mut inner = self.lock();
+        Self::check(&inner)?;
+        if inner.slots.remove(&item.id).is_none() {
+            return Ok(false);
+        }
+        inner.items.insert(item.id, item.clone());
+        Ok(true)
     }
 }

@@ -8,7 +8,7 @@
 //! the policy that needs no I/O: size limit, per-callee and per-caller quotas, expiry.
 
 pub mod memory;
-mod sqlite;
+pub mod sqlite;
 pub mod summary;
 
 use std::fmt;
@@ -121,13 +121,23 @@ impl Item {
         }
     }
 
+    /// The bytes it stands for: its body, or for an uploaded file the file's size.
+    pub fn stored_size(&self) -> u64 {
+        if self.content_type == crate::upload::FILE_TYPE
+            && let Ok(f) = serde_json::from_slice::<crate::upload::FileRef>(&self.body)
+        {
+            return f.size;
+        }
+        self.body.len() as u64
+    }
+
     pub fn meta(&self) -> ItemMeta {
         ItemMeta {
             id: self.id,
             sender: self.sender.clone(),
             content_type: self.content_type.clone(),
             attributes: self.attributes.clone(),
-            size: self.body.len() as u64,
+            size: self.stored_size(),
             sha256: self.sha256,
             stored_at: self.stored_at,
             expires_at: self.expires_at,
@@ -145,6 +155,24 @@ pub struct ItemMeta {
     pub size: u64,
     pub sha256: [u8; 32],
     pub stored_at: u64,
+    pub expires_at: u64,
+}
+
+/// An announced upload that is not complete yet: invisible as an item, but counted
+/// against the quotas with its announced size (crate::upload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub id: ItemId,
+    pub owner: String,
+    pub sender: String,
+    /// The file's type as announced.
+    pub content_type: String,
+    pub attributes: String,
+    pub name: Option<String>,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub created_at: u64,
+    /// The upload must be complete before this (unix seconds).
     pub expires_at: u64,
 }
 
@@ -216,8 +244,14 @@ pub trait StoredItems: Send {
     fn usage_of_owner(&mut self, owner: &str, unix_now: u64) -> Result<Usage, MailboxError>;
     /// Unexpired items deposited by `sender`.
     fn usage_of_sender(&mut self, sender: &str, unix_now: u64) -> Result<Usage, MailboxError>;
-    /// Deletes items that expired at or before `unix_now`; how many.
+    /// Deletes items and upload slots that expired at or before `unix_now`; how many.
     fn purge_expired(&mut self, unix_now: u64) -> Result<usize, MailboxError>;
+    /// Stores an upload slot (its id is new); counted in the usage until it ends.
+    fn put_slot(&mut self, slot: &Slot) -> Result<(), MailboxError>;
+    fn get_slot(&mut self, id: &ItemId) -> Result<Option<Slot>, MailboxError>;
+    /// Replaces the slot of `item.id` by `item` in one transaction; `false` when the
+    /// slot is gone (expired, or completed before).
+    fn complete_slot(&mut self, item: &Item) -> Result<bool, MailboxError>;
 }
 
 /// Limits of the store (config `[store]`, docs/operations.md).
@@ -225,6 +259,8 @@ pub trait StoredItems: Send {
 pub struct Quotas {
     /// Largest body of one item (413 above).
     pub max_item_bytes: u64,
+    /// Largest announced upload (413 above).
+    pub max_upload_bytes: u64,
     /// Items and bytes waiting for one callee (486 "Mailbox Full" above).
     pub callee_items: u64,
     pub callee_bytes: u64,
@@ -239,23 +275,30 @@ impl Default for Quotas {
     fn default() -> Self {
         Self {
             max_item_bytes: 60_000,
+            max_upload_bytes: 50 * 1024 * 1024,
             callee_items: 100,
-            callee_bytes: 10 * 1024 * 1024,
+            callee_bytes: 200 * 1024 * 1024,
             caller_items: 50,
-            caller_bytes: 5 * 1024 * 1024,
+            caller_bytes: 100 * 1024 * 1024,
             expiry_secs: 7 * 24 * 3600,
         }
     }
 }
 
 /// The `[store]` settings (docs/operations.md "Store and forward").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     /// Off: `Request-Disposition: queue` is ignored and nothing is stored.
     pub enabled: bool,
     pub quotas: Quotas,
     /// Cap of `mailbox.sqlite` in bytes (0: none); past it deposits get 507.
     pub max_file_bytes: u64,
+    /// The HTTP listener for large uploads (crate::upload); none: uploads refused.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// The listener's base URL as callers reach it (default `http://<http_listen>`).
+    pub http_base: Option<String>,
+    /// How long an announced upload may take.
+    pub upload_window_secs: u64,
 }
 
 impl Default for StoreSettings {
@@ -264,6 +307,9 @@ impl Default for StoreSettings {
             enabled: true,
             quotas: Quotas::default(),
             max_file_bytes: 1024 * 1024 * 1024,
+            http_listen: None,
+            http_base: None,
+            upload_window_secs: 24 * 3600,
         }
     }
 }
@@ -286,9 +332,15 @@ impl Refusal {
     }
 }
 
-/// The quota decision for a new item of `size` bytes, given what is already stored.
-pub fn check_quota(q: &Quotas, size: u64, callee: Usage, caller: Usage) -> Result<(), Refusal> {
-    if size > q.max_item_bytes {
+/// The quota decision for a new item of `size` bytes (at most `max`), given what is
+/// already stored.
+pub fn check_quota(
+    q: &Quotas,
+    (size, max): (u64, u64),
+    callee: Usage,
+    caller: Usage,
+) -> Result<(), Refusal> {
+    if size > max {
         return Err(Refusal::TooLarge);
     }
     if callee.items >= q.callee_items || callee.bytes.saturating_add(size) > q.callee_bytes {
@@ -313,6 +365,9 @@ pub enum DepositError {
 pub struct Mailbox {
     store: Box<dyn StoredItems>,
     pub quotas: Quotas,
+    /// Large uploads (crate::upload): the listener's URL signer and the upload window
+    /// in seconds; the engine takes them over with the mailbox.
+    pub uploads: Option<(crate::upload::Tokens, u64)>,
 }
 
 impl Default for Mailbox {
@@ -323,7 +378,11 @@ impl Default for Mailbox {
 
 impl Mailbox {
     pub fn new(store: Box<dyn StoredItems>, quotas: Quotas) -> Self {
-        Self { store, quotas }
+        Self {
+            store,
+            quotas,
+            uploads: None,
+        }
     }
 
     /// Checks the quotas and stores `item`; `Ok` only once it is durable.
@@ -334,9 +393,30 @@ impl Mailbox {
         }
         let callee = self.store.usage_of_owner(&item.owner, unix_now)?;
         let caller = self.store.usage_of_sender(&item.sender, unix_now)?;
-        check_quota(&self.quotas, size, callee, caller).map_err(DepositError::Refused)?;
+        let max = self.quotas.max_item_bytes;
+        check_quota(&self.quotas, (size, max), callee, caller).map_err(DepositError::Refused)?;
         self.store.put(item)?;
         Ok(())
+    }
+
+    /// Checks the quotas for an announced upload and stores its slot.
+    pub fn open_slot(&mut self, slot: &Slot, unix_now: u64) -> Result<(), DepositError> {
+        let callee = self.store.usage_of_owner(&slot.owner, unix_now)?;
+        let caller = self.store.usage_of_sender(&slot.sender, unix_now)?;
+        let max = self.quotas.max_upload_bytes;
+        check_quota(&self.quotas, (slot.size, max), callee, caller)
+            .map_err(DepositError::Refused)?;
+        self.store.put_slot(slot)?;
+        Ok(())
+    }
+
+    /// The slot if it exists and has not expired.
+    pub fn get_slot(&mut self, id: &ItemId, unix_now: u64) -> Result<Option<Slot>, MailboxError> {
+        Ok(self.store.get_slot(id)?.filter(|s| s.expires_at > unix_now))
+    }
+
+    pub fn complete_slot(&mut self, item: &Item) -> Result<bool, MailboxError> {
+        self.store.complete_slot(item)
     }
 
     /// The item if it exists and has not expired.
@@ -353,8 +433,13 @@ impl Mailbox {
         self.store.list(owner, unix_now, limit)
     }
 
+    /// The items waiting for `owner` (uploads under way not included).
     pub fn waiting(&mut self, owner: &str, unix_now: u64) -> Result<Usage, MailboxError> {
-        self.store.usage_of_owner(owner, unix_now)
+        let all = self.store.list(owner, unix_now, usize::MAX)?;
+        Ok(Usage {
+            items: all.len() as u64,
+            bytes: all.iter().map(|m| m.size).sum(),
+        })
     }
 
     pub fn delete(&mut self, id: &ItemId) -> Result<bool, MailboxError> {

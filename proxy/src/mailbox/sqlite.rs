@@ -3,18 +3,23 @@
 //! kill -9 and power loss) does not slow the other tables down.
 //!
 //! ```sql
-//! item (id TEXT UNIQUE, owner, sender, content_type, attributes, body BLOB,
-//!       size, sha256 BLOB, stored_at, expires_at)
+//! item        (id TEXT UNIQUE, owner, sender, content_type, attributes, body BLOB,
+//!              size, sha256 BLOB, stored_at, expires_at)
+//! upload_slot (id TEXT UNIQUE, owner, sender, content_type, attributes, name, size,
+//!              sha256 BLOB, created_at, expires_at)        -- uploads under way
 //! ```
+//!
+//! Uploaded files live beside it in `DIR/uploads/`; deleting or expiring their item
+//! (or slot) removes the file.
 //!
 //! An optional size cap (`PRAGMA max_page_count`) makes the store answer "full"
 //! before the disk is: a write past it fails with `SQLITE_FULL`, like a full disk.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Item, ItemId, ItemMeta, MailboxError, StoredItems, Usage};
+use super::{Item, ItemId, ItemMeta, MailboxError, Slot, StoredItems, Usage};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS item (
@@ -32,13 +37,30 @@ CREATE TABLE IF NOT EXISTS item (
 CREATE INDEX IF NOT EXISTS item_owner ON item (owner, stored_at);
 CREATE INDEX IF NOT EXISTS item_sender ON item (sender);
 CREATE INDEX IF NOT EXISTS item_expiry ON item (expires_at);
+CREATE TABLE IF NOT EXISTS upload_slot (
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    name TEXT,
+    size INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 ";
+
+/// The directory of uploaded files in the data directory: `<id>.part` while an upload
+/// is under way, `<id>` once it is complete and an item.
+pub const FILES: &str = "uploads";
 
 /// The file name in the data directory.
 pub const FILE: &str = "mailbox.sqlite";
 
 pub struct SqliteItems {
     conn: Connection,
+    files: PathBuf,
 }
 
 fn int(v: u64) -> i64 {
@@ -71,12 +93,39 @@ impl SqliteItems {
                 |_| Ok(()),
             )?;
         }
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            files: dir.join(FILES),
+        })
+    }
+
+    /// Where the file of a complete upload is.
+    pub fn file_path(&self, id: &ItemId) -> PathBuf {
+        self.files.join(id.to_string())
+    }
+
+    /// Where the bytes of an upload under way are.
+    pub fn part_path(&self, id: &ItemId) -> PathBuf {
+        self.files.join(format!("{id}.part"))
+    }
+
+    /// Removes the files of `id`, if any (an absent file is no error).
+    fn remove_files(&self, id: &ItemId) {
+        for p in [self.file_path(id), self.part_path(id)] {
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(error = %e, "an uploaded file was not removed");
+            }
+        }
     }
 
     fn usage(&self, column: &str, who: &str, unix_now: u64) -> Result<Usage, MailboxError> {
         let sql = format!(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM item WHERE {column} = ?1 AND expires_at > ?2"
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM (
+                 SELECT size FROM item WHERE {column} = ?1 AND expires_at > ?2
+                 UNION ALL
+                 SELECT size FROM upload_slot WHERE {column} = ?1 AND expires_at > ?2)"
         );
         let (items, bytes): (i64, i64) = self
             .conn
@@ -93,10 +142,9 @@ fn digest(v: &[u8]) -> [u8; 32] {
     v.try_into().unwrap_or([0; 32])
 }
 
-impl StoredItems for SqliteItems {
-    fn put(&mut self, item: &Item) -> Result<(), MailboxError> {
-        self.conn
-            .prepare_cached(
+/// Inserts `item` (in a transaction or not).
+fn insert(conn: &Connection, item: &Item) -> Result<(), MailboxError> {
+    conn.prepare_cached(
                 "INSERT INTO item (id, owner, sender, content_type, attributes, body, size, sha256, stored_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
@@ -107,12 +155,24 @@ impl StoredItems for SqliteItems {
                 item.content_type,
                 item.attributes,
                 item.body,
-                int(item.body.len() as u64),
+                int(item.stored_size()),
                 &item.sha256[..],
                 int(item.stored_at),
                 int(item.expires_at),
             ])?;
-        Ok(())
+    Ok(())
+}
+
+impl StoredItems for SqliteItems {
+    fn put(&mut self, item: &Item) -> Result<(), MailboxError> {
+        let slot: bool = self
+            .conn
+            .prepare_cached("SELECT 1 FROM upload_slot WHERE id = ?1")?
+            .exists([item.id.to_string()])?;
+        if slot {
+            return Err(MailboxError::Duplicate);
+        }
+        insert(&self.conn, item)
     }
 
     fn get(&mut self, id: &ItemId) -> Result<Option<Item>, MailboxError> {
@@ -183,6 +243,7 @@ impl StoredItems for SqliteItems {
             .conn
             .prepare_cached("DELETE FROM item WHERE id = ?1")?
             .execute([id.to_string()])?;
+        self.remove_files(id);
         Ok(n > 0)
     }
 
@@ -195,9 +256,92 @@ impl StoredItems for SqliteItems {
     }
 
     fn purge_expired(&mut self, unix_now: u64) -> Result<usize, MailboxError> {
-        Ok(self
+        let now = int(unix_now);
+        // Files first: a file whose row is gone would never be removed.
+        let ids: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM item WHERE expires_at <= ?1 AND content_type = ?2
+                 UNION ALL SELECT id FROM upload_slot WHERE expires_at <= ?1",
+            )?
+            .query_map(params![now, crate::upload::FILE_TYPE], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in ids.iter().filter_map(|i| ItemId::parse(i)) {
+            self.remove_files(&id);
+        }
+        let items = self
             .conn
             .prepare_cached("DELETE FROM item WHERE expires_at <= ?1")?
-            .execute([int(unix_now)])?)
+            .execute([now])?;
+        let slots = self
+            .conn
+            .prepare_cached("DELETE FROM upload_slot WHERE expires_at <= ?1")?
+            .execute([now])?;
+        Ok(items + slots)
+    }
+
+    fn put_slot(&mut self, s: &Slot) -> Result<(), MailboxError> {
+        let taken: bool = self
+            .conn
+            .prepare_cached("SELECT 1 FROM item WHERE id = ?1")?
+            .exists([s.id.to_string()])?;
+        if taken {
+            return Err(MailboxError::Duplicate);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO upload_slot (id, owner, sender, content_type, attributes, name, size, sha256, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                s.id.to_string(),
+                s.owner,
+                s.sender,
+                s.content_type,
+                s.attributes,
+                s.name,
+                int(s.size),
+                &s.sha256[..],
+                int(s.created_at),
+                int(s.expires_at),
+            ])?;
+        Ok(())
+    }
+
+    fn get_slot(&mut self, id: &ItemId) -> Result<Option<Slot>, MailboxError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT owner, sender, content_type, attributes, name, size, sha256, created_at, expires_at
+                 FROM upload_slot WHERE id = ?1",
+            )?
+            .query_row([id.to_string()], |r| {
+                Ok(Slot {
+                    id: *id,
+                    owner: r.get(0)?,
+                    sender: r.get(1)?,
+                    content_type: r.get(2)?,
+                    attributes: r.get(3)?,
+                    name: r.get(4)?,
+                    size: uint(r.get(5)?),
+                    sha256: digest(&r.get::<_, Vec<u8>>(6)?),
+                    created_at: uint(r.get(7)?),
+                    expires_at: uint(r.get(8)?),
+                })
+            })
+            .optional()?)
+    }
+
+    fn complete_slot(&mut self, item: &Item) -> Result<bool, MailboxError> {
+        let tx = self.conn.transaction()?;
+        let n = tx
+            .prepare_cached("DELETE FROM upload_slot WHERE id = ?1")?
+            .execute([item.id.to_string()])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        insert(&tx, item)?;
+        tx.commit()?;
+        Ok(true)
     }
 }

@@ -131,6 +131,7 @@ fn sqlite_store_at_its_cap_answers_full_and_keeps_what_it_had() {
 fn quota_decisions() {
     let q = Quotas {
         max_item_bytes: 100,
+        max_upload_bytes: 1000,
         callee_items: 2,
         callee_bytes: 150,
         caller_items: 3,
@@ -138,25 +139,28 @@ fn quota_decisions() {
         expiry_secs: 60,
     };
     let u = |items, bytes| Usage { items, bytes };
-    assert_eq!(check_quota(&q, 100, u(0, 0), u(0, 0)), Ok(()));
     assert_eq!(
-        check_quota(&q, 101, u(0, 0), u(0, 0)),
+        check_quota(&q, (100, q.max_item_bytes), u(0, 0), u(0, 0)),
+        Ok(())
+    );
+    assert_eq!(
+        check_quota(&q, (101, q.max_item_bytes), u(0, 0), u(0, 0)),
         Err(Refusal::TooLarge)
     );
     assert_eq!(
-        check_quota(&q, 1, u(2, 2), u(0, 0)),
+        check_quota(&q, (1, q.max_item_bytes), u(2, 2), u(0, 0)),
         Err(Refusal::MailboxFull)
     );
     assert_eq!(
-        check_quota(&q, 60, u(1, 100), u(0, 0)),
+        check_quota(&q, (60, q.max_item_bytes), u(1, 100), u(0, 0)),
         Err(Refusal::MailboxFull)
     );
     assert_eq!(
-        check_quota(&q, 30, u(1, 100), u(1, 100)),
+        check_quota(&q, (30, q.max_item_bytes), u(1, 100), u(1, 100)),
         Err(Refusal::SenderQuota)
     );
     assert_eq!(
-        check_quota(&q, 1, u(0, 0), u(3, 3)),
+        check_quota(&q, (1, q.max_item_bytes), u(0, 0), u(3, 3)),
         Err(Refusal::SenderQuota)
     );
     assert_eq!(Refusal::MailboxFull.status().0, 486);
@@ -204,4 +208,93 @@ fn item_ids_print_and_parse() {
     assert_eq!(ItemId::parse(&"AB".repeat(16)), Some(id));
     assert_eq!(ItemId::parse("ab"), None);
     assert_eq!(ItemId::parse(&"zz".repeat(16)), None);
+}
+
+fn slot(n: u8, size: u64, expires_at: u64) -> Slot {
+    Slot {
+        id: ItemId([n; 16]),
+        owner: "bob@x".into(),
+        sender: "alice@x".into(),
+        content_type: "image/png".into(),
+        attributes: "secret".into(),
+        name: Some("a.png".into()),
+        size,
+        sha256: [n; 32],
+        created_at: 1,
+        expires_at,
+    }
+}
+
+/// Upload slots: counted in the usage, invisible as items until completed, replaced
+/// by their item once, purged at expiry.
+fn slot_contract(s: &mut dyn StoredItems) {
+    let a = slot(1, 1000, 100);
+    s.put_slot(&a).unwrap();
+    assert!(s.put_slot(&a).is_err());
+    assert_eq!(s.get_slot(&a.id).unwrap().as_ref(), Some(&a));
+    assert_eq!(s.get(&a.id).unwrap(), None, "no item before completion");
+    assert!(s.list("bob@x", 0, 10).unwrap().is_empty());
+    assert_eq!(
+        s.usage_of_owner("bob@x", 0).unwrap(),
+        Usage {
+            items: 1,
+            bytes: 1000
+        }
+    );
+    let body = serde_json::to_vec(&crate::upload::FileRef {
+        file: a.id.to_string(),
+        name: a.name.clone(),
+        content_type: a.content_type.clone(),
+        size: 1000,
+        sha256: hex(&a.sha256),
+    })
+    .unwrap();
+    let item = Item::new(
+        a.id,
+        "bob@x",
+        "alice@x",
+        crate::upload::FILE_TYPE,
+        "secret",
+        body,
+        5,
+        500,
+    );
+    assert!(s.complete_slot(&item).unwrap());
+    assert!(!s.complete_slot(&item).unwrap(), "once");
+    assert_eq!(s.get_slot(&a.id).unwrap(), None);
+    assert_eq!(s.get(&a.id).unwrap().unwrap().stored_size(), 1000);
+    assert_eq!(
+        s.list("bob@x", 0, 10).unwrap()[0].size,
+        1000,
+        "the file's size"
+    );
+    assert_eq!(s.usage_of_sender("alice@x", 0).unwrap().bytes, 1000);
+    s.put_slot(&slot(2, 10, 50)).unwrap();
+    assert_eq!(s.purge_expired(50).unwrap(), 1, "the expired slot");
+    assert_eq!(s.get_slot(&ItemId([2; 16])).unwrap(), None);
+    assert!(s.get(&a.id).unwrap().is_some());
+}
+
+#[test]
+fn memory_slots_keep_the_contract() {
+    slot_contract(&mut MemoryItems::default());
+}
+
+#[test]
+fn sqlite_slots_keep_the_contract_and_their_files_go_with_them() {
+    let d = dir("slots");
+    let mut s = SqliteItems::open(&d, 0).unwrap();
+    slot_contract(&mut s);
+    // A deleted file item takes its file along; an expired slot its part file.
+    let id = ItemId([1; 16]);
+    std::fs::create_dir_all(d.join(sqlite::FILES)).unwrap();
+    std::fs::write(s.file_path(&id), b"data").unwrap();
+    assert!(s.delete(&id).unwrap());
+    assert!(!s.file_path(&id).exists());
+    s.put_slot(&slot(3, 10, 60)).unwrap();
+    let part = s.part_path(&ItemId([3; 16]));
+    std::fs::write(&part, b"half").unwrap();
+    assert_eq!(s.purge_expired(60).unwrap(), 1);
+    assert!(!part.exists());
+    let _ = std::fs::remove_dir_all(&d);
 }
