@@ -89,7 +89,9 @@ impl StoreFile {
             max_file_bytes: self.max_file_bytes.unwrap_or(d.max_file_bytes),
             http_listen: self.http_listen,
             http_base: self.http_base.clone(),
-            upload_window_secs: self.upload_window_s.map_or(d.upload_window_secs, |s| s.max(1)),
+            upload_window_secs: self
+                .upload_window_s
+                .map_or(d.upload_window_secs, |s| s.max(1)),
         }
     }
 }
