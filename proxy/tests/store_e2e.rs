@@ -403,3 +403,171 @@ fn busy_sipp_callee_gets_no_message_and_the_deposit_is_stored() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0].3.starts_with(BODY.as_bytes()));
 }
+
+/// A minimal HTTP/1.1 client: one request, `Connection: close`; the status, the
+/// header lines and the body.
+fn http(url: &str, method: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Msg) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(authority).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        let _ = write!(req, "{n}: {v}\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let m = Msg::parse(&out);
+    let status = m.start.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, m)
+}
+
+fn upload_bed(test: &str) -> (std::path::PathBuf, std::path::PathBuf, Ports, Vec<String>) {
+    let (dir, data, ports) = bed(test);
+    let config = dir.join("permit.toml");
+    let http = free_port();
+    std::fs::write(
+        &config,
+        format!("[store]\nhttp_listen = \"{HOST}:{http}\"\n"),
+    )
+    .unwrap();
+    let flags = vec!["--config".to_owned(), config.display().to_string()];
+    (dir, data, ports, flags)
+}
+
+/// alice announces `file` for bob; the upload URL from the 202.
+fn announce(alice: &mut Ua, file: &[u8], sha: &str) -> String {
+    let body = format!(
+        "{{\"size\":{},\"sha256\":\"{sha}\",\"type\":\"application/octet-stream\",\"name\":\"f.bin\"}}",
+        file.len()
+    );
+    let got = alice.request(
+        "MESSAGE",
+        &format!("sip:bob@{DOMAIN}"),
+        "Request-Disposition: queue\r\nContent-Type: application/permit-upload+json\r\n",
+        body.as_bytes(),
+    );
+    let fin = got.iter().rfind(|m| m.status().is_some()).unwrap();
+    assert_eq!(fin.status(), Some(202), "{fin:?}");
+    fin.header("Permit-Upload")
+        .expect("Permit-Upload")
+        .trim_matches(['<', '>'])
+        .to_owned()
+}
+
+fn chunk(file: &[u8], first: usize, last: usize) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    (
+        vec![(
+            "Content-Range",
+            format!("bytes {first}-{last}/{}", file.len()),
+        )],
+        file[first..=last].to_vec(),
+    )
+}
+
+#[test]
+fn an_upload_resumes_after_kill_9_and_the_callee_downloads_it_once() {
+    let (dir, data, ports, flags) = upload_bed("upload");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let proxy = Proxy::start(&dir, "proxy", &data, ports, &flags);
+    let file: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha = hex(&Sha256::digest(&file));
+    let mut alice = Ua::new("alice", "alice-pw", ports.udp);
+    let url = announce(&mut alice, &file, &sha);
+
+    let (h, b) = chunk(&file, 0, 149_999);
+    let (status, r) = http(&url, "PUT", &h, &b);
+    assert_eq!(status, 204, "{r:?}");
+    assert_eq!(r.header("Upload-Offset"), Some("150000"));
+    // SIGKILL half way: nothing is visible as an item, the bytes so far are kept.
+    proxy.kill_hard();
+    assert!(stored(&data).is_empty(), "no half item");
+    let _proxy = Proxy::start(&dir, "proxy-restarted", &data, ports, &flags);
+    let (status, r) = http(&url, "HEAD", &[], b"");
+    assert_eq!(status, 204);
+    assert_eq!(r.header("Upload-Offset"), Some("150000"));
+    assert_eq!(r.header("Upload-Length"), Some("300000"));
+    let (h, b) = chunk(&file, 0, 999);
+    let (status, r) = http(&url, "PUT", &h, &b);
+    assert_eq!(
+        (status, r.header("Upload-Offset")),
+        (409, Some("150000")),
+        "resume where it stopped"
+    );
+    let (h, b) = chunk(&file, 150_000, 299_999);
+    let (status, _) = http(&url, "PUT", &h, &b);
+    assert_eq!(status, 201, "complete and verified");
+    let rows = stored(&data);
+    assert_eq!(rows.len(), 1);
+    let id = rows[0].0.clone();
+
+    // bob fetches: the link comes in a MESSAGE with Permit-Download.
+    let mut bob = Ua::new("bob", "bob-pw", ports.udp);
+    let (ok, delivered) = bob.transfer(1);
+    assert_eq!(ok.status(), Some(200));
+    let m = &delivered[0];
+    assert_eq!(
+        m.header("Content-Type"),
+        Some("application/permit-file+json")
+    );
+    let link: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    assert_eq!(link["sha256"], sha.as_str());
+    assert_eq!(link["size"], 300_000);
+    let download = m
+        .header("Permit-Download")
+        .unwrap()
+        .trim_matches(['<', '>'])
+        .to_owned();
+    assert!(download.contains(&format!("/files/{id}?t=")));
+    let (status, r) = http(&download, "GET", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(hex(&Sha256::digest(&r.body)), sha, "the bytes match");
+    let (status, r) = http(&download, "GET", &[("Range", "bytes=299990-".into())], b"");
+    assert_eq!((status, r.body.as_slice()), (206, &file[299_990..]));
+    // The upload URL does not download, and a forged token gets 403.
+    let (status, _) = http(&url.replace("/upload/", "/files/"), "GET", &[], b"");
+    assert_eq!(status, 403);
+    // Acknowledged: the item and its file are gone.
+    bob.answer(m, 200);
+    wait_until(
+        Duration::from_secs(5),
+        "the item deleted after the 2xx",
+        || stored(&data).is_empty(),
+    );
+    assert!(
+        !data.join("uploads").join(&id).exists(),
+        "the file is removed"
+    );
+    let (status, _) = http(&download, "GET", &[], b"");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn an_upload_with_a_wrong_checksum_leaves_nothing() {
+    let (dir, data, ports, flags) = upload_bed("upload-bad-sum");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let _proxy = Proxy::start(&dir, "proxy", &data, ports, &flags);
+    let file = vec![1u8; 5000];
+    let wrong = hex(&Sha256::digest(b"something else"));
+    let mut alice = Ua::new("alice", "alice-pw", ports.udp);
+    let url = announce(&mut alice, &file, &wrong);
+    let (h, b) = chunk(&file, 0, 4999);
+    let (status, _) = http(&url, "PUT", &h, &b);
+    assert_eq!(status, 422);
+    assert!(stored(&data).is_empty(), "no item");
+    let (status, r) = http(&url, "HEAD", &[], b"");
+    assert_eq!(
+        (status, r.header("Upload-Offset")),
+        (204, Some("0")),
+        "the bytes were dropped"
+    );
+    let (status, _) = http(&format!("{url}x"), "HEAD", &[], b"");
+    assert_eq!(status, 403, "a token altered");
+}
