@@ -184,6 +184,8 @@ def parse_args():
                    help="once the call is confirmed, put it on hold and resume it (two re-INVITEs)")
     p.add_argument("--update", action="store_true",
                    help="once the call is confirmed (and resumed), send an UPDATE (RFC 3311) with an offer")
+    p.add_argument("--srtp", action="store_true",
+                   help="optional SDES-SRTP (RFC 4568): offer a=crypto under RTP/AVP, answer it, on any transport")
     p.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds")
     p.add_argument("--log", help="PJSIP log file with the SIP messages")
     return p.parse_args()
@@ -240,6 +242,9 @@ def account(args, state):
     cfg.natConfig.sdpNatRewriteUse = 0
     cfg.natConfig.sipOutboundUse = 0
     cfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    if args.srtp:
+        cfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_OPTIONAL
+        cfg.mediaConfig.srtpSecureSignaling = 0  # also over UDP (labs)
     acc = Account(state, args.answer)
     acc.create(cfg)
     return acc

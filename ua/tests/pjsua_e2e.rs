@@ -139,3 +139,108 @@ fn permit_ua_calls_a_pjsua_phone_through_the_proxy() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("CALL CONFIRMED"), "{out}");
 }
+
+/// PJSIP's log shows SDES-SRTP in use and no packet of ours refused.
+fn assert_pjsip_srtp(log: &Path) {
+    let text = read_text(log);
+    assert!(
+        text.matches("a=crypto:").count() >= 2,
+        "no a=crypto in PJSIP's SDP: {}",
+        common::tail(log, 4000)
+    );
+    assert!(
+        !text.contains("Failed to unprotect SRTP"),
+        "PJSIP refused our SRTP: {}",
+        common::tail(log, 4000)
+    );
+}
+
+/// The permit-ua side of a PJSIP call with SDES: SRTP both ways, all packets good.
+fn assert_sdes_media(lines: &[serde_json::Value]) {
+    let keys = lines.iter().find(|l| l["event"] == "keys").expect("keys");
+    assert!(keys["srtp"].is_string(), "{keys}");
+    assert_eq!(keys["keys_from_secret"], false, "PJSIP's own key: {keys}");
+    let media = lines.iter().find(|l| l["event"] == "media").expect("media");
+    assert_eq!(media["srtp"], true, "{media}");
+    assert_eq!(media["srtp_rejected"], 0, "{media}");
+    assert!(media["packets_sent"].as_u64().unwrap() >= 50, "{media}");
+    assert!(
+        media["packets_received"].as_u64().unwrap() >= 10,
+        "PJSIP's SRTP: {media}"
+    );
+}
+
+/// PJSIP with optional SDES-SRTP calls a permit-mode `permit-ua answer` over UDP: it
+/// offers `a=crypto` under RTP/AVP, the UA answers in kind with its own key.
+#[test]
+fn pjsua_with_sdes_calls_permit_ua_answer() {
+    if !pjsua_available() {
+        return;
+    }
+    let dir = workdir("pjsua-sdes-calls-ua");
+    let proxy = Proxy::start(&dir, &[("alice", "apw"), ("bob", "bpw")]);
+    let mut add = ua_command(&proxy, "udp", "bob", "bpw");
+    add.args(["permit", "add", &format!("alice@{DOMAIN}")]);
+    let (code, _, ua) = run_ua(&dir, "bob-permit-add", add);
+    assert_eq!(code, 0, "{}", ua.describe());
+    let mut bob = ua_command(&proxy, "udp", "bob", "bpw");
+    bob.arg("answer");
+    let mut bob = Ua::spawn(&dir, "bob-answer", bob);
+    bob.wait_event("registered", WAIT);
+    let cmd = pjsua(
+        &dir,
+        &proxy,
+        "alice",
+        "alice",
+        &["--srtp", "--call", "bob", "--talk", "3"],
+    );
+    let mut alice = Ua::spawn(&dir, "alice-pjsua", cmd);
+    let code = alice.wait(Duration::from_secs(40));
+    let out = pjsua_lines(&alice);
+    assert_eq!(code, 0, "pjsua\n{out}\n{}", bob.describe());
+    bob.wait_event("media", WAIT);
+    assert_sdes_media(&bob.lines());
+    assert_pjsip_srtp(&dir.join("alice.pjsip.log"));
+    signal(bob.child.id(), "TERM");
+    assert_eq!(bob.wait(Duration::from_secs(10)), 0, "{}", bob.describe());
+}
+
+/// `permit-ua call` over TLS offers SDES; PJSIP (optional SRTP, registered over TLS)
+/// answers with its own key.
+#[test]
+fn permit_ua_calls_pjsua_with_sdes_over_tls() {
+    if !pjsua_available() {
+        return;
+    }
+    let dir = workdir("ua-calls-pjsua-sdes-tls");
+    let proxy = Proxy::start_with(&dir, &[("alice", "apw"), ("bob", "bpw")], true);
+    let mut add = ua_command(&proxy, "tls", "alice", "apw");
+    add.args(["permit", "add", &format!("bob@{DOMAIN}")]);
+    let (code, _, ua) = run_ua(&dir, "alice-permit-add", add);
+    assert_eq!(code, 0, "{}", ua.describe());
+    let mut cmd = pjsua(&dir, &proxy, "alice", "alice", &["--srtp", "--answer"]);
+    // Over TLS: the proxy's TLS port.
+    let args: Vec<_> = cmd.get_args().map(ToOwned::to_owned).collect();
+    let mut tls = Command::new("python3");
+    for a in args {
+        if a == format!("{HOST}:{}", proxy.port).as_str() {
+            tls.arg(format!("{HOST}:{}", proxy.tls_port.unwrap()));
+        } else {
+            tls.arg(a);
+        }
+    }
+    tls.args(["--transport", "tls"]).stdin(Stdio::null());
+    cmd = tls;
+    let mut alice = Ua::spawn(&dir, "alice-pjsua", cmd);
+    common::wait_until(WAIT, "PJSIP registered", || {
+        pjsua_lines(&alice).contains("REGISTERED")
+    });
+    let mut call = ua_command(&proxy, "tls", "bob", "bpw");
+    call.args(["call", "alice", "--duration", "3"]);
+    let (code, lines, bob) = run_ua(&dir, "bob-call", call);
+    assert_eq!(code, 0, "{}\n{}", bob.describe(), pjsua_lines(&alice));
+    assert_sdes_media(&lines);
+    let code = alice.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{}", pjsua_lines(&alice));
+    assert_pjsip_srtp(&dir.join("alice.pjsip.log"));
+}
