@@ -225,6 +225,13 @@ impl Bed {
     /// start-up that lost a port to another process on the machine (bind:
     /// address in use) is retried on other ports, twice at most.
     pub fn new(test: &str, options: &ProxyOptions) -> Bed {
+        Bed::configured(test, options, None)
+    }
+
+    /// [`Bed::new`] with a configuration file (`--config`) whose text is
+    /// `toml`, e.g. `[registrar]\nmin_expires = 5\n` for a test of
+    /// registration refreshes.
+    pub fn configured(test: &str, options: &ProxyOptions, toml: Option<&str>) -> Bed {
         let dir = workdir(test);
         let data = dir.join("data");
         for (user, password) in &options.users {
@@ -235,6 +242,11 @@ impl Bed {
         }
         let tls_files = options.tls.then(|| self_signed(&dir, &data));
         let mut flags: Vec<String> = Vec::new();
+        if let Some(toml) = toml {
+            let file = dir.join("proxy.toml");
+            fs::write(&file, toml).expect("write the proxy's configuration file");
+            flags.extend(["--config".into(), file.display().to_string()]);
+        }
         if options.users.is_empty() {
             flags.push("--no-auth".into());
         }
