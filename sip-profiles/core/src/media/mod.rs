@@ -3,10 +3,13 @@
 //! stream that arrives over two paths (I-packets through the proxy's relay, the others
 //! peer to peer) back into sequence order (one SSRC, one sequence space).
 
+pub mod annexb;
 pub mod bits;
 pub mod h264;
 pub mod merge;
 pub mod mpeg2;
+pub mod rfc2250;
+pub mod rfc6184;
 
 pub use merge::{MergeStats, Merger};
 
