@@ -452,6 +452,8 @@ fn phone_calls_trunk_with_early_media_info_and_reinvite() {
         "alice received no RTP: {:?}",
         alice.lines
     );
+    // After the answer the trunk sends alice's audio back (Echo()).
+    alice.expect("AUDIO-IN");
     assert_eq!(
         alice
             .lines
@@ -940,6 +942,8 @@ fn phone_calls_echo(bed: &Bed) {
         "no audio back from the echo: {:?}",
         alice.lines
     );
+    // Echo() sends alice's audio back once Asterisk answered.
+    alice.expect("AUDIO-IN");
     let received = alice.received();
     let ok = message(&received, "SIP/2.0 200", "INVITE").expect("200 to the INVITE");
     assert_sdes(&ok, "Asterisk's 200");

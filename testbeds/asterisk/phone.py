@@ -18,6 +18,9 @@ Printed to stdout, one line each, flushed at once:
     TRANSFER <target>               a REFER arrived; we accept it (202) and
                                     call the target through the proxy
     XCALL <state> <code> <reason>   the states of that new call
+    AUDIO-IN <n> packets after the answer
+                                    RTP keeps arriving once the call is
+                                    confirmed (an echo sends ours back)
     RTP rx <packets> tx <packets>   a call's audio packet counts at its end
     DONE ok | DONE fail <why>
 
@@ -53,6 +56,8 @@ class Call(pj.Call):
         self.disconnected = None
         self.media = None
         self.rtp = None
+        self.rx_base = None  # RTP received when the call was first seen confirmed
+        self.audio_in = False
 
     def onCallState(self, prm):
         info = self.getInfo()
@@ -63,6 +68,18 @@ class Call(pj.Call):
             self.disconnected = (info.lastStatusCode, info.lastReason)
             if self.rtp:
                 say("RTP", "rx", self.rtp[0], "tx", self.rtp[1])
+
+    def onCallMediaState(self, prm):
+        # As a softphone does: the (null) microphone to the call, the call
+        # to the (null) speaker. The sound device's clock makes the stream
+        # send a frame every 20 ms.
+        info = self.getInfo()
+        devices = pj.Endpoint.instance().audDevManager()
+        for i, m in enumerate(info.media):
+            if m.type == pj.PJMEDIA_TYPE_AUDIO and m.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                audio = self.getAudioMedia(i)
+                devices.getCaptureDevMedia().startTransmit(audio)
+                audio.startTransmit(devices.getPlaybackDevMedia())
 
     def watch(self):
         if self.disconnected:
@@ -80,6 +97,18 @@ class Call(pj.Call):
             counts = rtp_counts(self)
             if counts:
                 self.rtp = counts
+                self.audio_in_confirmed(info, counts[0])
+
+    def audio_in_confirmed(self, info, rx):
+        """Prints AUDIO-IN once RTP keeps arriving after the call was
+        confirmed (early media does not count): the echo test's proof."""
+        if info.state != pj.PJSIP_INV_STATE_CONFIRMED or self.audio_in:
+            return
+        if self.rx_base is None or rx < self.rx_base:
+            self.rx_base = rx  # the first look, or a new stream after a re-offer
+        elif rx >= self.rx_base + 25:
+            say("AUDIO-IN", rx - self.rx_base, "packets after the answer")
+            self.audio_in = True
 
     def onDtmfDigit(self, prm):
         method = "INFO" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "RFC2833"
