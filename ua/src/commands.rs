@@ -117,7 +117,7 @@ pub async fn run_call(
     out.say(
         "calling",
         &format!("calling {callee}"),
-        json!({ "callee": callee }),
+        json!({ "callee": callee, "local_media": socket.local.to_string() }),
     );
     let mut socket = Some(socket);
     let mut media: Option<MediaHandle> = None;
@@ -311,7 +311,11 @@ impl Answering {
                         self.out.say(
                             "incoming",
                             &format!("call from {who}"),
-                            json!({ "from": from, "remote_media": offer.addr.to_string() }),
+                            json!({
+                                "from": from,
+                                "remote_media": offer.addr.to_string(),
+                                "local_media": s.local.to_string(),
+                            }),
                         );
                         d.ua.answer(Instant::now(), &call, s.local);
                         self.sockets.insert(call.clone(), s);

@@ -39,16 +39,15 @@ struct Capture {
 }
 
 impl Capture {
-    fn start(dir: &Path, not_ports: &[u16]) -> Capture {
+    /// Captures UDP datagrams of RTP/SRTP size (12-byte header and 160 bytes of
+    /// audio, with no tag up to a 16-byte one) on loopback: other traffic on a shared
+    /// machine stays out of the file.
+    fn start(dir: &Path) -> Capture {
         let file = dir.join("media.pcapng");
         let log = dir.join("tshark.log");
-        let filter = not_ports.iter().fold(String::new(), |mut f, p| {
-            f.push_str(" and not port ");
-            f.push_str(&p.to_string());
-            f
-        });
+        let filter = "udp and udp[4:2] >= 180 and udp[4:2] <= 196";
         let child = Command::new("tshark")
-            .args(["-i", "lo", "-q", "-f", &format!("udp{filter}"), "-w"])
+            .args(["-i", "lo", "-q", "-f", filter, "-w"])
             .arg(&file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -61,14 +60,22 @@ impl Capture {
         Capture { child, file, log }
     }
 
-    /// Stops the capture; the UDP payloads captured, as bytes.
-    fn stop(mut self) -> Vec<Vec<u8>> {
+    /// Stops the capture; the UDP payloads captured from or to one of `ports`.
+    fn stop(mut self, ports: &HashSet<u16>) -> Vec<Vec<u8>> {
         signal(self.child.id(), "INT");
         common::wait_bounded(&mut self.child, WAIT, "tshark");
         let out = Command::new("tshark")
             .arg("-r")
             .arg(&self.file)
-            .args(["-T", "fields", "-e", "udp.payload"])
+            .args(["-T", "fields", "-E", "separator=,"])
+            .args([
+                "-e",
+                "udp.srcport",
+                "-e",
+                "udp.dstport",
+                "-e",
+                "udp.payload",
+            ])
             .output()
             .expect("tshark -r");
         assert!(
@@ -78,12 +85,16 @@ impl Capture {
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let hex: String = l.chars().filter(char::is_ascii_hexdigit).collect();
-                (0..hex.len() / 2)
-                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-                    .collect()
+            .filter_map(|l| {
+                let mut f = l.split(',');
+                let src: u16 = f.next()?.parse().ok()?;
+                let dst: u16 = f.next()?.parse().ok()?;
+                let hex: String = f.next()?.chars().filter(char::is_ascii_hexdigit).collect();
+                (ports.contains(&src) || ports.contains(&dst)).then(|| {
+                    (0..hex.len() / 2)
+                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                        .collect()
+                })
             })
             .collect()
     }
@@ -253,10 +264,26 @@ fn two_permit_uas_over_tls_routed_and_direct_with_srtp_both_ways() {
     )
     .unwrap();
 
-    let capture = Capture::start(&dir, &[proxy.port]);
+    let capture = Capture::start(&dir);
     let routed = call(&dir, &proxy, &mut bob, &ca, "routed", false);
     let direct = call(&dir, &proxy, &mut bob, &ca, "direct", true);
-    let payloads = capture.stop();
+    // The four media sockets of the two calls.
+    let port = |v: &serde_json::Value| -> u16 {
+        v.as_str()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+            .expect("a media address")
+    };
+    let mut ports = HashSet::new();
+    for l in bob.lines().iter().filter(|l| l["event"] == "incoming") {
+        ports.insert(port(&l["local_media"]));
+        ports.insert(port(&l["remote_media"]));
+    }
+    for c in [&routed, &direct] {
+        ports.insert(port(&c.alice[0]["local_media"]));
+    }
+    assert_eq!(ports.len(), 4, "{ports:?}");
+    let payloads = capture.stop(&ports);
 
     for (name, c) in [("routed", &routed), ("direct", &direct)] {
         let keys = &c.alice[2];
