@@ -314,6 +314,16 @@ fn direct_invite_must_carry_the_derived_key_and_gets_ours() {
     );
     let keys = bob.ua.media_keys("d-good").expect("SRTP");
     assert!(keys.from_secret);
+    // In-dialog requests of a direct call go back over the caller's connection (its
+    // Contact, 127.0.0.1:5099, names no listener we could reach).
+    let now = bob.clock.now();
+    bob.ua.hangup(now, "d-good");
+    let sent = bob.sent();
+    let bye = sent
+        .iter()
+        .find(|(_, m)| m.method() == Some(&sip_core::message::Method::Bye))
+        .expect("a BYE");
+    assert_eq!(bye.0, STRANGER.parse().unwrap());
 
     // Keys of its own (it does not hold the secret): refused.
     let foreign = Offer::new(None, "d-bad", &mut seeded_rng(3));
