@@ -3,7 +3,9 @@
 //! restart or a kill -9.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use sip_core::message::SipUri;
 use sip_core::transport::Transport;
@@ -14,12 +16,12 @@ use crate::store::{LocationStore, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     /// The Contact URI as registered (no angle brackets).
-    pub contact: String,
+    pub contact: Box<str>,
     /// Unix time (seconds) at which the binding lapses.
     pub expires_at: u64,
     /// q-value in thousandths (RFC 3261 §20.10), 1000 when absent.
     pub q: u16,
-    pub call_id: String,
+    pub call_id: Box<str>,
     pub cseq: u32,
     /// Path header values from the REGISTER (RFC 3327), in order.
     pub path: Vec<String>,
@@ -35,12 +37,54 @@ pub struct Binding {
 /// Bindings by AOR (`user@domain`, host lowercased). Known AORs without live bindings
 /// are kept so that "never registered" (404) and "not reachable now" (480) differ.
 pub struct Location {
-    aors: HashMap<String, Vec<Binding>>,
+    aors: HashMap<Arc<str>, Vec<Binding>>,
     /// Which AORs have a binding at an address (its Contact's or its REGISTER's
     /// source): a request aimed at a registered address, not at the AOR, is still
     /// gated as a request to that AOR.
-    by_addr: HashMap<SocketAddr, Vec<String>>,
+    by_addr: HashMap<SocketAddr, AddrAors>,
     store: Box<dyn LocationStore>,
+}
+
+/// The AORs bound at one address: almost always one, kept without a second allocation.
+#[derive(Debug)]
+enum AddrAors {
+    One(Arc<str>),
+    Many(Vec<Arc<str>>),
+}
+
+impl AddrAors {
+    fn as_slice(&self) -> &[Arc<str>] {
+        match self {
+            Self::One(a) => std::slice::from_ref(a),
+            Self::Many(v) => v,
+        }
+    }
+
+    fn add(&mut self, aor: &Arc<str>) {
+        if self.as_slice().iter().any(|x| **x == **aor) {
+            return;
+        }
+        match self {
+            Self::One(a) => *self = Self::Many(vec![a.clone(), aor.clone()]),
+            Self::Many(v) => v.push(aor.clone()),
+        }
+    }
+
+    /// Removes `aor`; `true` when none is left.
+    fn remove(&mut self, aor: &str) -> bool {
+        match self {
+            Self::One(a) => **a == *aor,
+            Self::Many(v) => {
+                v.retain(|x| **x != *aor);
+                let empty = v.is_empty();
+                if let [only] = v.as_slice() {
+                    let only = only.clone();
+                    *self = Self::One(only);
+                }
+                empty
+            }
+        }
+    }
 }
 
 /// Canonical AOR key of a SIP URI: `user@host` with the host lowercased (RFC 3261 §10.3
@@ -53,14 +97,14 @@ pub fn aor_key(uri: &SipUri<'_>) -> Option<String> {
 
 impl Location {
     /// Loads every stored binding.
-    pub fn open(mut store: Box<dyn LocationStore>) -> Result<Self, StoreError> {
-        let aors: HashMap<String, Vec<Binding>> = store.load_all()?.into_iter().collect();
+    pub fn open(store: Box<dyn LocationStore>) -> Result<Self, StoreError> {
         let mut l = Self {
             aors: HashMap::new(),
             by_addr: HashMap::new(),
             store,
         };
-        for (aor, bindings) in aors {
+        for (aor, bindings) in l.store.load_all()? {
+            let aor: Arc<str> = aor.into();
             l.index(&aor, &bindings);
             l.aors.insert(aor, bindings);
         }
@@ -77,29 +121,34 @@ impl Location {
             .chain(source.filter(|s| Some(*s) != contact))
     }
 
-    fn index(&mut self, aor: &str, bindings: &[Binding]) {
+    fn index(&mut self, aor: &Arc<str>, bindings: &[Binding]) {
         for a in bindings.iter().flat_map(Self::addresses) {
-            let list = self.by_addr.entry(a).or_default();
-            if !list.iter().any(|x| x == aor) {
-                list.push(aor.to_owned());
+            match self.by_addr.entry(a) {
+                Entry::Vacant(v) => {
+                    v.insert(AddrAors::One(aor.clone()));
+                }
+                Entry::Occupied(mut o) => o.get_mut().add(aor),
             }
+        }
+    }
+
+    fn unindex_addr(&mut self, a: SocketAddr, aor: &str) {
+        if let Some(list) = self.by_addr.get_mut(&a)
+            && list.remove(aor)
+        {
+            self.by_addr.remove(&a);
         }
     }
 
     fn unindex(&mut self, aor: &str, bindings: &[Binding]) {
         for a in bindings.iter().flat_map(Self::addresses) {
-            if let Some(list) = self.by_addr.get_mut(&a) {
-                list.retain(|x| x != aor);
-                if list.is_empty() {
-                    self.by_addr.remove(&a);
-                }
-            }
+            self.unindex_addr(a, aor);
         }
     }
 
     /// AORs with a binding (live or not yet purged) at `addr`.
-    pub fn aors_at(&self, addr: SocketAddr) -> &[String] {
-        self.by_addr.get(&addr).map_or(&[], Vec::as_slice)
+    pub fn aors_at(&self, addr: SocketAddr) -> &[Arc<str>] {
+        self.by_addr.get(&addr).map_or(&[], AddrAors::as_slice)
     }
 
     /// Live bindings of `aor`, highest q first; `None` if the AOR was never registered.
@@ -118,11 +167,15 @@ impl Location {
     /// Replaces the bindings of `aor`; written to the store before it is visible.
     pub fn replace(&mut self, aor: &str, bindings: Vec<Binding>) -> Result<(), StoreError> {
         self.store.put(aor, &bindings)?;
-        if let Some(old) = self.aors.remove(aor) {
-            self.unindex(aor, &old);
-        }
-        self.index(aor, &bindings);
-        self.aors.insert(aor.to_owned(), bindings);
+        let key = match self.aors.remove_entry(aor) {
+            Some((key, old)) => {
+                self.unindex(aor, &old);
+                key
+            }
+            None => Arc::from(aor),
+        };
+        self.index(&key, &bindings);
+        self.aors.insert(key, bindings);
         Ok(())
     }
 
@@ -151,12 +204,7 @@ impl Location {
                 .flat_map(Self::addresses)
                 .collect();
             for a in Self::addresses(&b).filter(|a| !kept.contains(a)) {
-                if let Some(list) = self.by_addr.get_mut(&a) {
-                    list.retain(|x| *x != aor);
-                    if list.is_empty() {
-                        self.by_addr.remove(&a);
-                    }
-                }
+                self.unindex_addr(a, &aor);
             }
         }
         self.store.purge_expired(unix_now)?;

@@ -85,7 +85,7 @@ pub fn handle_register(
         }
         if bindings
             .iter()
-            .any(|b| b.call_id == call_id && b.cseq >= cseq.seq)
+            .any(|b| *b.call_id == *call_id && b.cseq >= cseq.seq)
         {
             return reject(500, "Out Of Order CSeq");
         }
@@ -124,10 +124,10 @@ pub fn handle_register(
         let Some(q) = c.param(b"q").map_or(Some(1000), parse_q) else {
             return reject(400, "Bad Contact q");
         };
-        let existing = bindings.iter().position(|b| b.contact == uri);
+        let existing = bindings.iter().position(|b| *b.contact == *uri);
         if let Some(i) = existing {
             let b = &bindings[i];
-            if b.call_id == call_id && b.cseq >= cseq.seq {
+            if *b.call_id == *call_id && b.cseq >= cseq.seq {
                 return reject(500, "Out Of Order CSeq");
             }
         }
@@ -138,10 +138,10 @@ pub fn handle_register(
             continue;
         }
         let binding = Binding {
-            contact: uri.to_owned(),
+            contact: uri.into(),
             expires_at: unix_now + u64::from(expires.min(cfg.max_expires)),
             q,
-            call_id: call_id.to_owned(),
+            call_id: call_id.into(),
             cseq: cseq.seq,
             path: path.clone(),
             source: Some(source),
@@ -166,7 +166,7 @@ pub fn handle_register(
 fn store(location: &mut Location, aor: &str, bindings: Vec<Binding>, unix_now: u64) -> Registered {
     let listed = bindings
         .iter()
-        .map(|b| (b.contact.clone(), b.expires_at - unix_now))
+        .map(|b| (b.contact.to_string(), b.expires_at - unix_now))
         .collect();
     match location.replace(aor, bindings) {
         Ok(()) => Registered::Ok(listed),

@@ -92,7 +92,12 @@ impl Proxy {
             .filter(|_| local_callee)
             .map(|u| format!("{u}@{domain}"));
         let addressed: Vec<String> = match (&callee, resolve(next_hop)) {
-            (None, Some((_, addr))) => self.location.aors_at(addr).to_vec(),
+            (None, Some((_, addr))) => self
+                .location
+                .aors_at(addr)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             _ => Vec::new(),
         };
         if who.is_some() && self.cfg.gate.enabled {

@@ -108,7 +108,7 @@ impl Proxy {
                     _ => resolve(first_hop.unwrap_or(b.contact.as_bytes()))?,
                 };
                 Some(Target {
-                    uri: Some(b.contact.clone()),
+                    uri: Some(b.contact.to_string()),
                     route: b.path.clone(),
                     transport,
                     dest,
