@@ -316,6 +316,18 @@ fn sender(
     sent
 }
 
+/// A UA's socket with a large receive buffer, so that what the bench measures is the
+/// relay's loss, not the receiving thread's.
+fn ua_socket() -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    let size = 8usize << 20;
+    if nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBufForce, &size).is_err() {
+        let _ = s.set_recv_buffer_size(size);
+    }
+    s.bind(&SocketAddr::new(LOCAL, 0).into()).unwrap();
+    s.into()
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -327,8 +339,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn main() {
     let a = args();
-    let tx = UdpSocket::bind((LOCAL, 0)).unwrap();
-    let rx = UdpSocket::bind((LOCAL, 0)).unwrap();
+    let (tx, rx) = (ua_socket(), ua_socket());
     for s in [&tx, &rx] {
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     }

@@ -1,10 +1,11 @@
-//! The relay's tokio shell: every port of the range is bound at start (pre-bound, so a
+//! The relay's I/O shell: every port of the range is bound at start (pre-bound, so a
 //! datagram to a port no call holds reaches the table and is counted, and a call never
-//! fails because another program took one of its ports); one receive task per port on a
-//! thread of its own (the SIP engine keeps its thread); each datagram goes through
-//! [`RelayTable::handle_datagram`] under a mutex and is sent on as received, from the
-//! other leg's socket, without copying or reading its payload. A send that would block
-//! is dropped and counted (`ShellStats`), never queued.
+//! fails because another program took one of its ports); one thread of its own (the
+//! SIP engine keeps its thread) waits for readiness on all of them (mio: epoll, no
+//! async runtime, no task wake-up per packet) and drains each ready socket; each
+//! datagram goes through [`RelayTable::handle_datagram`] under a mutex and is sent on
+//! as received, from the other leg's socket, without copying or reading its payload. A
+//! send that would block is dropped and counted (`ShellStats`), never queued.
 
 use std::io;
 use std::net::UdpSocket as StdSocket;
@@ -12,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
 
 use super::{
     AllocError, Allocation, CallCounters, MediaRelay, RelayCallId, RelaySettings, RelayStats,
@@ -108,6 +110,10 @@ pub fn bind(settings: &RelaySettings) -> io::Result<Vec<StdSocket>> {
         .collect()
 }
 
+/// Datagrams read from one socket before the others get their turn (a flooded port
+/// cannot starve the rest).
+const BATCH: usize = 64;
+
 /// Starts the relay thread over sockets from [`bind`] (in port order from the first
 /// port of the range). It runs until the process ends.
 pub fn spawn(
@@ -116,80 +122,114 @@ pub fn spawn(
 ) -> io::Result<(std::thread::JoinHandle<()>, Arc<ShellStats>)> {
     let first = relay.lock().settings().ports.0;
     let stats = Arc::new(ShellStats::default());
-    let shell_stats = stats.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let poll = Poll::new()?;
+    let mut sockets: Vec<UdpSocket> = sockets.into_iter().map(UdpSocket::from_std).collect();
+    for (i, s) in sockets.iter_mut().enumerate() {
+        poll.registry().register(s, Token(i), Interest::READABLE)?;
+    }
+    let shell = Shell {
+        relay,
+        sockets,
+        first,
+        stats: stats.clone(),
+    };
     let handle = std::thread::Builder::new()
         .name("relay".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let mut tokio_sockets = Vec::with_capacity(sockets.len());
-                for s in sockets {
-                    match UdpSocket::from_std(s) {
-                        Ok(s) => tokio_sockets.push(s),
-                        Err(e) => {
-                            tracing::error!(error = %e, "relay socket not registered; relay off");
-                            return;
-                        }
-                    }
-                }
-                let sockets: Arc<Vec<UdpSocket>> = Arc::new(tokio_sockets);
-                for i in 0..sockets.len() {
-                    let port = first + i as u16;
-                    tokio::spawn(receive(
-                        relay.clone(),
-                        sockets.clone(),
-                        (first, port),
-                        shell_stats.clone(),
-                    ));
-                }
-                let mut tick = tokio::time::interval(EXPIRY_TICK);
-                loop {
-                    tick.tick().await;
-                    let expired = relay.lock().handle_timeout(Instant::now());
-                    if expired > 0 {
-                        tracing::debug!(expired, "relay calls freed after inactivity");
-                    }
-                }
-            });
-        })?;
+        .spawn(move || shell.run(poll))?;
     Ok((handle, stats))
 }
 
-/// The receive loop of one port.
-async fn receive(
+struct Shell {
     relay: SharedRelay,
-    sockets: Arc<Vec<UdpSocket>>,
-    (first, port): (u16, u16),
+    sockets: Vec<UdpSocket>,
+    first: u16,
     stats: Arc<ShellStats>,
-) {
-    let me = &sockets[usize::from(port - first)];
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        // ICMP errors of earlier sends (Linux reports them on the next receive):
-        // nothing to do but go on.
-        let Ok((n, source)) = me.recv_from(&mut buf).await else {
-            continue;
-        };
-        if n == BUFFER {
-            stats.oversize.fetch_add(1, Ordering::Relaxed);
-            continue;
+}
+
+impl Shell {
+    fn run(self, mut poll: Poll) {
+        let mut events = Events::with_capacity(1024);
+        let mut buf = vec![0u8; BUFFER];
+        // Sockets that were ready and not drained yet (readiness is edge-triggered).
+        let mut ready: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+        let mut queued = vec![false; self.sockets.len()];
+        let mut next_expiry = Instant::now() + EXPIRY_TICK;
+        loop {
+            let now = Instant::now();
+            let wait = if ready.is_empty() {
+                next_expiry.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = poll.poll(&mut events, Some(wait))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(error = %e, "relay poll failed; relay stopped");
+                return;
+            }
+            for ev in &events {
+                let i = ev.token().0;
+                if i < queued.len() && !queued[i] {
+                    queued[i] = true;
+                    ready.push_back(i);
+                }
+            }
+            for _ in 0..ready.len() {
+                let Some(i) = ready.pop_front() else { break };
+                if self.drain(i, &mut buf) {
+                    queued[i] = false;
+                } else {
+                    ready.push_back(i);
+                }
+            }
+            let now = Instant::now();
+            if now >= next_expiry {
+                let expired = self.relay.lock().handle_timeout(now);
+                if expired > 0 {
+                    tracing::debug!(expired, "relay calls freed after inactivity");
+                }
+                next_expiry = now + EXPIRY_TICK;
+            }
         }
-        let verdict = relay
-            .lock()
-            .handle_datagram(Instant::now(), port, source, &buf[..n]);
-        let sent = match verdict {
-            Verdict::Forward { from, to } => sockets
-                .get(usize::from(from.wrapping_sub(first)))
-                .map(|s| s.try_send_to(&buf[..n], to)),
-            Verdict::Answer { from, to, data } => sockets
-                .get(usize::from(from.wrapping_sub(first)))
-                .map(|s| s.try_send_to(&data, to)),
-            Verdict::Drop(_) => None,
-        };
-        if matches!(sent, Some(Err(_))) {
-            stats.send_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Up to [`BATCH`] datagrams of socket `i`; `true` once it would block.
+    fn drain(&self, i: usize, buf: &mut [u8]) -> bool {
+        let port = self.first + i as u16;
+        let me = &self.sockets[i];
+        for _ in 0..BATCH {
+            let (n, source) = match me.recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                // ICMP errors of earlier sends (Linux reports them on the next
+                // receive): nothing to do but go on.
+                Err(_) => continue,
+            };
+            if n == buf.len() {
+                self.stats.oversize.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let verdict =
+                self.relay
+                    .lock()
+                    .handle_datagram(Instant::now(), port, source, &buf[..n]);
+            let sent = match verdict {
+                Verdict::Forward { from, to } => {
+                    self.socket(from).map(|s| s.send_to(&buf[..n], to))
+                }
+                Verdict::Answer { from, to, data } => {
+                    self.socket(from).map(|s| s.send_to(&data, to))
+                }
+                Verdict::Drop(_) => None,
+            };
+            if matches!(sent, Some(Err(_))) {
+                self.stats.send_failed.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        false
+    }
+
+    fn socket(&self, port: u16) -> Option<&UdpSocket> {
+        self.sockets.get(usize::from(port.wrapping_sub(self.first)))
     }
 }

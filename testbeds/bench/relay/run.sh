@@ -3,11 +3,13 @@
 # forwarding, one worker thread), and the direct path as the floor, in one run.
 #
 #   cargo build --release -p permit-proxy --example relay_bench
-#   testbeds/bench/relay/run.sh [--secs 5] [--sizes 172,1200] [--loads 20000,50000,...] [--out DIR]
+#   testbeds/bench/relay/run.sh [--secs 5] [--sizes 172,1200] [--loads 25000,50000,...] [--rounds 2] [--out DIR]
 #
 # Needs rtpengine (Debian package rtpengine-daemon; it is started here, not as a
-# service). Every process it starts is stopped by PID on exit. Results: one JSON line
-# per phase in DIR/results.jsonl and a Markdown table on stdout (docs/benchmarks.md).
+# service). Every process it starts is stopped by PID on exit. Each round runs the
+# direct path, then permit and rtpengine (their order swapped every other round).
+# Results: one JSON line per phase in DIR/results.jsonl and Markdown tables of the
+# medians over the rounds on stdout (docs/benchmarks.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,12 +19,14 @@ bench=$target/release/examples/relay_bench
 secs=5
 sizes=172,1200
 loads=25000,50000,75000,100000,125000,150000,200000
+rounds=2
 out=
 while [ $# -gt 0 ]; do
     case $1 in
         --secs) secs=$2; shift 2 ;;
         --sizes) sizes=$2; shift 2 ;;
         --loads) loads=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -72,13 +76,21 @@ PY
 
 : >"$out/results.jsonl"
 IFS=, read -r -a size_list <<<"$sizes"
-for size in "${size_list[@]}"; do
-    common=(--secs "$secs" --size "$size" --loads "$loads" --streams 8)
-    "$bench" direct "${common[@]}" >>"$out/results.jsonl"
+run_permit() {
     "$bench" permit --ports 45000 "${common[@]}" >>"$out/results.jsonl" 2>>"$out/permit.log"
+}
+run_rtpengine() {
     start_rtpengine
     "$bench" rtpengine --ng 127.0.0.1:22230 --pid "$rtpe_pid" "${common[@]}" >>"$out/results.jsonl"
     stop
+}
+for round in $(seq "$rounds"); do
+    for size in "${size_list[@]}"; do
+        common=(--secs "$secs" --size "$size" --loads "$loads" --streams 8)
+        echo "round $round, $size-byte packets" >&2
+        "$bench" direct "${common[@]}" >>"$out/results.jsonl"
+        if [ $((round % 2)) -eq 1 ]; then run_permit; run_rtpengine; else run_rtpengine; run_permit; fi
+    done
 done
 cat "$out/versions.txt"
 python3 "$here/report.py" "$out/results.jsonl"
