@@ -425,7 +425,7 @@ fn phone_calls_trunk_with_early_media_info_and_reinvite() {
             "12",
             "--reinvite",
             "--talk",
-            "1",
+            "2",
             "--run",
             "14",
         ],
