@@ -17,7 +17,7 @@
 
 use std::net::SocketAddr;
 
-use permit_proxy::location::{Binding, Location};
+use permit_proxy::location::{Binding, CallIdHash, Location};
 use permit_proxy::store::{LocationStore, StoreError};
 use sip_core::transport::Transport;
 
@@ -62,7 +62,7 @@ fn main() {
             contact: format!("sip:u{i:07}@{}:{port};transport=udp", addr.ip()).into(),
             expires_at: 1_800_003_600,
             q: 1000,
-            call_id: format!("{i:08x}-5f1c-4e2a-9d3b-{i:012x}").into(),
+            call_id: CallIdHash::of(&format!("{i:08x}-5f1c-4e2a-9d3b-{i:012x}")),
             cseq: 1,
             path: Vec::new(),
             source: Some((Transport::Udp, addr)),

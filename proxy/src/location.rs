@@ -3,7 +3,8 @@
 //! restart or a kill -9.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, RandomState};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -21,7 +22,8 @@ pub struct Binding {
     pub expires_at: u64,
     /// q-value in thousandths (RFC 3261 §20.10), 1000 when absent.
     pub q: u16,
-    pub call_id: Box<str>,
+    /// The REGISTER's Call-ID, kept as a hash: it is only compared (§10.3 step 7).
+    pub call_id: CallIdHash,
     pub cseq: u32,
     /// Path header values from the REGISTER (RFC 3327), in order.
     pub path: Vec<String>,
@@ -41,8 +43,41 @@ pub struct Location {
     /// Which AORs have a binding at an address (its Contact's or its REGISTER's
     /// source): a request aimed at a registered address, not at the AOR, is still
     /// gated as a request to that AOR.
-    by_addr: HashMap<SocketAddr, AddrAors>,
+    /// Keyed by a keyed hash of the address (8 bytes, not 32): candidates are checked
+    /// against the bindings on lookup, so a collision never names a wrong AOR.
+    by_addr: HashMap<u64, AddrAors>,
+    addr_hasher: RandomState,
     store: Box<dyn LocationStore>,
+}
+
+/// A Call-ID as the registrar keeps it: the first 64 bits of its SHA-256. The registrar
+/// only asks "same Call-ID as the stored binding?" (RFC 3261 §10.3 step 7), and 8 bytes
+/// cost less than the string (typically 30–60 bytes plus its allocation). Stable across
+/// versions, so it is stored as is (`h:` and 16 hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallIdHash(pub u64);
+
+impl CallIdHash {
+    pub fn of(call_id: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(call_id.as_bytes());
+        Self(u64::from_be_bytes([
+            d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
+        ]))
+    }
+
+    /// The stored form.
+    pub fn to_text(self) -> String {
+        format!("h:{:016x}", self.0)
+    }
+
+    /// From the stored form; a plain Call-ID (stored by an older version) is hashed.
+    pub fn from_text(s: &str) -> Self {
+        s.strip_prefix("h:")
+            .filter(|h| h.len() == 16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .map_or_else(|| Self::of(s), Self)
+    }
 }
 
 /// The AORs bound at one address: almost always one, kept without a second allocation.
@@ -101,6 +136,7 @@ impl Location {
         let mut l = Self {
             aors: HashMap::new(),
             by_addr: HashMap::new(),
+            addr_hasher: RandomState::new(),
             store,
         };
         for (aor, bindings) in l.store.load_all()? {
@@ -123,7 +159,7 @@ impl Location {
 
     fn index(&mut self, aor: &Arc<str>, bindings: &[Binding]) {
         for a in bindings.iter().flat_map(Self::addresses) {
-            match self.by_addr.entry(a) {
+            match self.by_addr.entry(self.addr_hasher.hash_one(a)) {
                 Entry::Vacant(v) => {
                     v.insert(AddrAors::One(aor.clone()));
                 }
@@ -133,10 +169,11 @@ impl Location {
     }
 
     fn unindex_addr(&mut self, a: SocketAddr, aor: &str) {
-        if let Some(list) = self.by_addr.get_mut(&a)
+        let key = self.addr_hasher.hash_one(a);
+        if let Some(list) = self.by_addr.get_mut(&key)
             && list.remove(aor)
         {
-            self.by_addr.remove(&a);
+            self.by_addr.remove(&key);
         }
     }
 
@@ -147,8 +184,21 @@ impl Location {
     }
 
     /// AORs with a binding (live or not yet purged) at `addr`.
-    pub fn aors_at(&self, addr: SocketAddr) -> &[Arc<str>] {
-        self.by_addr.get(&addr).map_or(&[], AddrAors::as_slice)
+    pub fn aors_at(&self, addr: SocketAddr) -> Vec<Arc<str>> {
+        let key = self.addr_hasher.hash_one(addr);
+        let Some(candidates) = self.by_addr.get(&key) else {
+            return Vec::new();
+        };
+        candidates
+            .as_slice()
+            .iter()
+            .filter(|aor| {
+                self.aors
+                    .get(&***aor)
+                    .is_some_and(|bs| bs.iter().flat_map(Self::addresses).any(|x| x == addr))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Live bindings of `aor`, highest q first; `None` if the AOR was never registered.

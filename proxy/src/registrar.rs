@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use sip_core::message::{HeaderName, Message, NameAddr, trim};
 use sip_core::transport::Transport;
 
-use crate::location::{Binding, Location};
+use crate::location::{Binding, CallIdHash, Location};
 
 /// Registrar limits (seconds).
 #[derive(Debug, Clone)]
@@ -68,6 +68,7 @@ pub fn handle_register(
     let Some(call_id) = req.call_id().and_then(|c| std::str::from_utf8(c).ok()) else {
         return reject(400, "Bad Call-ID");
     };
+    let call_hash = CallIdHash::of(call_id);
     let Ok(header_expires) = req.expires() else {
         return reject(400, "Bad Expires");
     };
@@ -85,7 +86,7 @@ pub fn handle_register(
         }
         if bindings
             .iter()
-            .any(|b| *b.call_id == *call_id && b.cseq >= cseq.seq)
+            .any(|b| b.call_id == call_hash && b.cseq >= cseq.seq)
         {
             return reject(500, "Out Of Order CSeq");
         }
@@ -127,7 +128,7 @@ pub fn handle_register(
         let existing = bindings.iter().position(|b| *b.contact == *uri);
         if let Some(i) = existing {
             let b = &bindings[i];
-            if *b.call_id == *call_id && b.cseq >= cseq.seq {
+            if b.call_id == call_hash && b.cseq >= cseq.seq {
                 return reject(500, "Out Of Order CSeq");
             }
         }
@@ -141,7 +142,7 @@ pub fn handle_register(
             contact: uri.into(),
             expires_at: unix_now + u64::from(expires.min(cfg.max_expires)),
             q,
-            call_id: call_id.into(),
+            call_id: call_hash,
             cseq: cseq.seq,
             path: path.clone(),
             source: Some(source),

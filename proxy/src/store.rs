@@ -9,7 +9,7 @@ use std::path::Path;
 use rusqlite::{Connection, params};
 use sip_core::transport::Transport;
 
-use crate::location::Binding;
+use crate::location::{Binding, CallIdHash};
 
 /// Storage failures are I/O faults: the request that needed the write gets a 500.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +149,7 @@ impl LocationStore for SqliteStore {
                     contact: r.get(1)?,
                     expires_at: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
                     q: r.get::<_, i64>(3)?.try_into().unwrap_or(1000),
-                    call_id: r.get(4)?,
+                    call_id: CallIdHash::from_text(&r.get::<_, String>(4)?),
                     cseq: r.get::<_, i64>(5)?.try_into().unwrap_or(0),
                     path: path.lines().map(str::to_owned).collect(),
                     source: source_from_text(r.get(7)?),
@@ -184,7 +184,7 @@ impl LocationStore for SqliteStore {
                     b.contact,
                     i64::try_from(b.expires_at).unwrap_or(i64::MAX),
                     i64::from(b.q),
-                    b.call_id,
+                    b.call_id.to_text(),
                     i64::from(b.cseq),
                     b.path.join("\n"),
                     source_to_text(b.source),
@@ -215,7 +215,7 @@ mod tests {
             contact: contact.into(),
             expires_at,
             q: 500,
-            call_id: "c1".into(),
+            call_id: CallIdHash::of("c1"),
             cseq: 7,
             path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()],
             source: Some((Transport::Tcp, "127.0.0.1:5099".parse().unwrap())),
