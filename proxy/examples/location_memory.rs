@@ -4,9 +4,10 @@
 //! cargo run --release -p permit-proxy --example location_memory -- [BINDINGS]
 //! ```
 //!
-//! Registers BINDINGS AORs (default 100,000) with one binding each, as a phone's
-//! REGISTER makes them (a 40-byte Contact with an IP literal and port, a 36-byte
-//! Call-ID, the REGISTER's source address), into a `Location` whose store discards the
+//! Registers BINDINGS AORs (default 100,000) with one binding each through the registrar
+//! (`registrar::handle_register`, as the engine calls it, with a phone's REGISTER: a
+//! 40-byte Contact with an IP literal and port, a 36-byte Call-ID, the source address),
+//! into a `Location` whose store discards the
 //! writes (the memory of the storage backend is not the location's). The figure is the
 //! growth of the resident set (VmRSS) divided by BINDINGS: it includes the AOR keys, the
 //! by-address index, the hash tables' spare capacity and the allocator's overhead (the
@@ -17,8 +18,10 @@
 
 use std::net::SocketAddr;
 
-use permit_proxy::location::{Binding, CallIdHash, Location};
+use permit_proxy::location::{Binding, Location};
+use permit_proxy::registrar::{Registered, RegistrarConfig, handle_register};
 use permit_proxy::store::{LocationStore, StoreError};
+use sip_core::message::Message;
 use sip_core::transport::Transport;
 
 /// Resident set in KiB (VmRSS from /proc/self/status).
@@ -53,23 +56,32 @@ fn main() {
         .unwrap_or(100_000);
     let mut location = Location::open(Box::new(Discard)).expect("open");
     let before = rss_kib();
+    let cfg = RegistrarConfig::default();
     for i in 0..n {
         let ip = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
         let port = 5060 + (i % 1000) as u16;
         let addr = SocketAddr::from((ip, port));
-        let aor = format!("u{i:07}@tenant{}.example.com", i % 500);
-        let binding = Binding {
-            contact: format!("sip:u{i:07}@{}:{port};transport=udp", addr.ip()).into(),
-            expires_at: 1_800_003_600,
-            q: 1000,
-            call_id: CallIdHash::of(&format!("{i:08x}-5f1c-4e2a-9d3b-{i:012x}")),
-            cseq: 1,
-            path: Vec::new(),
-            source: Some((Transport::Udp, addr)),
-            max_calls: None,
-            load_query: true,
-        };
-        location.replace(&aor, vec![binding]).expect("replace");
+        let user = format!("u{i:07}");
+        let domain = format!("tenant{}.example.com", i % 500);
+        // The REGISTER a phone sends, through the registrar as the engine calls it.
+        let register = format!(
+            "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bK{i:x}\r\n\
+From: <sip:{user}@{domain}>;tag={i:x}\r\nTo: <sip:{user}@{domain}>\r\n\
+Call-ID: {i:08x}-5f1c-4e2a-9d3b-{i:012x}\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:{user}@{addr};transport=udp>\r\nExpires: 3600\r\nMax-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        let msg = Message::parse(register.into()).expect("parse");
+        let aor = format!("{user}@{domain}");
+        let r = handle_register(
+            &cfg,
+            &mut location,
+            &aor,
+            &msg,
+            (Transport::Udp, addr),
+            1_800_000_000,
+        );
+        assert!(matches!(r, Registered::Ok(_)), "{i}");
     }
     let after = rss_kib();
     let per = (after - before) as f64 * 1024.0 / n as f64;

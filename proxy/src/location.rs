@@ -39,7 +39,8 @@ pub struct Binding {
 /// Bindings by AOR (`user@domain`, host lowercased). Known AORs without live bindings
 /// are kept so that "never registered" (404) and "not reachable now" (480) differ.
 pub struct Location {
-    aors: HashMap<Arc<str>, Vec<Binding>>,
+    /// Exact-size slices: a Vec grown by the registrar's push would keep room for four.
+    aors: HashMap<Arc<str>, Box<[Binding]>>,
     /// Which AORs have a binding at an address (its Contact's or its REGISTER's
     /// source): a request aimed at a registered address, not at the AOR, is still
     /// gated as a request to that AOR.
@@ -142,7 +143,7 @@ impl Location {
         for (aor, bindings) in l.store.load_all()? {
             let aor: Arc<str> = aor.into();
             l.index(&aor, &bindings);
-            l.aors.insert(aor, bindings);
+            l.aors.insert(aor, bindings.into_boxed_slice());
         }
         Ok(l)
     }
@@ -211,7 +212,7 @@ impl Location {
 
     /// All bindings of `aor`, expired ones included (the registrar's view).
     pub fn bindings(&self, aor: &str) -> &[Binding] {
-        self.aors.get(aor).map_or(&[], Vec::as_slice)
+        self.aors.get(aor).map_or(&[], |b| b)
     }
 
     /// Replaces the bindings of `aor`; written to the store before it is visible.
@@ -225,7 +226,7 @@ impl Location {
             None => Arc::from(aor),
         };
         self.index(&key, &bindings);
-        self.aors.insert(key, bindings);
+        self.aors.insert(key, bindings.into_boxed_slice());
         Ok(())
     }
 
@@ -234,15 +235,15 @@ impl Location {
         let mut n = 0;
         let mut gone = Vec::new();
         for (aor, list) in &mut self.aors {
-            let before = list.len();
-            list.retain(|b| {
-                let live = b.expires_at > unix_now;
-                if !live {
-                    gone.push((aor.clone(), b.clone()));
-                }
-                live
-            });
-            n += before - list.len();
+            if list.iter().all(|b| b.expires_at > unix_now) {
+                continue;
+            }
+            let (live, dead): (Vec<Binding>, Vec<Binding>) = std::mem::take(list)
+                .into_iter()
+                .partition(|b| b.expires_at > unix_now);
+            n += dead.len();
+            gone.extend(dead.into_iter().map(|b| (aor.clone(), b)));
+            *list = live.into_boxed_slice();
         }
         for (aor, b) in gone {
             // An address still used by another live binding of the same AOR stays.
@@ -263,6 +264,6 @@ impl Location {
 
     /// Number of AORs and of bindings held.
     pub fn counts(&self) -> (usize, usize) {
-        (self.aors.len(), self.aors.values().map(Vec::len).sum())
+        (self.aors.len(), self.aors.values().map(|b| b.len()).sum())
     }
 }
