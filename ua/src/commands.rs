@@ -214,6 +214,8 @@ pub struct AnswerOptions {
     pub answer: bool,
     pub play: Option<Arc<Vec<u8>>>,
     pub record: Option<PathBuf>,
+    /// Fetch stored items by itself into this inbox (`answer`).
+    pub inbox: Option<crate::inbox::fetch::InboxContext>,
 }
 
 /// `permit-ua register` and `permit-ua answer`: stay registered until a signal;
@@ -227,9 +229,15 @@ pub async fn run_registered(mut d: Driver, out: Output, opts: AnswerOptions) -> 
     );
     let mut registered = false;
     let mut leaving: Option<Instant> = None;
+    let fetcher = opts
+        .inbox
+        .clone()
+        .map(|c| crate::inbox::fetch::AutoFetch::new(c, out));
     let mut calls = Answering {
         out,
         opts,
+        fetcher,
+        video: crate::video::command::VideoCalls::default(),
         sockets: HashMap::new(),
         media: HashMap::new(),
         peers: HashMap::new(),
@@ -292,9 +300,11 @@ pub async fn run_registered(mut d: Driver, out: Output, opts: AnswerOptions) -> 
 struct Answering {
     out: Output,
     opts: AnswerOptions,
+    video: crate::video::command::VideoCalls,
     sockets: HashMap<CallId, MediaSocket>,
     media: HashMap<CallId, MediaHandle>,
     peers: HashMap<CallId, String>,
+    fetcher: Option<crate::inbox::fetch::AutoFetch>,
 }
 
 impl Answering {
@@ -317,7 +327,8 @@ impl Answering {
                                 "local_media": s.local.to_string(),
                             }),
                         );
-                        d.ua.answer(Instant::now(), &call, s.local);
+                        let video = self.video.on_incoming(d, &call).await;
+                        d.ua.answer_with_video(Instant::now(), &call, s.local, video);
                         self.sockets.insert(call.clone(), s);
                         self.peers.insert(call, who);
                     }
@@ -351,13 +362,23 @@ impl Answering {
                     self.opts.record.as_deref(),
                 )
                 .await;
+                self.video
+                    .on_ended(self.out, &call, self.opts.record.as_deref())
+                    .await;
                 let text = if by_peer {
                     format!("{who} hung up")
                 } else {
                     format!("call with {who} ended")
                 };
                 self.out.say("ended", &text, json!({ "by_peer": by_peer }));
+                if let Some(f) = self.fetcher.as_mut() {
+                    f.call_ended(d);
+                }
             }
+            Event::Store(s) => match self.fetcher.as_mut() {
+                Some(f) => f.handle(d, s).await,
+                None => crate::inbox::fetch::refuse_unwanted(d, &s),
+            },
             Event::IncomingRefused { status } => {
                 self.out.say(
                     "refused",
@@ -382,6 +403,9 @@ impl Answering {
         for (call, m) in self.media.drain() {
             finish_media(self.out, &call, Some(m), self.opts.record.as_deref()).await;
         }
+        self.video
+            .stop_all(self.out, self.opts.record.as_deref())
+            .await;
     }
 }
 

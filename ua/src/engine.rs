@@ -39,7 +39,7 @@ use crate::request::{self, Dest, Local, Request};
 use crate::sdp::AudioOffer;
 
 /// Methods this UA answers (RFC 3261 §20.5 `Allow`).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, NOTIFY";
 
 /// A call's handle: its Call-ID.
 pub type CallId = String;
@@ -134,6 +134,9 @@ pub enum Event {
     PermitNoResponse,
     /// The answer to [`Ua::ping`]: a final status, or `None` for none at all.
     ProxyAnswered { status: Option<u16> },
+    /// Store and forward ([`crate::inbox`]): the final answer to a request of
+    /// [`Ua::store_send`], or an incoming MESSAGE / message-summary NOTIFY.
+    Store(crate::inbox::StoreEvent),
 }
 
 pub(crate) enum ClientMachine {
@@ -152,6 +155,8 @@ pub(crate) enum Purpose {
     Keepalive,
     Ping,
     Publish,
+    /// A MESSAGE or SUBSCRIBE of store and forward, by its [`crate::inbox`] id.
+    Store(u32),
 }
 
 /// What a client transaction sent, kept for its TU: a challenge is answered by
@@ -198,6 +203,8 @@ pub struct Ua {
     events: VecDeque<Event>,
     /// Tokens and session secrets from the proxy's load queries.
     pub(crate) permits: Permits,
+    /// Store and forward: ids of our requests, incoming MESSAGEs awaiting an answer.
+    pub(crate) store: crate::inbox::StoreState,
 }
 
 /// The transaction-key name of a method (ACK matches its INVITE, §17.2.3).
@@ -234,6 +241,7 @@ impl Ua {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             permits: Permits::default(),
+            store: crate::inbox::StoreState::default(),
         }
     }
 
@@ -580,6 +588,7 @@ impl Ua {
             Purpose::Bye(call) => self.on_bye_done(&call),
             Purpose::Publish => self.emit(Event::PermitNoResponse),
             Purpose::Ping => self.emit(Event::ProxyAnswered { status: None }),
+            Purpose::Store(id) => self.on_store_timeout(id),
             Purpose::Cancel | Purpose::Keepalive => {}
         }
     }
@@ -677,6 +686,7 @@ impl Ua {
                     });
                 }
             }
+            Purpose::Store(id) => self.on_store_response(now, &sent, msg, status, id),
             Purpose::Cancel | Purpose::Keepalive => {}
         }
     }
@@ -757,6 +767,7 @@ impl Ua {
                     self.emit(Event::LoadQuery { status });
                 }
             }
+            Method::Message | Method::Notify => self.on_store_request(now, &key, msg, dest),
             // In a dialog of ours, a method we do not take (UPDATE, INFO, …): 405 with
             // Allow (RFC 3261 §8.2.1); outside any dialog of ours, 481 (§12.2.2).
             _ if msg.to_tag().is_some() && self.call_of(&msg).is_none() => {

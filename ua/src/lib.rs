@@ -16,6 +16,7 @@ pub mod call;
 pub mod commands;
 pub mod dialog;
 pub mod engine;
+pub mod inbox;
 pub mod keys;
 pub mod media;
 pub mod outcome;
@@ -25,6 +26,7 @@ pub mod publish;
 pub mod register;
 pub mod request;
 pub mod sdp;
+pub mod send;
 pub mod settings;
 pub mod shell;
 

@@ -7,7 +7,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use permit_ua::PermitChange;
 use permit_ua::commands::{self, AnswerOptions};
+use permit_ua::inbox::fetch;
+use permit_ua::inbox::seal::{self, Identity};
 use permit_ua::outcome::exit;
+use permit_ua::send;
 use permit_ua::settings::{FileSettings, Overrides, Settings};
 use permit_ua::shell::{self, Driver, Output};
 use sip_core::transport::Transport;
@@ -81,6 +84,24 @@ enum Command {
         /// token the proxy told us; others get 403).
         #[arg(long)]
         no_permit: bool,
+        #[command(flatten)]
+        inbox: InboxArgs,
+    },
+    /// Send a text or a file to AOR: straight to its UA when it is free, stored by
+    /// the proxy when it is busy or offline; --secret seals it for the callee.
+    Send(SendArgs),
+    /// Items the proxy stores for you: list them, or fetch them into --inbox.
+    Inbox {
+        #[command(subcommand)]
+        action: Option<InboxAction>,
+        #[command(flatten)]
+        inbox: InboxArgs,
+    },
+    /// Print your public key (creating your key pair first): senders of secret
+    /// data seal it for this key (`send --secret --to-key`).
+    Key {
+        #[command(flatten)]
+        inbox: InboxArgs,
     },
     /// Call AOR (`bob`, `bob@example.org` or a sip: URI).
     Call {
@@ -98,6 +119,16 @@ enum Command {
         /// token) and send the INVITE straight to the callee.
         #[arg(long)]
         direct: bool,
+        /// Send this video (H.264 Annex B .h264/.264, or MPEG-2 .m2v) with the I-frame
+        /// split: I-packets SRTP through the proxy's media relay, the others direct.
+        #[arg(long)]
+        video: Option<PathBuf>,
+        /// With --video: send as fast as the path allows (bounded), not at the frame rate.
+        #[arg(long, requires = "video")]
+        fast: bool,
+        /// With --video: the direct path as plain RTP (only the I-packets encrypted).
+        #[arg(long, requires = "video")]
+        selective: bool,
     },
     /// Read or change your permit list: who may call you.
     Permit {
@@ -107,6 +138,45 @@ enum Command {
         #[arg(long, global = true)]
         if_match: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct InboxArgs {
+    /// Where fetched items are written (default: ~/.local/share/permit-ua/USER@DOMAIN/inbox).
+    #[arg(long)]
+    inbox: Option<PathBuf>,
+    /// Your X25519 key pair, which opens secret items (default: next to the inbox,
+    /// x25519.key).
+    #[arg(long)]
+    identity: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    aor: String,
+    /// The text to send.
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    text: Option<String>,
+    /// The file to send.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Seal the data for the callee (end to end; through the proxy only, never direct).
+    #[arg(long, requires = "to_key")]
+    secret: bool,
+    /// The callee's public key (`permit-ua key` prints it), or a file holding it.
+    #[arg(long)]
+    to_key: Option<String>,
+    /// Through the proxy even when the callee is free (no direct mode).
+    #[arg(long)]
+    via_proxy: bool,
+}
+
+#[derive(Subcommand)]
+enum InboxAction {
+    /// List the waiting items (the default).
+    List,
+    /// Fetch waiting items (all, or the given ids), check, open and save them.
+    Fetch { items: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +239,9 @@ fn usage(why: &str) -> ExitCode {
 }
 
 async fn run(command: Command, settings: Settings, out: Output) -> u8 {
+    if let Command::Key { inbox } = &command {
+        return run_key(&settings, inbox, out);
+    }
     let max_calls = match &command {
         Command::Answer { max_calls, .. } => *max_calls,
         Command::Register => 0,
@@ -224,14 +297,16 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
                 answer: false,
                 play: None,
                 record: None,
+                inbox: None,
             };
             commands::run_registered(driver, out, opts).await
         }
-        Command::Answer { record, .. } => {
+        Command::Answer { record, inbox, .. } => {
             let opts = AnswerOptions {
                 answer: true,
                 play,
                 record,
+                inbox: Some(inbox_context(&settings, &inbox)),
             };
             commands::run_registered(driver, out, opts).await
         }
@@ -240,6 +315,9 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
             record,
             duration,
             direct,
+            video,
+            fast,
+            selective,
             ..
         } => {
             let duration = match duration {
@@ -249,6 +327,12 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
                 }
                 s => s.map(Duration::from_secs_f64),
             };
+            if let Some(path) = video {
+                return permit_ua::video::command::run(
+                    driver, out, &aor, play, duration, direct, &path, fast, selective,
+                )
+                .await;
+            }
             commands::run_call(driver, out, &aor, play, record, duration, direct).await
         }
         Command::Permit { action, if_match } => {
@@ -260,5 +344,80 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
             };
             commands::run_permit(driver, out, &change, if_match.as_deref()).await
         }
+        Command::Send(args) => run_send(driver, out, args).await,
+        Command::Inbox { action, inbox } => {
+            let ctx = inbox_context(&settings, &inbox);
+            match action {
+                None | Some(InboxAction::List) => fetch::run_list(driver, out).await,
+                Some(InboxAction::Fetch { items }) => {
+                    fetch::run_fetch(driver, out, &ctx, &items).await
+                }
+            }
+        }
+        Command::Key { .. } => exit::USAGE,
     }
+}
+
+fn inbox_context(settings: &Settings, args: &InboxArgs) -> fetch::InboxContext {
+    let home = fetch::default_home(&settings.user, &settings.domain);
+    fetch::InboxContext {
+        dir: args.inbox.clone().unwrap_or_else(|| home.join("inbox")),
+        identity: args
+            .identity
+            .clone()
+            .unwrap_or_else(|| home.join("x25519.key")),
+    }
+}
+
+/// `permit-ua key`: needs no proxy.
+fn run_key(settings: &Settings, args: &InboxArgs, out: Output) -> u8 {
+    let ctx = inbox_context(settings, args);
+    match Identity::load_or_create(&ctx.identity, rand::random()) {
+        Ok(id) => {
+            out.say(
+                "key",
+                &id.public_text(),
+                serde_json::json!({ "public_key": id.public_text(),
+                                    "identity": ctx.identity.display().to_string() }),
+            );
+            exit::CONNECTED
+        }
+        Err(e) => {
+            eprintln!("permit-ua: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+async fn run_send(driver: Driver, out: Output, args: SendArgs) -> u8 {
+    let payload = match (&args.text, &args.file) {
+        (Some(t), _) => send::Payload::text(t),
+        (None, Some(f)) => match send::Payload::file(f) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("permit-ua: {}: {e}", f.display());
+                return exit::USAGE;
+            }
+        },
+        (None, None) => return exit::USAGE,
+    };
+    let secret_for = match (args.secret, &args.to_key) {
+        (true, Some(k)) => {
+            let text = std::fs::read_to_string(k).unwrap_or_else(|_| k.clone());
+            match seal::parse_public(&text) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    eprintln!("permit-ua: --to-key: {e}");
+                    return exit::USAGE;
+                }
+            }
+        }
+        _ => None,
+    };
+    let opts = send::SendOptions {
+        secret_for,
+        via_proxy: args.via_proxy,
+        ephemeral: rand::random(),
+    };
+    send::run_send(driver, out, &args.aor, payload, opts).await
 }

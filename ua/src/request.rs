@@ -138,7 +138,10 @@ Call-ID: {}\r\nCSeq: {} {}\r\n",
         out.push_str("User-Agent: permit-ua\r\n");
         let body: &[u8] = match &self.body {
             Some((ct, b)) => {
-                let _ = write!(out, "Content-Type: {ct}\r\n");
+                // An empty type: the Content-Type is among `headers` (any type, MESSAGE).
+                if !ct.is_empty() {
+                    let _ = write!(out, "Content-Type: {ct}\r\n");
+                }
                 b
             }
             None => b"",

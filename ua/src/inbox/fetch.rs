@@ -1,0 +1,684 @@
+//! The inbox on disk and the commands that fill it: `permit-ua inbox list`,
+//! `permit-ua inbox fetch`, and the automatic fetch of `permit-ua answer`
+//! (docs/profile.md "Transfer request", "Data with attributes").
+//!
+//! An item is accepted only once its bytes are checked (the SHA-256 the proxy names,
+//! the file's own for a download), opened when sealed, and written and synced:
+//! `DIR/<id>-<name>` (data) and then `DIR/<id>.json` (what we know of it). Only then
+//! is the delivering MESSAGE answered 200, which deletes the item at the proxy. A
+//! redelivered id whose `.json` exists is answered 200 and dropped (dedup).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use super::http::{self, Url};
+use super::item::{Attributes, ItemInfo, is_item_id, parse_summary, sha256_hex};
+use super::seal::{Identity, SEALED_TYPE};
+use super::{Incoming, Outgoing, StoreEvent, answered_header};
+use crate::engine::Event;
+use crate::outcome::exit;
+use crate::shell::{Driver, Next, Output};
+
+/// The link body of a large item (docs/profile.md "Large files", delivery).
+pub const FILE_LINK_TYPE: &str = "application/permit-file+json";
+/// The transfer request's body type.
+pub const TRANSFER_TYPE: &str = "application/permit-transfer+json";
+/// Largest download we take (the proxy's `max_upload_bytes` default is 50 MiB).
+pub const MAX_DOWNLOAD: u64 = 1 << 30;
+/// How long `inbox` waits for the proxy's answers and deliveries.
+const WAIT: Duration = Duration::from_mins(1);
+
+/// Where items go and the key that opens secret ones.
+#[derive(Debug, Clone)]
+pub struct InboxContext {
+    pub dir: PathBuf,
+    /// The identity file (X25519 private key); read when a secret item arrives.
+    pub identity: PathBuf,
+}
+
+/// The default place of a user's files: `$XDG_DATA_HOME/permit-ua/<user>@<domain>`
+/// (or `~/.local/share/...`), else `./permit-ua/<user>@<domain>`.
+pub fn default_home(user: &str, domain: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("permit-ua").join(format!("{user}@{domain}"))
+}
+
+/// Why an item was not accepted: the status we answer (the proxy keeps it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+fn refuse(status: u16, reason: &'static str, detail: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// An accepted item.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    /// The item id, or `None` for a message that did not come from the store.
+    pub item: Option<String>,
+    pub from: Option<String>,
+    pub path: PathBuf,
+    pub size: usize,
+    pub sha256: String,
+    pub secret: bool,
+    pub duplicate: bool,
+}
+
+impl Saved {
+    pub fn fields(&self) -> Value {
+        json!({
+            "item": self.item, "from": self.from, "path": self.path.display().to_string(),
+            "size": self.size, "sha256": self.sha256, "secret": self.secret,
+            "duplicate": self.duplicate,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        let from = self.from.as_deref().unwrap_or("someone");
+        if self.duplicate {
+            return format!(
+                "item {} again: already saved",
+                self.item.as_deref().unwrap_or("?")
+            );
+        }
+        format!(
+            "{}{} bytes from {from} saved to {}",
+            if self.secret { "secret: " } else { "" },
+            self.size,
+            self.path.display()
+        )
+    }
+}
+
+/// Writes `data` to `path` through a temporary file, synced, then renamed.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("part");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A file name we may write: the last path component, printable, at most 100 bytes.
+fn safe_name(name: &str) -> Option<String> {
+    let base = name.rsplit(['/', '\\']).next()?.trim();
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(100).collect();
+    (!clean.is_empty() && clean != "." && clean != "..").then_some(clean)
+}
+
+fn extension_for(ctype: &str) -> &'static str {
+    match ctype.split(';').next().unwrap_or_default().trim() {
+        t if t.starts_with("text/") => "txt",
+        "application/json" => "json",
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        _ => "bin",
+    }
+}
+
+/// Checks, opens and saves one incoming MESSAGE (module docs).
+pub async fn accept(
+    ctx: &InboxContext,
+    inc: &Incoming,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Saved, Refused> {
+    let info = match inc.item.as_deref() {
+        Some(v) => Some(
+            ItemInfo::parse(v)
+                .ok_or_else(|| refuse(400, "Bad Permit-Item", "Permit-Item without an item id"))?,
+        ),
+        None => None,
+    };
+    let attributes = Attributes::parse(inc.attributes.as_deref());
+    let stem = match &info {
+        Some(i) => i.id.clone(),
+        None => format!("msg-{}", &sha256_hex(&inc.body)[..16]),
+    };
+    std::fs::create_dir_all(&ctx.dir)
+        .map_err(|e| refuse(500, "Inbox Not Writable", e.to_string()))?;
+    let meta_path = ctx.dir.join(format!("{stem}.json"));
+    if info.is_some() && meta_path.exists() {
+        // Redelivery after our 2xx was lost (docs/profile.md "Transfer request").
+        let old: Value = std::fs::read(&meta_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        return Ok(Saved {
+            item: info.map(|i| i.id),
+            from: inc.from.clone(),
+            path: PathBuf::from(old["path"].as_str().unwrap_or_default()),
+            size: usize::try_from(old["size"].as_u64().unwrap_or(0)).unwrap_or(0),
+            sha256: old["sha256"].as_str().unwrap_or_default().to_string(),
+            secret: old["secret"].as_bool().unwrap_or(false),
+            duplicate: true,
+        });
+    }
+    // The delivered body is checked against the SHA-256 the proxy stored.
+    let body_sum = sha256_hex(&inc.body);
+    if let Some(expected) = info.as_ref().and_then(|i| i.sha256.as_deref())
+        && expected != body_sum
+    {
+        return Err(refuse(400, "Checksum Mismatch", "the MESSAGE body"));
+    }
+    let (mut ctype, mut name, mut data) = (inc.content_type.clone(), None, inc.body.to_vec());
+    if ctype.eq_ignore_ascii_case(FILE_LINK_TYPE) {
+        let (n, t, bytes) = download(inc, progress).await?;
+        (name, ctype, data) = (n, t, bytes);
+    }
+    let secret = attributes.secret() || ctype.eq_ignore_ascii_case(SEALED_TYPE);
+    if secret {
+        let identity = load_identity(&ctx.identity)?;
+        let (t, n, plain) = identity
+            .open(&data)
+            .map_err(|e| refuse(488, "Cannot Open Sealed Data", e.to_string()))?;
+        (ctype, data) = (t, plain);
+        name = n.or(name);
+    }
+    let file = match name.as_deref().and_then(safe_name) {
+        Some(n) => format!("{stem}-{n}"),
+        None => format!("{stem}.{}", extension_for(&ctype)),
+    };
+    let path = ctx.dir.join(file);
+    let sha256 = sha256_hex(&data);
+    write_synced(&path, &data).map_err(|e| refuse(500, "Inbox Not Writable", e.to_string()))?;
+    let saved = Saved {
+        item: info.as_ref().map(|i| i.id.clone()),
+        from: inc.from.clone(),
+        path,
+        size: data.len(),
+        sha256,
+        secret,
+        duplicate: false,
+    };
+    let mut meta = saved.fields();
+    meta["type"] = json!(ctype);
+    meta["received"] = json!(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    );
+    meta["attributes"] = json!(attributes.header());
+    write_synced(&meta_path, meta.to_string().as_bytes())
+        .map_err(|e| refuse(500, "Inbox Not Writable", e.to_string()))?;
+    Ok(saved)
+}
+
+fn load_identity(path: &Path) -> Result<Identity, Refused> {
+    if !path.exists() {
+        return Err(refuse(
+            488,
+            "Cannot Open Sealed Data",
+            format!(
+                "no identity file {} (create it with `permit-ua key`)",
+                path.display()
+            ),
+        ));
+    }
+    Identity::load_or_create(path, [0; 32])
+        .map_err(|e| refuse(500, "Cannot Open Sealed Data", e.to_string()))
+}
+
+/// Downloads a large item from its `Permit-Download` link and checks its SHA-256:
+/// (name, type, bytes).
+async fn download(
+    inc: &Incoming,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Option<String>, String, Vec<u8>), Refused> {
+    let link: Value =
+        serde_json::from_slice(&inc.body).map_err(|_| refuse(400, "Bad File Link", "not JSON"))?;
+    let size = link["size"]
+        .as_u64()
+        .filter(|s| *s <= MAX_DOWNLOAD)
+        .ok_or_else(|| refuse(400, "Bad File Link", "no size, or too large"))?;
+    let sum = link["sha256"]
+        .as_str()
+        .map(str::to_ascii_lowercase)
+        .filter(|s| s.len() == 64)
+        .ok_or_else(|| refuse(400, "Bad File Link", "no sha256"))?;
+    let url = inc
+        .download
+        .as_deref()
+        .and_then(Url::parse)
+        .ok_or_else(|| refuse(400, "Bad File Link", "no Permit-Download URL"))?;
+    let resp = http::request(&url, "GET", &[], b"", size, &mut |n| progress(n, size))
+        .await
+        .map_err(|e| refuse(480, "Download Failed", e.to_string()))?;
+    if resp.status != 200 {
+        return Err(refuse(
+            480,
+            "Download Failed",
+            format!("HTTP {}", resp.status),
+        ));
+    }
+    if sha256_hex(&resp.body) != sum {
+        return Err(refuse(400, "Checksum Mismatch", "the downloaded file"));
+    }
+    let name = link["name"].as_str().map(str::to_string);
+    let ctype = link["type"]
+        .as_str()
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    Ok((name, ctype, resp.body))
+}
+
+/// The transfer request (docs/profile.md "Transfer request"): all items, or `ids`.
+pub fn transfer_request(aor: &str, ids: &[String]) -> Outgoing {
+    let body = (!ids.is_empty()).then(|| {
+        (
+            TRANSFER_TYPE.to_string(),
+            json!({ "items": ids }).to_string().into_bytes(),
+        )
+    });
+    Outgoing {
+        method: "MESSAGE",
+        uri: aor.to_string(),
+        to: aor.to_string(),
+        call_id: None,
+        headers: vec![("Event", "permit-transfer".into())],
+        body,
+        direct: false,
+    }
+}
+
+/// A one-shot message-summary subscription (`Expires: 0`, RFC 6665 §4.2.1.4: the
+/// notifier sends the state once and ends it).
+fn summary_fetch(aor: &str) -> Outgoing {
+    Outgoing {
+        method: "SUBSCRIBE",
+        uri: aor.to_string(),
+        to: aor.to_string(),
+        call_id: None,
+        headers: vec![
+            ("Event", "message-summary".into()),
+            ("Accept", "application/simple-message-summary".into()),
+            ("Expires", "0".into()),
+        ],
+        body: None,
+        direct: false,
+    }
+}
+
+/// The proxy's refusal of a store request, in words, and the exit code.
+pub fn refusal_words(status: Option<u16>, reason: &str) -> (String, u8) {
+    match status {
+        None => (
+            "no answer from the proxy".into(),
+            exit::NO_ANSWER_FROM_PROXY,
+        ),
+        Some(s @ (401 | 407)) => (format!("wrong user or password ({s})"), exit::REFUSED),
+        Some(s @ 403) => (format!("refused: {reason} ({s})"), exit::REFUSED),
+        Some(s) => (format!("the proxy answered {s} {reason}"), exit::FAILED),
+    }
+}
+
+fn aor_of(d: &Driver) -> String {
+    d.ua.config().local.aor()
+}
+
+/// `permit-ua inbox list`: the waiting items from one message-summary NOTIFY.
+pub async fn run_list(mut d: Driver, out: Output) -> u8 {
+    let aor = aor_of(&d);
+    let id = d.ua.store_send(Instant::now(), summary_fetch(&aor));
+    let deadline = Instant::now() + WAIT;
+    let mut accepted = false;
+    loop {
+        match d.next(Some(deadline)).await {
+            Next::Event(Event::Store(StoreEvent::Answered {
+                id: got,
+                status,
+                reason,
+                ..
+            })) if got == id => {
+                if status.is_some_and(|s| (200..300).contains(&s)) {
+                    accepted = true;
+                } else {
+                    let (text, code) = refusal_words(status, &reason);
+                    out.say(
+                        "failed",
+                        &text,
+                        json!({ "status": status, "exit_code": code }),
+                    );
+                    return code;
+                }
+            }
+            Next::Event(Event::Store(StoreEvent::Summary { body })) => {
+                let s = parse_summary(&body);
+                let items: Vec<Value> = s
+                    .items
+                    .iter()
+                    .map(|w| {
+                        json!({
+                            "item": w.info.id, "from": w.from, "type": w.info.content_type,
+                            "size": w.info.size, "sha256": w.info.sha256,
+                            "expires": w.info.expires, "secret": w.attributes.secret(),
+                        })
+                    })
+                    .collect();
+                let mut text = if s.count == 0 {
+                    "no items wait for you".to_string()
+                } else {
+                    format!("{} items wait for you", s.count)
+                };
+                for w in &s.items {
+                    let _ = write!(
+                        text,
+                        "\n  {} {} bytes from {}{}",
+                        w.info.id,
+                        w.info.size.unwrap_or(0),
+                        w.from.as_deref().unwrap_or("?"),
+                        if w.attributes.secret() {
+                            " (secret)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                out.say(
+                    "inbox",
+                    &text,
+                    json!({ "waiting": s.count, "items": items, "exit_code": 0 }),
+                );
+                // Let the 200 to the NOTIFY leave before we go.
+                let _ = d
+                    .next(Some(Instant::now() + Duration::from_millis(200)))
+                    .await;
+                return exit::CONNECTED;
+            }
+            Next::Event(e) => tracing::debug!(?e, "event"),
+            Next::Deadline | Next::Signal => {
+                let (text, code) = if accepted {
+                    ("the proxy sent no summary".to_string(), exit::FAILED)
+                } else {
+                    refusal_words(None, "")
+                };
+                out.say("failed", &text, json!({ "exit_code": code }));
+                return code;
+            }
+        }
+    }
+}
+
+/// Item ids from a transfer answer's `key` (`delivering`, `pending`).
+fn ids(body: &[u8], key: &str) -> BTreeSet<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get(key)?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// `permit-ua inbox fetch [ID...]`: the transfer request, then every delivered item
+/// checked, saved and acknowledged.
+pub async fn run_fetch(mut d: Driver, out: Output, ctx: &InboxContext, wanted: &[String]) -> u8 {
+    if let Some(bad) = wanted.iter().find(|i| !is_item_id(i)) {
+        eprintln!("permit-ua: {bad} is not an item id (32 lowercase hex digits)");
+        return exit::USAGE;
+    }
+    let aor = aor_of(&d);
+    let id =
+        d.ua.store_send(Instant::now(), transfer_request(&aor, wanted));
+    let mut deadline = Instant::now() + WAIT;
+    let mut expected: Option<BTreeSet<String>> = None;
+    let mut failures = 0u32;
+    let mut saved = 0u32;
+    loop {
+        if expected.as_ref().is_some_and(BTreeSet::is_empty) {
+            // Our last 200 must leave (and a retransmitted MESSAGE be answered).
+            let _ = d
+                .next(Some(Instant::now() + Duration::from_millis(500)))
+                .await;
+            let code = if failures == 0 {
+                exit::CONNECTED
+            } else {
+                exit::FAILED
+            };
+            out.say(
+                "fetched",
+                &format!("{saved} items saved, {failures} failed"),
+                json!({ "saved": saved, "failed": failures, "exit_code": code }),
+            );
+            return code;
+        }
+        match d.next(Some(deadline)).await {
+            Next::Event(Event::Store(StoreEvent::Answered {
+                id: got,
+                status,
+                reason,
+                body,
+                ..
+            })) if got == id => {
+                if status.is_some_and(|s| (200..300).contains(&s)) {
+                    let delivering = ids(&body, "delivering");
+                    let pending = ids(&body, "pending");
+                    out.say(
+                        "transfer",
+                        &format!(
+                            "{} items coming, {} already under way",
+                            delivering.len(),
+                            pending.len()
+                        ),
+                        json!({ "delivering": delivering, "pending": pending }),
+                    );
+                    expected = Some(delivering);
+                } else {
+                    let (text, code) = refusal_words(status, &reason);
+                    out.say(
+                        "failed",
+                        &text,
+                        json!({ "status": status, "reason": reason, "exit_code": code }),
+                    );
+                    return code;
+                }
+            }
+            Next::Event(Event::Store(StoreEvent::Message(inc))) => {
+                let item = inc.item.as_deref().and_then(ItemInfo::parse).map(|i| i.id);
+                let mut bar = Progress::new(out);
+                let result = accept(ctx, &inc, &mut |n, t| bar.update(n, t)).await;
+                bar.finish();
+                match result {
+                    Ok(s) => {
+                        d.ua.store_reply(Instant::now(), inc.id, 200, "OK");
+                        out.say("saved", &s.describe(), s.fields());
+                        saved += 1;
+                    }
+                    Err(r) => {
+                        d.ua.store_reply(Instant::now(), inc.id, r.status, r.reason);
+                        out.say(
+                            "item-refused",
+                            &format!("item not accepted: {} ({})", r.reason, r.detail),
+                            json!({ "item": item, "status": r.status, "reason": r.reason }),
+                        );
+                        failures += 1;
+                    }
+                }
+                if let (Some(exp), Some(i)) = (expected.as_mut(), item) {
+                    exp.remove(&i);
+                }
+                deadline = Instant::now() + WAIT;
+            }
+            Next::Event(e) => tracing::debug!(?e, "event"),
+            Next::Deadline | Next::Signal => {
+                let missing = expected.map_or(0, |e| e.len());
+                out.say(
+                    "failed",
+                    &format!("{missing} items did not arrive; they stay at the proxy"),
+                    json!({ "missing": missing, "exit_code": exit::FAILED }),
+                );
+                return exit::FAILED;
+            }
+        }
+    }
+}
+
+/// A progress bar for large transfers (indicatif), shown only in plain output and
+/// for transfers of more than 1 MiB.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    show: bool,
+}
+
+impl Progress {
+    pub fn new(out: Output) -> Self {
+        Self {
+            bar: None,
+            show: !out.json,
+        }
+    }
+
+    pub fn update(&mut self, done: u64, total: u64) {
+        if !self.show || total < (1 << 20) {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                b.set_style(style);
+            }
+            b
+        });
+        bar.set_position(done);
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The automatic fetch of `permit-ua answer`: on a message-summary NOTIFY that says
+/// items wait, and after a call ends while they still do, a transfer request when the
+/// UA's load is below its limit; each delivered item is accepted as by `inbox fetch`.
+pub struct AutoFetch {
+    pub ctx: InboxContext,
+    out: Output,
+    /// Items wait (the last summary said so) and no transfer took them yet.
+    waiting: bool,
+    /// Our transfer request in flight.
+    in_flight: Option<u32>,
+}
+
+impl AutoFetch {
+    pub fn new(ctx: InboxContext, out: Output) -> Self {
+        Self {
+            ctx,
+            out,
+            waiting: false,
+            in_flight: None,
+        }
+    }
+
+    fn maybe_fetch(&mut self, d: &mut Driver) {
+        let load = d.ua.load();
+        if !self.waiting || self.in_flight.is_some() || load.active >= load.max {
+            return;
+        }
+        let aor = aor_of(d);
+        self.waiting = false;
+        self.in_flight = Some(d.ua.store_send(Instant::now(), transfer_request(&aor, &[])));
+    }
+
+    /// A call ended: fetch what waits if the load now allows.
+    pub fn call_ended(&mut self, d: &mut Driver) {
+        self.maybe_fetch(d);
+    }
+
+    pub async fn handle(&mut self, d: &mut Driver, e: StoreEvent) {
+        match e {
+            StoreEvent::Summary { body } => {
+                let s = parse_summary(&body);
+                if s.waiting {
+                    let load = d.ua.load();
+                    let text = if load.active >= load.max {
+                        format!("{} items wait; fetching when a call ends", s.count)
+                    } else {
+                        format!("{} items wait; fetching them", s.count)
+                    };
+                    self.out
+                        .say("waiting", &text, json!({ "waiting": s.count }));
+                }
+                self.waiting = s.waiting;
+                self.maybe_fetch(d);
+            }
+            StoreEvent::Answered {
+                id, status, body, ..
+            } if Some(id) == self.in_flight => {
+                self.in_flight = None;
+                if status.is_some_and(|s| (200..300).contains(&s)) {
+                    let delivering = ids(&body, "delivering");
+                    self.out.say(
+                        "transfer",
+                        &format!("{} items coming", delivering.len()),
+                        json!({ "delivering": delivering }),
+                    );
+                } else {
+                    self.out.say(
+                        "warning",
+                        &format!("transfer request answered {status:?}"),
+                        json!({ "status": status }),
+                    );
+                }
+            }
+            StoreEvent::Message(inc) => {
+                let mut bar = Progress::new(self.out);
+                let result = accept(&self.ctx, &inc, &mut |n, t| bar.update(n, t)).await;
+                bar.finish();
+                match result {
+                    Ok(s) => {
+                        d.ua.store_reply(Instant::now(), inc.id, 200, "OK");
+                        self.out.say("saved", &s.describe(), s.fields());
+                    }
+                    Err(r) => {
+                        d.ua.store_reply(Instant::now(), inc.id, r.status, r.reason);
+                        self.out.say(
+                            "item-refused",
+                            &format!("item not accepted: {} ({})", r.reason, r.detail),
+                            json!({ "status": r.status, "reason": r.reason }),
+                        );
+                    }
+                }
+            }
+            StoreEvent::Answered { .. } => {}
+        }
+    }
+}
+
+/// The kept headers of an answer, for commands.
+pub fn kept<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+    answered_header(headers, name)
+}
+
+/// A UA that does not fetch (`register`): a delivered item is answered 480, so the
+/// proxy keeps it (RFC 3428 §7: a non-2xx final means not delivered).
+pub fn refuse_unwanted(d: &mut Driver, e: &StoreEvent) {
+    if let StoreEvent::Message(inc) = e {
+        d.ua.store_reply(Instant::now(), inc.id, 480, "Temporarily Unavailable");
+    }
+}
