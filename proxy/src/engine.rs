@@ -679,6 +679,8 @@ mod auth_tests;
 #[cfg(test)]
 mod deposit_tests;
 #[cfg(test)]
+mod direct_message_tests;
+#[cfg(test)]
 mod gate_tests;
 #[cfg(test)]
 mod hole_tests;

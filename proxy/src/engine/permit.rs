@@ -135,15 +135,21 @@ impl Proxy {
         msg: &Message,
         query: bool,
     ) -> Option<Grant> {
-        let (Some(caller), Some(callee), Some(sip_core::message::Method::Invite)) =
-            (caller, callee, msg.method())
-        else {
+        use sip_core::message::Method;
+        let (Some(caller), Some(callee), Some(method)) = (caller, callee, msg.method()) else {
             return None;
         };
         if !self.cfg.gate.enabled {
             return None;
         }
-        let direct = query && (self.cfg.gate.force_direct || wants_redirect(msg));
+        // A MESSAGE gets a grant only in direct mode, and only when its sender asked
+        // for it (`redirect, queue`: straight to a free callee, stored for a busy one;
+        // docs/profile.md "Data with attributes"); `force_direct` is for calls.
+        let direct = match method {
+            Method::Invite => query && (self.cfg.gate.force_direct || wants_redirect(msg)),
+            Method::Message if query && wants_redirect(msg) => true,
+            _ => return None,
+        };
         let call_id = msg.call_id().unwrap_or_default();
         Some(self.grant(now, (caller, callee), call_id, direct))
     }
