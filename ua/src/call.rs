@@ -30,6 +30,22 @@ impl Ua {
     pub fn media_keys(&self, call_id: &str) -> Option<&MediaKeys> {
         self.calls.get(call_id)?.keys.as_ref()
     }
+
+    /// The peer's session description and the call's permit token (for the media
+    /// relay's latch, docs/profile.md "Media relay"): the offer while a call is offered
+    /// to us, the answer once our call is connected.
+    pub fn remote_description(&self, call_id: &str) -> Option<(Bytes, Option<String>)> {
+        let call = self.calls.get(call_id)?;
+        if let CallState::Offered(o) = &call.state {
+            let token = o
+                .request
+                .header(HeaderName::PermitToken)
+                .and_then(permit::parse_permit_token)
+                .map(|t| t.token);
+            return Some((o.request.bytes().slice_ref(o.request.body()), token));
+        }
+        call.remote.clone()
+    }
 }
 
 /// Why we cancel an outgoing call.
@@ -114,6 +130,10 @@ pub struct Call {
     /// UAS of a direct call over a stream: in-dialog requests go back over the
     /// caller's connection (its Contact names no listener we could reach).
     flow: Option<Dest>,
+    /// Our video media section, appended to our SDP (`crate::video`).
+    video: Option<String>,
+    /// UAC: the answer's SDP and the permit token of the 2xx.
+    remote: Option<(Bytes, Option<String>)>,
 }
 
 impl Call {
@@ -137,8 +157,11 @@ impl Call {
     }
 
     fn sdp(&self) -> Option<String> {
-        self.local_media
-            .map(|m| sdp::build(self.session_id, 1, m, &self.crypto, self.savp))
+        self.local_media.map(|m| {
+            let mut s = sdp::build(self.session_id, 1, m, &self.crypto, self.savp);
+            s.push_str(self.video.as_deref().unwrap_or_default());
+            s
+        })
     }
 
     pub(crate) fn new(state: CallState, session_id: u64, local_media: Option<SocketAddr>) -> Self {
@@ -150,6 +173,8 @@ impl Call {
             savp: false,
             keys: None,
             flow: None,
+            video: None,
+            remote: None,
         }
     }
 }
@@ -172,6 +197,18 @@ impl Ua {
         target: &str,
         media: SocketAddr,
         direct: bool,
+    ) -> CallId {
+        self.call_with_video(now, target, media, direct, None)
+    }
+
+    /// [`Ua::call_with`] with a video media section after the audio one (`crate::video`).
+    pub fn call_with_video(
+        &mut self,
+        now: Instant,
+        target: &str,
+        media: SocketAddr,
+        direct: bool,
+        video: Option<String>,
     ) -> CallId {
         let local = self.cfg.local.clone();
         let uri = local.target_uri(target);
@@ -203,7 +240,9 @@ impl Ua {
             headers,
             body: Some((
                 "application/sdp",
-                sdp::build(session_id, 1, media, &offer.attrs, offer.savp).into_bytes(),
+                (sdp::build(session_id, 1, media, &offer.attrs, offer.savp)
+                    + video.as_deref().unwrap_or_default())
+                .into_bytes(),
             )),
         };
         let tries = u8::from(self.preauthorize(&mut req, Realm::Proxy));
@@ -233,6 +272,7 @@ impl Ua {
         let mut call = Call::new(CallState::Inviting(inviting), session_id, Some(media));
         call.crypto = offer.attrs;
         call.savp = offer.savp;
+        call.video = video;
         self.calls.insert(call_id.clone(), call);
         call_id
     }
@@ -240,9 +280,24 @@ impl Ua {
     /// Answers an offered call with 200 and our SDP for audio at `media`
     /// (RFC 3261 §13.3.1.4), copying Record-Route (§12.1.1).
     pub fn answer(&mut self, now: Instant, call_id: &str, media: SocketAddr) {
+        self.answer_with_video(now, call_id, media, None);
+    }
+
+    /// [`Ua::answer`] with a video media section after the audio one (`crate::video`);
+    /// it must answer the offer's video section (RFC 3264 §6).
+    pub fn answer_with_video(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        media: SocketAddr,
+        video: Option<String>,
+    ) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
+        if video.is_some() {
+            call.video = video;
+        }
         let CallState::Offered(offered) = std::mem::replace(&mut call.state, CallState::Ending)
         else {
             return;
@@ -514,6 +569,11 @@ impl Ua {
                 call.crypto.clear();
             }
             call.keys = media_keys;
+            let token = msg
+                .header(HeaderName::PermitToken)
+                .and_then(permit::parse_permit_token)
+                .map(|t| t.token);
+            call.remote = Some((msg.bytes().slice_ref(msg.body()), token));
             call.state = CallState::Confirmed(Confirmed {
                 dialog,
                 ack: Some((dest, ack)),

@@ -29,6 +29,7 @@ pub mod sdp;
 pub mod send;
 pub mod settings;
 pub mod shell;
+pub mod video;
 
 pub use engine::{CallId, Event, Ua, UaConfig};
 pub use outcome::CallOutcome;

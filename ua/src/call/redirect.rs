@@ -124,7 +124,9 @@ impl Ua {
         if let Some(m) = media {
             req.body = Some((
                 "application/sdp",
-                sdp::build(call.session_id, 1, m, &offer.attrs, offer.savp).into_bytes(),
+                (sdp::build(call.session_id, 1, m, &offer.attrs, offer.savp)
+                    + call.video.as_deref().unwrap_or_default())
+                .into_bytes(),
             ));
         }
         call.crypto.clone_from(&offer.attrs);
