@@ -143,11 +143,11 @@ enum Command {
 #[derive(Args)]
 struct InboxArgs {
     /// Where fetched items are written (default: ~/.local/share/permit-ua/USER@DOMAIN/inbox).
-    #[arg(long)]
+    #[arg(long, global = true)]
     inbox: Option<PathBuf>,
     /// Your X25519 key pair, which opens secret items (default: next to the inbox,
     /// x25519.key).
-    #[arg(long)]
+    #[arg(long, global = true)]
     identity: Option<PathBuf>,
 }
 

@@ -78,6 +78,8 @@ pub struct Saved {
     pub sha256: String,
     pub secret: bool,
     pub duplicate: bool,
+    /// Came straight from the caller's UA (direct mode), not through the proxy.
+    pub direct: bool,
 }
 
 impl Saved {
@@ -85,7 +87,7 @@ impl Saved {
         json!({
             "item": self.item, "from": self.from, "path": self.path.display().to_string(),
             "size": self.size, "sha256": self.sha256, "secret": self.secret,
-            "duplicate": self.duplicate,
+            "duplicate": self.duplicate, "direct": self.direct,
         })
     }
 
@@ -171,19 +173,26 @@ pub async fn accept(
             sha256: old["sha256"].as_str().unwrap_or_default().to_string(),
             secret: old["secret"].as_bool().unwrap_or(false),
             duplicate: true,
+            direct: !inc.from_proxy,
         });
     }
-    // The delivered body is checked against the SHA-256 the proxy stored.
-    let body_sum = sha256_hex(&inc.body);
-    if let Some(expected) = info.as_ref().and_then(|i| i.sha256.as_deref())
-        && expected != body_sum
-    {
-        return Err(refuse(400, "Checksum Mismatch", "the MESSAGE body"));
-    }
     let (mut ctype, mut name, mut data) = (inc.content_type.clone(), None, inc.body.to_vec());
-    if ctype.eq_ignore_ascii_case(FILE_LINK_TYPE) {
+    let link = ctype.eq_ignore_ascii_case(FILE_LINK_TYPE);
+    if link {
         let (n, t, bytes) = download(inc, progress).await?;
         (name, ctype, data) = (n, t, bytes);
+    }
+    // The delivered body, or the downloaded file, is checked against the SHA-256 the
+    // proxy stored (for a link, the file's; docs/profile.md "Large files").
+    if let Some(expected) = info.as_ref().and_then(|i| i.sha256.as_deref())
+        && expected != sha256_hex(&data)
+    {
+        let what = if link {
+            "the downloaded file"
+        } else {
+            "the MESSAGE body"
+        };
+        return Err(refuse(400, "Checksum Mismatch", what));
     }
     let secret = attributes.secret() || ctype.eq_ignore_ascii_case(SEALED_TYPE);
     if secret {
@@ -209,6 +218,7 @@ pub async fn accept(
         sha256,
         secret,
         duplicate: false,
+        direct: !inc.from_proxy,
     };
     let mut meta = saved.fields();
     meta["type"] = json!(ctype);
