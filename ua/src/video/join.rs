@@ -70,6 +70,8 @@ pub struct Joiner {
     es: Vec<u8>,
     last_ts: Option<u32>,
     unit: u64,
+    /// Payload bytes taken so far (bounded by [`MAX_STREAM`]).
+    taken: usize,
     pub stats: JoinStats,
 }
 
@@ -109,6 +111,7 @@ impl Joiner {
             es: Vec::new(),
             last_ts: None,
             unit: 0,
+            taken: 0,
             stats: JoinStats::default(),
         }
     }
@@ -201,10 +204,11 @@ impl Joiner {
     }
 
     fn depacketize(&mut self, p: &Packet) {
-        if self.es.len() + p.payload.len() > MAX_STREAM {
+        if self.taken + p.payload.len() > MAX_STREAM {
             self.stats.depacketize_errors += 1;
             return;
         }
+        self.taken += p.payload.len();
         match self.codec {
             Codec::H264 => {
                 // A new timestamp starts a new access unit (RFC 6184 §5.1).
