@@ -292,6 +292,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, its steps in order
 fn secret_data_never_crosses_a_link_in_plaintext_nor_goes_peer_to_peer() {
     if !have_tshark() {
         return;

@@ -692,3 +692,83 @@ pub fn refuse_unwanted(d: &mut Driver, e: &StoreEvent) {
         d.ua.store_reply(Instant::now(), inc.id, 480, "Temporarily Unavailable");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::inbox::seal;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn ctx(name: &str) -> InboxContext {
+        let dir = std::env::temp_dir().join(format!("permit-inbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        InboxContext {
+            identity: dir.join("id.key"),
+            dir: dir.join("in"),
+        }
+    }
+
+    fn item(body: &[u8], sum: &str, attributes: Option<&str>, ctype: &str) -> Incoming {
+        Incoming {
+            id: 1,
+            from: Some("sip:alice@example.org".into()),
+            content_type: ctype.into(),
+            item: Some(format!("{ID};sha256={sum};stored=1;expires=2")),
+            attributes: attributes.map(str::to_string),
+            download: None,
+            body: Bytes::copy_from_slice(body),
+            from_proxy: true,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_wrong_checksum_is_refused_and_writes_nothing() {
+        let c = ctx("sum");
+        let inc = item(b"hello", &"0".repeat(64), None, "text/plain");
+        let r = accept(&c, &inc, &mut |_, _| {}).await.unwrap_err();
+        assert_eq!((r.status, r.reason), (400, "Checksum Mismatch"));
+        let files = std::fs::read_dir(&c.dir).map_or(0, Iterator::count);
+        assert_eq!(files, 0, "nothing written");
+        let _ = std::fs::remove_dir_all(c.dir.parent().unwrap());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_redelivered_item_is_not_written_twice_and_sealed_items_open() {
+        let c = ctx("dedup");
+        let id = Identity::load_or_create(&c.identity, [8; 32]).unwrap();
+        let sealed = seal::seal(&id.public(), [2; 32], "text/plain", Some("n.txt"), b"psst");
+        let inc = item(&sealed, &sha256_hex(&sealed), Some("secret"), SEALED_TYPE);
+        let first = accept(&c, &inc, &mut |_, _| {}).await.unwrap();
+        assert!(!first.duplicate && first.secret);
+        assert_eq!(std::fs::read(&first.path).unwrap(), b"psst");
+        assert!(first.path.ends_with(format!("{ID}-n.txt")));
+        std::fs::write(&first.path, b"kept").unwrap();
+        let again = accept(&c, &inc, &mut |_, _| {}).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(
+            std::fs::read(&first.path).unwrap(),
+            b"kept",
+            "not rewritten"
+        );
+        // Without the key file, a sealed item is refused (and kept at the proxy).
+        std::fs::remove_file(&c.identity).unwrap();
+        let other = Incoming {
+            item: Some(format!("{};sha256={}", "f".repeat(32), sha256_hex(&sealed))),
+            ..inc
+        };
+        let r = accept(&c, &other, &mut |_, _| {}).await.unwrap_err();
+        assert_eq!(r.status, 488);
+        let _ = std::fs::remove_dir_all(c.dir.parent().unwrap());
+    }
+
+    #[test]
+    fn file_names_stay_in_the_inbox() {
+        assert_eq!(safe_name("../../etc/passwd").as_deref(), Some("passwd"));
+        assert_eq!(safe_name("a\\b\u{7}.txt").as_deref(), Some("b.txt"));
+        assert_eq!(safe_name(".."), None);
+        assert_eq!(safe_name(""), None);
+    }
+}
