@@ -81,11 +81,9 @@ fn the_callers_offer_carries_the_video_and_the_answer_brings_the_relay_and_token
         "nothing before the answer"
     );
 
-    let answer = format!(
-        "v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+    let answer = "v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
 m=audio 41000 RTP/AVP 0\r\nm=video 41002 RTP/AVP 32\r\na=rtpmap:32 MPV/90000\r\n\
-a=recvonly\r\na=permit-relay:127.0.0.1 40010\r\n"
-    );
+a=recvonly\r\na=permit-relay:127.0.0.1 40010\r\n";
     let ok = ResponseBuilder::new(&invite, 200, "OK")
         .to_tag(b"bobtag")
         .header("Contact", b"<sip:bob@127.0.0.1:5080>")
