@@ -71,7 +71,7 @@ PY
 {
     echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cpus"
     echo "# $(rtpengine --version 2>&1 | head -1)"
-    echo "# permit $(git -C "$root" rev-parse --short HEAD)"
+    echo "# permit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "(no git)")"
 } >"$out/versions.txt"
 
 : >"$out/results.jsonl"
