@@ -31,11 +31,16 @@ fn port(s: &UdpSocket) -> u16 {
     s.local_addr().unwrap().port()
 }
 
-/// `RELAY_PORTS` consecutive loopback ports free for UDP right now.
+/// `RELAY_PORTS` consecutive loopback ports free for UDP right now, below Linux's
+/// ephemeral range (32768 and up), so that no socket another test opens meanwhile
+/// takes one before the proxy binds them.
 fn free_range() -> u16 {
-    let start = 20_000 + (std::process::id() % 4000) as u16 * 4;
-    for i in 0..200u16 {
-        let base = 20_000 + (start - 20_000 + i * RELAY_PORTS * 2) % 40_000;
+    let span = u32::from(RELAY_PORTS) * 2;
+    let slots = 12_000 / span; // 20000..32000
+    let first = std::process::id() % slots;
+    for i in 0..slots {
+        let base = 20_000 + ((first + i) % slots) * span;
+        let base = u16::try_from(base).expect("below 32000");
         let held: Vec<_> = (base..base + RELAY_PORTS)
             .map(|p| UdpSocket::bind((HOST, p)))
             .collect();
