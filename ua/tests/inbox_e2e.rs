@@ -255,24 +255,30 @@ struct Capture {
 }
 
 impl Capture {
+    /// Starts tshark on loopback for `ports` and waits until it really captures: a
+    /// probe datagram to the first port (the proxy drops it) shows in its packet list.
     fn start(dir: &Path, ports: &[u16]) -> Capture {
         let file = dir.join("links.pcapng");
         let log = dir.join("tshark.log");
+        let list = dir.join("tshark.packets");
         let filter = ports
             .iter()
             .map(|p| format!("port {p}"))
             .collect::<Vec<_>>()
             .join(" or ");
         let child = Command::new("tshark")
-            .args(["-i", "lo", "-q", "-f", &filter, "-w"])
+            .args(["-i", "lo", "-l", "-P", "-f", &filter, "-w"])
             .arg(&file)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&list).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn tshark");
+        let probe = std::net::UdpSocket::bind((HOST, 0)).unwrap();
         wait_until(WAIT, "tshark capturing", || {
-            read_text(&log).contains("Capturing on")
+            let _ = probe.send_to(b"capture probe", (HOST, ports[0]));
+            std::thread::sleep(Duration::from_millis(100));
+            !read_text(&list).trim().is_empty()
         });
         Capture { child, file }
     }
@@ -498,4 +504,37 @@ fn bad_input_gets_a_clear_answer_and_changes_nothing() {
     let (code, lines) = fetch("bob-own", "bob", "bpw", &[&item]);
     assert_eq!(code, 0, "{lines:?}");
     assert_eq!(waiting(&dir, &proxy, "bob", "bpw", "bob-list-after"), 1);
+}
+
+#[test]
+fn answer_fetches_what_waits_when_it_starts() {
+    let dir = workdir("inbox-start");
+    let proxy = start(&dir, &[("alice", "apw"), ("bob", "bpw")]);
+    let key = setup_bob(&dir, &proxy);
+    let (code, a) = send(
+        &dir,
+        &proxy,
+        "send",
+        &[
+            "bob",
+            "--text",
+            "while you were out",
+            "--secret",
+            "--to-key",
+            &key,
+        ],
+    );
+    assert_eq!((code, a["status"].as_u64()), (0, Some(202)), "{a}");
+    let inbox = dir.join("bob-inbox");
+    let mut bob = ua(&proxy, "bob", "bpw");
+    bob.arg("answer").args(inbox_args(&dir, &inbox));
+    let mut bob = Ua::spawn(&dir, "bob-answer", bob);
+    // The proxy's NOTIFY after the REGISTER tells bob's UA; it fetches at once.
+    let saved = bob.wait_event("saved", WAIT);
+    assert_eq!(saved["item"], a["item"]);
+    assert_eq!(saved["secret"], true);
+    assert_eq!(saved_bytes(&saved), b"while you were out");
+    assert_eq!(waiting(&dir, &proxy, "bob", "bpw", "bob-list-after"), 0);
+    signal(bob.child.id(), "TERM");
+    bob.wait(WAIT);
 }
