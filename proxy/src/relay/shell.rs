@@ -84,8 +84,11 @@ pub const RECV_BUFFER: usize = 2 << 20;
 /// descriptor per port).
 pub fn bind(settings: &RelaySettings) -> io::Result<Vec<StdSocket>> {
     let first = settings.ports.0;
-    let last = first + (settings.pairs() as u16) * 2 - 1;
-    (first..=last)
+    // 2 × pairs ports from the first (an odd last port stays unbound); first + k never
+    // passes the configured last port, so no overflow at the top of the port space.
+    let count = settings.pairs() * 2;
+    (0..count)
+        .map(|k| first + k as u16)
         .map(|port| {
             let addr = std::net::SocketAddr::new(settings.address, port);
             let named = |e: io::Error| io::Error::new(e.kind(), format!("relay port {port}: {e}"));

@@ -416,3 +416,34 @@ fn calls_are_bounded_by_the_range() {
     }
     assert_eq!(ports.len(), 1000, "every port belongs to a call");
 }
+
+#[test]
+fn a_range_at_the_top_of_the_port_space_works_to_its_last_port() {
+    let now = Instant::now();
+    let mut t = RelayTable::new(settings(65_530, 65_535), 2);
+    let a = t.allocate(now, TOKEN, 3).unwrap();
+    let mut ports: Vec<u16> = a.streams.iter().flatten().copied().collect();
+    ports.sort_unstable();
+    assert_eq!(ports, (65_530..=65_535).collect::<Vec<_>>());
+    for [pa, pb] in &a.streams {
+        t.handle_datagram(
+            now,
+            *pa,
+            addr(CALLER, 5000),
+            &latch(TOKEN, Leg::Offerer, *pa, 1),
+        );
+        t.handle_datagram(
+            now,
+            *pb,
+            addr(CALLEE, 6000),
+            &latch(TOKEN, Leg::Answerer, *pb, 1),
+        );
+        assert_eq!(
+            t.handle_datagram(now, *pa, addr(CALLER, 5000), &rtp(1)),
+            Verdict::Forward {
+                from: *pb,
+                to: addr(CALLEE, 6000)
+            }
+        );
+    }
+}
