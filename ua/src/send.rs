@@ -470,6 +470,99 @@ mod tests {
         assert!(redirect_target("sip:bob@h").is_none());
     }
 
+    /// A stand-in for the proxy's upload listener: HEAD gives the offset, PUT must
+    /// start there (409 otherwise); the first PUT is cut after `cut` bytes (the
+    /// connection drops, what arrived is kept); 201 once everything arrived.
+    async fn upload_server(
+        listener: tokio::net::TcpListener,
+        total: usize,
+        cut: usize,
+    ) -> (Vec<u8>, u32) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stored = Vec::new();
+        let mut puts = 0u32;
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let head_end = loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let value = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            };
+            if head.starts_with("HEAD") {
+                let r = format!(
+                    "HTTP/1.1 204 No Content\r\nUpload-Offset: {}\r\n\r\n",
+                    stored.len()
+                );
+                s.write_all(r.as_bytes()).await.unwrap();
+                continue;
+            }
+            puts += 1;
+            let len: usize = value("Content-Length:").unwrap().parse().unwrap();
+            let range = value("Content-Range:").unwrap();
+            let first: usize = range[6..range.find('-').unwrap()].parse().unwrap();
+            if first != stored.len() {
+                let r = format!(
+                    "HTTP/1.1 409 Conflict\r\nUpload-Offset: {}\r\n\r\n",
+                    stored.len()
+                );
+                s.write_all(r.as_bytes()).await.unwrap();
+                continue;
+            }
+            let mut body = buf[head_end..].to_vec();
+            let limit = if puts == 1 { cut } else { len };
+            while body.len() < limit.min(len) {
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(limit.min(len));
+            stored.extend_from_slice(&body);
+            if puts == 1 {
+                drop(s); // interrupted: no answer
+                continue;
+            }
+            let done = stored.len() >= total;
+            let r = if done {
+                "HTTP/1.1 201 Created\r\n\r\n".to_string()
+            } else {
+                format!(
+                    "HTTP/1.1 204 No Content\r\nUpload-Offset: {}\r\n\r\n",
+                    stored.len()
+                )
+            };
+            s.write_all(r.as_bytes()).await.unwrap();
+            if done {
+                return (stored, puts);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_interrupted_upload_resumes_from_the_proxys_offset() {
+        let data: Vec<u8> = (0..(CHUNK + CHUNK / 2)).map(|i| (i % 251) as u8).collect();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(upload_server(listener, data.len(), 100_000));
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/upload/x?t=1")).unwrap();
+        let mut bar = Progress::new(crate::shell::Output { json: true });
+        put_all(&url, &data, &mut bar).await.unwrap();
+        let (stored, puts) = server.await.unwrap();
+        assert_eq!(stored.len(), data.len());
+        assert!(stored == data, "the bytes arrive whole and in order");
+        assert!(puts >= 3, "cut, resumed, finished: {puts} PUTs");
+    }
+
     #[test]
     fn text_and_file_payloads() {
         assert_eq!(Payload::text("hi").data, b"hi");
