@@ -113,6 +113,10 @@ pub struct RelayStats {
     pub dropped_stranger: u64,
     /// Datagrams of a latched party while the other leg has not latched yet.
     pub dropped_unlatched: u64,
+    /// Forwards and latch answers the shell could not send (socket buffer full, or an
+    /// error), and datagrams too large for its buffer (maybe cut), dropped.
+    pub send_failed: u64,
+    pub oversize: u64,
 }
 
 /// Why a datagram was not forwarded.
@@ -361,6 +365,16 @@ impl RelayTable {
         let i = id.slot as usize;
         (i < self.calls.len() && self.generations[i] == id.generation && self.calls[i].is_some())
             .then_some(id.slot)
+    }
+
+    /// The shell could not send a forward or an answer.
+    pub fn count_send_failed(&mut self) {
+        self.stats.send_failed += 1;
+    }
+
+    /// The shell dropped a datagram that filled its receive buffer.
+    pub fn count_oversize(&mut self) {
+        self.stats.oversize += 1;
     }
 
     /// Counters of a live call.

@@ -5,11 +5,10 @@
 //! async runtime, no task wake-up per packet) and drains each ready socket; each
 //! datagram goes through [`RelayTable::handle_datagram`] under a mutex and is sent on
 //! as received, from the other leg's socket, without copying or reading its payload. A
-//! send that would block is dropped and counted (`ShellStats`), never queued.
+//! send that would block is dropped and counted (`RelayStats::send_failed`), never queued.
 
 use std::io;
 use std::net::UdpSocket as StdSocket;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -63,15 +62,6 @@ impl MediaRelay for SharedRelay {
     }
 }
 
-/// What the shell itself counted.
-#[derive(Debug, Default)]
-pub struct ShellStats {
-    /// Forwards and latch answers not sent (socket buffer full, or an error).
-    pub send_failed: AtomicU64,
-    /// Datagrams that filled the receive buffer (maybe cut), dropped.
-    pub oversize: AtomicU64,
-}
-
 /// Receive buffer asked for on every relay socket: a few milliseconds of a busy stream
 /// wait there while the relay thread is descheduled, instead of being dropped (the
 /// kernel default, ~208 KiB, holds about 90 datagrams of 1,200 octets). Memory is used
@@ -122,9 +112,8 @@ const BATCH: usize = 64;
 pub fn spawn(
     relay: SharedRelay,
     sockets: Vec<StdSocket>,
-) -> io::Result<(std::thread::JoinHandle<()>, Arc<ShellStats>)> {
+) -> io::Result<std::thread::JoinHandle<()>> {
     let first = relay.lock().settings().ports.0;
-    let stats = Arc::new(ShellStats::default());
     let poll = Poll::new()?;
     let mut sockets: Vec<UdpSocket> = sockets.into_iter().map(UdpSocket::from_std).collect();
     for (i, s) in sockets.iter_mut().enumerate() {
@@ -134,19 +123,17 @@ pub fn spawn(
         relay,
         sockets,
         first,
-        stats: stats.clone(),
     };
     let handle = std::thread::Builder::new()
         .name("relay".into())
         .spawn(move || shell.run(poll))?;
-    Ok((handle, stats))
+    Ok(handle)
 }
 
 struct Shell {
     relay: SharedRelay,
     sockets: Vec<UdpSocket>,
     first: u16,
-    stats: Arc<ShellStats>,
 }
 
 impl Shell {
@@ -209,7 +196,7 @@ impl Shell {
                 Err(_) => continue,
             };
             if n == buf.len() {
-                self.stats.oversize.fetch_add(1, Ordering::Relaxed);
+                self.relay.lock().count_oversize();
                 continue;
             }
             let verdict =
@@ -226,7 +213,7 @@ impl Shell {
                 Verdict::Drop(_) => None,
             };
             if matches!(sent, Some(Err(_))) {
-                self.stats.send_failed.fetch_add(1, Ordering::Relaxed);
+                self.relay.lock().count_send_failed();
             }
         }
         false
