@@ -25,6 +25,8 @@ use crate::shell::{Driver, Next, Output};
 
 /// How long a clean exit (BYE) may take before we leave anyway.
 const GRACE: Duration = Duration::from_secs(5);
+/// The callee's latch attempts (× 200 ms) before it answers.
+const CALLEE_LATCH_TRIES: u32 = 5;
 /// How often the call loop looks whether the clip is sent.
 const CHECK: Duration = Duration::from_millis(200);
 
@@ -294,8 +296,17 @@ impl VideoCalls {
             peer.addr,
             relay.as_ref().map(|r| r.addr),
         );
-        self.running
-            .insert(call.clone(), (sock.receive(joiner, relay), peer.codec));
+        // The relay drops what reaches a leg not latched yet: our leg is latched
+        // before we answer, so the caller's first I-packets find it (bounded wait;
+        // the receiver keeps trying if the relay is slow).
+        let latched = match &relay {
+            Some(r) => sock.latch(r, CALLEE_LATCH_TRIES).await,
+            None => false,
+        };
+        self.running.insert(
+            call.clone(),
+            (sock.receive(joiner, relay, latched), peer.codec),
+        );
         Some(section)
     }
 

@@ -67,10 +67,15 @@ impl VideoSocket {
         tokio::spawn(send(self.socket, clip, splitter, direct, relay, fast))
     }
 
-    /// Callee: latch (if relayed) and receive until stopped.
-    pub fn receive(self, joiner: Joiner, relay: Option<RelayLeg>) -> ReceiveHandle {
+    /// Latches `relay` and waits for the answer, at most `tries` × 200 ms.
+    pub async fn latch(&self, relay: &RelayLeg, tries: u32) -> bool {
+        latch_and_wait(&self.socket, relay, tries).await
+    }
+
+    /// Callee: latch (if relayed and not `latched` yet) and receive until stopped.
+    pub fn receive(self, joiner: Joiner, relay: Option<RelayLeg>, latched: bool) -> ReceiveHandle {
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(receive(self.socket, joiner, relay, stopped));
+        let task = tokio::spawn(receive(self.socket, joiner, relay, latched, stopped));
         ReceiveHandle { stop, task }
     }
 }
@@ -91,9 +96,9 @@ async fn send_latch(socket: &UdpSocket, relay: &RelayLeg, counter: u64) {
 }
 
 /// Latches and waits for the relay's answer (bounded).
-async fn latch_and_wait(socket: &UdpSocket, relay: &RelayLeg) -> bool {
+async fn latch_and_wait(socket: &UdpSocket, relay: &RelayLeg, tries: u32) -> bool {
     let mut buf = vec![0u8; 2048];
-    for _ in 0..LATCH_TRIES {
+    for _ in 0..tries {
         send_latch(socket, relay, 1).await;
         let until = tokio::time::Instant::now() + LATCH_EVERY;
         while let Ok(Ok((n, from))) =
@@ -122,7 +127,7 @@ async fn send(
         ..SendReport::default()
     };
     if let Some(r) = &relay {
-        let ok = latch_and_wait(&socket, r).await;
+        let ok = latch_and_wait(&socket, r, LATCH_TRIES).await;
         report.latched = Some(ok);
         if !ok {
             // I-packets still go to the relay (never to the direct path): the
@@ -180,12 +185,13 @@ async fn receive(
     socket: UdpSocket,
     mut joiner: Joiner,
     relay: Option<RelayLeg>,
+    already: bool,
     mut stopped: oneshot::Receiver<()>,
 ) -> ReceiveReport {
     let mut buf = vec![0u8; 2048];
-    let mut latched = relay.as_ref().map(|_| false);
+    let mut latched = relay.as_ref().map(|_| already);
     let mut tries = 0u32;
-    let mut next_latch = relay.as_ref().map(|_| Instant::now());
+    let mut next_latch = relay.as_ref().filter(|_| !already).map(|_| Instant::now());
     loop {
         let wake = [joiner.poll_timeout(), next_latch]
             .into_iter()
