@@ -454,6 +454,8 @@ pub async fn run_fetch(mut d: Driver, out: Output, ctx: &InboxContext, wanted: &
         d.ua.store_send(Instant::now(), transfer_request(&aor, wanted));
     let mut deadline = Instant::now() + WAIT;
     let mut expected: Option<BTreeSet<String>> = None;
+    // Items may arrive before the transfer request's 200 (UDP reorders).
+    let mut arrived: BTreeSet<String> = BTreeSet::new();
     let mut failures = 0u32;
     let mut saved = 0u32;
     loop {
@@ -494,7 +496,7 @@ pub async fn run_fetch(mut d: Driver, out: Output, ctx: &InboxContext, wanted: &
                         ),
                         json!({ "delivering": delivering, "pending": pending }),
                     );
-                    expected = Some(delivering);
+                    expected = Some(delivering.difference(&arrived).cloned().collect());
                 } else {
                     let (text, code) = refusal_words(status, &reason);
                     out.say(
@@ -507,27 +509,16 @@ pub async fn run_fetch(mut d: Driver, out: Output, ctx: &InboxContext, wanted: &
             }
             Next::Event(Event::Store(StoreEvent::Message(inc))) => {
                 let item = inc.item.as_deref().and_then(ItemInfo::parse).map(|i| i.id);
-                let mut bar = Progress::new(out);
-                let result = accept(ctx, &inc, &mut |n, t| bar.update(n, t)).await;
-                bar.finish();
-                match result {
-                    Ok(s) => {
-                        d.ua.store_reply(Instant::now(), inc.id, 200, "OK");
-                        out.say("saved", &s.describe(), s.fields());
-                        saved += 1;
-                    }
-                    Err(r) => {
-                        d.ua.store_reply(Instant::now(), inc.id, r.status, r.reason);
-                        out.say(
-                            "item-refused",
-                            &format!("item not accepted: {} ({})", r.reason, r.detail),
-                            json!({ "item": item, "status": r.status, "reason": r.reason }),
-                        );
-                        failures += 1;
-                    }
+                if take(&mut d, out, ctx, &inc).await {
+                    saved += 1;
+                } else {
+                    failures += 1;
                 }
-                if let (Some(exp), Some(i)) = (expected.as_mut(), item) {
-                    exp.remove(&i);
+                if let Some(i) = item {
+                    if let Some(exp) = expected.as_mut() {
+                        exp.remove(&i);
+                    }
+                    arrived.insert(i);
                 }
                 deadline = Instant::now() + WAIT;
             }
@@ -541,6 +532,31 @@ pub async fn run_fetch(mut d: Driver, out: Output, ctx: &InboxContext, wanted: &
                 );
                 return exit::FAILED;
             }
+        }
+    }
+}
+
+/// Accepts one delivered MESSAGE ([`accept`], with a progress bar), answers it (200,
+/// or the refusal that keeps the item at the proxy) and says so. Whether it was saved.
+async fn take(d: &mut Driver, out: Output, ctx: &InboxContext, inc: &Incoming) -> bool {
+    let item = inc.item.as_deref().and_then(ItemInfo::parse).map(|i| i.id);
+    let mut bar = Progress::new(out);
+    let result = accept(ctx, inc, &mut |n, t| bar.update(n, t)).await;
+    bar.finish();
+    match result {
+        Ok(s) => {
+            d.ua.store_reply(Instant::now(), inc.id, 200, "OK");
+            out.say("saved", &s.describe(), s.fields());
+            true
+        }
+        Err(r) => {
+            d.ua.store_reply(Instant::now(), inc.id, r.status, r.reason);
+            out.say(
+                "item-refused",
+                &format!("item not accepted: {} ({})", r.reason, r.detail),
+                json!({ "item": item, "status": r.status, "reason": r.reason }),
+            );
+            false
         }
     }
 }
@@ -657,23 +673,7 @@ impl AutoFetch {
                 }
             }
             StoreEvent::Message(inc) => {
-                let mut bar = Progress::new(self.out);
-                let result = accept(&self.ctx, &inc, &mut |n, t| bar.update(n, t)).await;
-                bar.finish();
-                match result {
-                    Ok(s) => {
-                        d.ua.store_reply(Instant::now(), inc.id, 200, "OK");
-                        self.out.say("saved", &s.describe(), s.fields());
-                    }
-                    Err(r) => {
-                        d.ua.store_reply(Instant::now(), inc.id, r.status, r.reason);
-                        self.out.say(
-                            "item-refused",
-                            &format!("item not accepted: {} ({})", r.reason, r.detail),
-                            json!({ "status": r.status, "reason": r.reason }),
-                        );
-                    }
-                }
+                take(d, self.out, &self.ctx, &inc).await;
             }
             StoreEvent::Answered { .. } => {}
         }
