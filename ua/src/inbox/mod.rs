@@ -15,6 +15,7 @@
 pub mod fetch;
 pub mod http;
 pub mod item;
+pub mod save;
 pub mod seal;
 
 use std::collections::HashMap;
