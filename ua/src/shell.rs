@@ -273,8 +273,8 @@ impl Driver {
 
 /// A message for the trace log, with our digest credentials cut (STYLE.md rule 11:
 /// the response and cnonce are material for an offline guess), and permit tokens,
-/// session secrets and SDES keys cut (never logged at any level): `Permit-Token` and
-/// `Permit-Key` values, `a=crypto` key parameters, and URI headers (a 302's Contact
+/// session secrets and SDES keys cut (never logged at any level): `Permit-Token`,
+/// `Permit-Key`, `Permit-Upload` and `Permit-Download` values (URLs with tokens), `a=crypto` key parameters, and URI headers (a 302's Contact
 /// embeds the token).
 fn redacted(data: &[u8]) -> String {
     String::from_utf8_lossy(data)
@@ -286,6 +286,8 @@ fn redacted(data: &[u8]) -> String {
                 || lower.starts_with("proxy-authorization:")
                 || lower.starts_with("permit-token:")
                 || lower.starts_with("permit-key:")
+                || lower.starts_with("permit-upload:")
+                || lower.starts_with("permit-download:")
             {
                 format!("{name}: <redacted>")
             } else if lower.starts_with("a=crypto:") {
@@ -325,7 +327,8 @@ proxy-authorization: Digest x\r\nTo: <sip:a@h>\r\n\r\n";
     #[test]
     fn trace_log_hides_tokens_and_keys() {
         let msg = b"SIP/2.0 302 Moved\r\nContact: <sip:b@127.0.0.1:5071?Permit-Token=v1.1.9.SECRETTOKEN>\r\n\
-Permit-Token: v1.1.9.SECRETTOKEN;caller=\"sip:a@h\"\r\nPermit-Key: SECRETKEY\r\n\r\n\
+Permit-Token: v1.1.9.SECRETTOKEN;caller=\"sip:a@h\"\r\nPermit-Key: SECRETKEY\r\n\
+Permit-Upload: <http://h:8080/upload/ab?t=SECRETUP>\r\npermit-download: <http://h/files/ab?t=SECRETDOWN>\r\n\r\n\
 v=0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:SECRETINLINE\r\n";
         let out = super::redacted(msg);
         assert!(!out.contains("SECRET"), "{out}");

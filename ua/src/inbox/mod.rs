@@ -59,8 +59,9 @@ pub struct Outgoing {
     pub direct: bool,
 }
 
-/// What store and forward reports to the commands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What store and forward reports to the commands. Debug prints no token, URL or
+/// data (STYLE.md rule 11).
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreEvent {
     /// The final answer to [`Ua::store_send`] `id` (`status: None`: none came).
     Answered {
@@ -79,8 +80,8 @@ pub enum StoreEvent {
     Summary { body: String },
 }
 
-/// An incoming MESSAGE.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An incoming MESSAGE. Debug prints no URL (its token) and no data.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Incoming {
     pub id: u32,
     /// The sender's AOR, `sip:user@host` (the proxy puts the depositor there).
@@ -94,6 +95,48 @@ pub struct Incoming {
     pub body: Bytes,
     /// Sent by the proxy (else straight from a caller with a permit token).
     pub from_proxy: bool,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("id", &self.id)
+            .field("content_type", &self.content_type)
+            .field("item", &self.item)
+            .field("attributes", &self.attributes)
+            .field("download", &self.download.is_some())
+            .field("bytes", &self.body.len())
+            .field("from_proxy", &self.from_proxy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for StoreEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Answered {
+                id,
+                status,
+                reason,
+                headers,
+                ..
+            } => {
+                // Header names only: Permit-Upload, Contact and Permit-Token hold tokens.
+                let names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
+                f.debug_struct("Answered")
+                    .field("id", id)
+                    .field("status", status)
+                    .field("reason", reason)
+                    .field("headers", &names)
+                    .finish_non_exhaustive()
+            }
+            Self::Message(m) => f.debug_tuple("Message").field(m).finish(),
+            Self::Summary { body } => f
+                .debug_struct("Summary")
+                .field("bytes", &body.len())
+                .finish(),
+        }
+    }
 }
 
 /// Response headers kept for [`StoreEvent::Answered`].
@@ -264,5 +307,38 @@ impl Ua {
     /// Incoming MESSAGEs not answered yet.
     pub fn store_pending(&self) -> usize {
         self.store.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_prints_no_token_url_or_data() {
+        let e = StoreEvent::Answered {
+            id: 1,
+            call_id: "c".into(),
+            status: Some(202),
+            reason: "Accepted".into(),
+            headers: vec![("Permit-Upload", "<http://h/upload/x?t=SECRET1>".into())],
+            body: b"SECRET2".to_vec(),
+        };
+        let m = StoreEvent::Message(Incoming {
+            id: 2,
+            from: None,
+            content_type: "text/plain".into(),
+            item: None,
+            attributes: None,
+            download: Some("http://h/files/x?t=SECRET3".into()),
+            body: Bytes::from_static(b"SECRET4"),
+            from_proxy: true,
+        });
+        let text = format!("{e:?} {m:?}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(
+            text.contains("Permit-Upload") && text.contains("202"),
+            "{text}"
+        );
     }
 }
