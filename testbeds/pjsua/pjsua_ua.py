@@ -129,6 +129,12 @@ class Call(pj.Call):
                 say("MEDIA", name)
                 self.state.media = name
 
+    def onCallMediaState(self, prm):
+        # Also sampled here: a hold and its resume can both arrive within one
+        # round of the main loop, and polling alone would miss the hold.
+        if not self.state.disconnected:
+            self.watch_media()
+
     def onCallTsxState(self, prm):
         if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
             return
@@ -287,6 +293,9 @@ def main():
             call.setHold(pj.CallOpParam(True))
             if not pump(lambda: state.media == "LOCAL_HOLD" or state.disconnected):
                 done(3, "timeout waiting for the hold")
+            # Stay on hold a moment, so that the other side sees it too.
+            hold_end = time.monotonic() + 0.5
+            pump(lambda: time.monotonic() > hold_end or state.disconnected)
             op = pj.CallOpParam(True)
             op.opt.flag = pj.PJSUA_CALL_UNHOLD
             call.reinvite(op)
