@@ -16,6 +16,7 @@ use crate::auth::Realm;
 use crate::dialog::Dialog;
 use crate::engine::{ALLOW, CallId, Event, Purpose, Sent, TxKey, Ua};
 use crate::keys::{self, MediaKeys, Offer, PeerCrypto};
+use crate::media::codec::{self, Codec};
 use crate::outcome::CallOutcome;
 use crate::permit;
 use crate::request::{self, Dest, Request};
@@ -29,6 +30,15 @@ impl Ua {
     /// The SRTP keys of a call (known once it is connected); `None` for plain RTP.
     pub fn media_keys(&self, call_id: &str) -> Option<&MediaKeys> {
         self.calls.get(call_id)?.keys.as_ref()
+    }
+
+    /// The call's audio codec: the first of the offer's codecs we have (RFC 3264
+    /// §6.1), read from the offer (UAS) or the answer (UAC); PCMU until it is known.
+    pub fn audio_codec(&self, call_id: &str) -> Codec {
+        self.calls
+            .get(call_id)
+            .and_then(|c| c.codec)
+            .unwrap_or(Codec::Pcmu)
     }
 
     /// The peer's session description and the call's permit token (for the media
@@ -134,6 +144,8 @@ pub struct Call {
     video: Option<String>,
     /// UAC: the answer's SDP and the permit token of the 2xx.
     remote: Option<(Bytes, Option<String>)>,
+    /// The negotiated audio codec; `None` while we offer ([`codec::OFFER`]).
+    pub(crate) codec: Option<Codec>,
 }
 
 impl Call {
@@ -158,7 +170,11 @@ impl Call {
 
     fn sdp(&self) -> Option<String> {
         self.local_media.map(|m| {
-            let mut s = sdp::build(self.session_id, 1, m, &self.crypto, self.savp);
+            let codecs = self
+                .codec
+                .as_ref()
+                .map_or(&codec::OFFER[..], std::slice::from_ref);
+            let mut s = sdp::build(self.session_id, 1, m, &self.crypto, self.savp, codecs);
             s.push_str(self.video.as_deref().unwrap_or_default());
             s
         })
@@ -175,6 +191,7 @@ impl Call {
             flow: None,
             video: None,
             remote: None,
+            codec: None,
         }
     }
 }
@@ -240,8 +257,14 @@ impl Ua {
             headers,
             body: Some((
                 "application/sdp",
-                (sdp::build(session_id, 1, media, &offer.attrs, offer.savp)
-                    + video.as_deref().unwrap_or_default())
+                (sdp::build(
+                    session_id,
+                    1,
+                    media,
+                    &offer.attrs,
+                    offer.savp,
+                    &codec::OFFER,
+                ) + video.as_deref().unwrap_or_default())
                 .into_bytes(),
             )),
         };
@@ -534,7 +557,11 @@ impl Ua {
             .to_bytes();
         let dest = self.dest_to(dialog.next_hop(local.transport));
         self.transmit(dest, ack.clone());
-        let remote_media = sdp::parse_audio(msg.body()).ok().map(|a| a.addr);
+        let answer = sdp::parse_audio(msg.body()).ok();
+        let remote_media = answer.as_ref().map(|a| a.addr);
+        // An answer must pick from our offer (RFC 3264 §6.1); one that names none of
+        // our codecs gets PCMU, what this UA always sent before it offered Opus.
+        let answered_codec = answer.and_then(|a| a.codec).unwrap_or(Codec::Pcmu);
         if inv.cancel.is_some() {
             // Hung up while it rang, answered anyway: end it (§15).
             self.send_bye(now, call_id, dialog);
@@ -574,6 +601,7 @@ impl Ua {
                 .and_then(permit::parse_permit_token)
                 .map(|t| t.token);
             call.remote = Some((msg.bytes().slice_ref(msg.body()), token));
+            call.codec = Some(answered_codec);
             call.state = CallState::Confirmed(Confirmed {
                 dialog,
                 ack: Some((dest, ack)),

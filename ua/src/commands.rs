@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::call::user_of;
 use crate::engine::{CallId, Event};
 use crate::keys::MediaKeys;
+use crate::media::codec::Codec;
 use crate::media::socket::{MediaHandle, MediaReport, MediaSocket};
 use crate::media::srtp::SrtpSession;
 use crate::media::wav;
@@ -45,6 +46,7 @@ fn media_fields(r: &MediaReport) -> Value {
         "dropped": r.dropped,
         "srtp": r.srtp,
         "srtp_rejected": r.srtp_rejected,
+        "codec": r.codec.map(Codec::name),
     })
 }
 
@@ -75,8 +77,10 @@ async fn finish_media(out: Output, call: &str, media: Option<MediaHandle>, recor
     let report = m.stop().await;
     let mut fields = media_fields(&report);
     let mut text = format!(
-        "audio: {} packets sent, {} received",
-        report.packets_sent, report.packets_received
+        "audio ({}): {} packets sent, {} received",
+        report.codec.map_or("none", |c| c.name()),
+        report.packets_sent,
+        report.packets_received
     );
     if report.srtp_rejected > 0 {
         let _ = write!(text, ", {} refused by SRTP", report.srtp_rejected);
@@ -144,7 +148,8 @@ pub async fn run_call(
                 let (srtp, text, fields) = srtp_for(d.ua.media_keys(&call));
                 out.say("keys", &text, fields);
                 if let Some(s) = socket.take() {
-                    media = Some(s.start(remote_media, play.clone(), srtp));
+                    let codec = d.ua.audio_codec(&call);
+                    media = Some(s.start_with(remote_media, play.clone(), srtp, codec));
                 }
                 if hanging_up {
                     deadline = Some(Instant::now() + GRACE);
@@ -348,8 +353,10 @@ impl Answering {
                 let (srtp, text, fields) = srtp_for(d.ua.media_keys(&call));
                 self.out.say("keys", &text, fields);
                 if let Some(s) = self.sockets.remove(&call) {
+                    let codec = d.ua.audio_codec(&call);
+                    let play = self.opts.play.clone();
                     self.media
-                        .insert(call, s.start(remote_media, self.opts.play.clone(), srtp));
+                        .insert(call, s.start_with(remote_media, play, srtp, codec));
                 }
             }
             Event::CallEnded { call, by_peer } => {

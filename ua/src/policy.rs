@@ -46,7 +46,7 @@ fn supported(tag: &[u8]) -> bool {
 /// Decides on a new incoming INVITE (out of dialog):
 /// - `Require` with an extension we lack → 420 with `Unsupported` (RFC 3261 §8.2.2.3);
 /// - at the call limit → 486 Busy Here (§21.4.24);
-/// - no SDP offer, or none with PCMU → 488 Not Acceptable Here (RFC 3264 §6);
+/// - no SDP offer, or none with Opus or PCMU → 488 Not Acceptable Here (RFC 3264 §6);
 ///
 /// and returns the caller's audio stream otherwise.
 pub fn accept_invite(msg: &Message, load: Load) -> Result<AudioOffer, Refusal> {
@@ -67,7 +67,7 @@ pub fn accept_invite(msg: &Message, load: Load) -> Result<AudioOffer, Refusal> {
         return Err(Refusal::new(488, "Not Acceptable Here"));
     }
     match sdp::parse_audio(msg.body()) {
-        Ok(offer) if offer.accepts_pcmu() => Ok(offer),
+        Ok(offer) if offer.codec.is_some() => Ok(offer),
         _ => Err(Refusal::new(488, "Not Acceptable Here")),
     }
 }

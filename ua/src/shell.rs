@@ -18,7 +18,7 @@ use sip_net::{Listen, NetConfig, Network, TlsSettings};
 use tokio::sync::mpsc;
 
 use crate::engine::{Event, Ua, UaConfig};
-use crate::media::{g711, wav};
+use crate::media::wav;
 use crate::request::Local;
 use crate::settings::Settings;
 
@@ -303,14 +303,15 @@ fn redacted(data: &[u8]) -> String {
         .join("\r\n")
 }
 
-/// Reads `--play FILE.wav` as μ-law.
+/// Reads and checks `--play FILE.wav` (16-bit mono, 8/16/48 kHz); the file's bytes
+/// are kept as they are, each call encodes them for its codec
+/// (`media::codec::AudioEncoder`).
 pub fn load_play(path: Option<&Path>) -> Result<Option<Arc<Vec<u8>>>, ShellError> {
     let Some(path) = path else { return Ok(None) };
     let bytes =
         std::fs::read(path).map_err(|e| ShellError::Wav(format!("{}: {e}", path.display())))?;
-    let samples =
-        wav::read(&bytes).map_err(|e| ShellError::Wav(format!("{}: {e}", path.display())))?;
-    Ok(Some(Arc::new(g711::encode_all(&samples))))
+    wav::read_pcm(&bytes).map_err(|e| ShellError::Wav(format!("{}: {e}", path.display())))?;
+    Ok(Some(Arc::new(bytes)))
 }
 
 #[cfg(test)]

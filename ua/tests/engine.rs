@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use permit_ua::media::codec::Codec;
 use permit_ua::{CallOutcome, Event, Local, Ua, UaConfig};
 use sip_core::digest::{self, Algorithm, Credentials, NonceKey, Verifier};
 use sip_core::message::{HeaderName, Message, Method, ResponseBuilder};
@@ -290,7 +291,7 @@ fn outgoing_call_through_407_to_connected_and_bye() {
     assert!(
         std::str::from_utf8(invite.body())
             .unwrap()
-            .contains("m=audio 30000 RTP/AVP 0")
+            .contains("m=audio 30000 RTP/AVP 111 0\r\n")
     );
 
     let ch = verifier().challenges(1_000, 3, false);
@@ -436,12 +437,16 @@ fn invite_without_any_answer_is_no_response_at_timer_b() {
 }
 
 fn incoming_invite(branch: &str, call_id: &str) -> Vec<u8> {
+    incoming_invite_with(branch, call_id, SDP)
+}
+
+fn incoming_invite_with(branch: &str, call_id: &str, sdp: &str) -> Vec<u8> {
     format!(
         "INVITE sip:alice@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch={branch}\r\n\
 Record-Route: <sip:127.0.0.1:5060;lr>\r\nMax-Forwards: 69\r\nFrom: <sip:bob@localhost>;tag=bobtag\r\n\
 To: <sip:alice@localhost>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@127.0.0.1:5080>\r\n\
-Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
-        SDP.len()
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
     )
     .into_bytes()
 }
@@ -853,4 +858,76 @@ fn direct_call_over_a_lossy_link_connects_and_ends() {
         assert!(ended(&b_events, true), "seed {seed}: bob {b_events:?}");
         assert_eq!(alice.load().active + bob.load().active, 0, "seed {seed}");
     }
+}
+
+/// RFC 3264 §5.1, §6.1: our offer lists Opus (RFC 7587 §7) then PCMU, and the call
+/// takes the codec of the answer; as the answerer we take the first codec of the
+/// offer that we have, under the offer's payload type, and refuse an offer with none
+/// (488).
+#[test]
+fn audio_codec_negotiation_both_ways() {
+    let mut b = Bench::new(Transport::Udp, 4);
+    let call =
+        b.ua.call(b.clock.now(), "bob", "127.0.0.1:30000".parse().unwrap());
+    let invite = b.sent_one();
+    let body = std::str::from_utf8(invite.body()).unwrap().to_string();
+    assert!(
+        body.contains(
+            "m=audio 30000 RTP/AVP 111 0\r\na=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 useinbandfec=1\r\na=rtpmap:0 PCMU/8000\r\n"
+        ),
+        "{body}"
+    );
+    let answer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
+    let contact = [("Contact", "<sip:bob@127.0.0.1:5080>")];
+    b.receive(reply(&invite, 200, "OK", &contact, Some(answer)));
+    assert!(matches!(
+        b.events().as_slice(),
+        [Event::CallConnected { .. }]
+    ));
+    assert_eq!(b.ua.audio_codec(&call), Codec::Opus { pt: 111 });
+    assert_eq!(b.sent_one().method(), Some(&Method::Ack));
+
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 40000 RTP/AVP 8 96 0\r\na=rtpmap:96 opus/48000/2\r\n";
+    b.receive(incoming_invite_with("z9hG4bKo1", "o1", offer));
+    assert_eq!(b.sent_one().status(), Some(100));
+    assert!(matches!(
+        b.events().as_slice(),
+        [Event::IncomingCall { .. }]
+    ));
+    b.ua.answer(b.clock.now(), "o1", "127.0.0.1:30002".parse().unwrap());
+    let ok = b.sent_one();
+    assert_eq!(ok.status(), Some(200));
+    let body = std::str::from_utf8(ok.body()).unwrap().to_string();
+    assert!(
+        body.contains(
+            "m=audio 30002 RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1\r\n"
+        ) && !body.contains("PCMU"),
+        "{body}"
+    );
+    assert_eq!(b.ua.audio_codec("o1"), Codec::Opus { pt: 96 });
+
+    let pcmu_first = offer.replace("8 96 0", "0 96");
+    b.receive(incoming_invite_with("z9hG4bKo2", "o2", &pcmu_first));
+    b.sent_one();
+    b.events();
+    b.ua.answer(b.clock.now(), "o2", "127.0.0.1:30004".parse().unwrap());
+    let ok = b.sent_one();
+    let body = std::str::from_utf8(ok.body()).unwrap().to_string();
+    assert!(
+        body.contains("m=audio 30004 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"),
+        "{body}"
+    );
+    assert_eq!(b.ua.audio_codec("o2"), Codec::Pcmu);
+
+    let none = offer.replace("8 96 0", "8 9");
+    b.receive(incoming_invite_with("z9hG4bKo3", "o3", &none));
+    let sent = b.sent();
+    assert_eq!(
+        sent.last().map(|(_, m)| m.status()),
+        Some(Some(488)),
+        "RFC 3264 §6"
+    );
 }

@@ -124,8 +124,14 @@ impl Ua {
         if let Some(m) = media {
             req.body = Some((
                 "application/sdp",
-                (sdp::build(call.session_id, 1, m, &offer.attrs, offer.savp)
-                    + call.video.as_deref().unwrap_or_default())
+                (sdp::build(
+                    call.session_id,
+                    1,
+                    m,
+                    &offer.attrs,
+                    offer.savp,
+                    &crate::media::codec::OFFER,
+                ) + call.video.as_deref().unwrap_or_default())
                 .into_bytes(),
             ));
         }

@@ -89,6 +89,7 @@ impl Ua {
                     call.keys = Some(k);
                 }
                 call.savp = savp;
+                call.codec = offer.codec;
                 // A caller that reached us directly over a stream is answered, and
                 // later asked, over its own connection (RFC 5626 §5.3 in spirit).
                 if !from_proxy && dest.transport.is_reliable() {

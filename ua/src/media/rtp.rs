@@ -1,4 +1,4 @@
-//! RTP for one PCMU stream (RFC 3550), sans-IO: a sender that numbers and stamps
+//! RTP for one audio stream (RFC 3550), sans-IO: a sender that numbers and stamps
 //! 20 ms frames, a receiver that checks, decodes and places them by timestamp.
 //! Packets are the `rtp` crate's ([`rtp::packet::Packet`]).
 
@@ -8,13 +8,17 @@ use rtp::header::Header;
 use rtp::packet::Packet;
 use webrtc_util::marshal::{Marshal, MarshalSize, Unmarshal};
 
-use super::g711;
+use super::SAMPLE_RATE;
+use super::codec::{AudioDecoder, Codec};
+use super::opus::OpusError;
 use crate::sdp::PCMU;
 
 /// The sending side of one stream (RFC 3550 §5.1: random SSRC, initial sequence
-/// number and timestamp; the timestamp counts samples, 8000 per second for PCMU).
+/// number and timestamp; the timestamp counts samples, 8000 per second for PCMU,
+/// 48000 for Opus whatever its bandwidth, RFC 7587 §4.1).
 #[derive(Debug, Clone)]
 pub struct RtpSender {
+    payload_type: u8,
     ssrc: u32,
     seq: u16,
     timestamp: u32,
@@ -22,8 +26,15 @@ pub struct RtpSender {
 }
 
 impl RtpSender {
+    /// A PCMU sender.
     pub fn new(rng: &mut impl Rng) -> Self {
+        Self::for_codec(rng, Codec::Pcmu)
+    }
+
+    /// A sender of `codec`'s payload type.
+    pub fn for_codec(rng: &mut impl Rng, codec: Codec) -> Self {
         Self {
+            payload_type: codec.payload_type(),
             ssrc: rng.random(),
             seq: rng.random(),
             timestamp: rng.random(),
@@ -38,11 +49,17 @@ impl RtpSender {
     /// One packet carrying `payload` (μ-law bytes, one per sample). The first packet
     /// has the marker bit (the start of a talkspurt, RFC 3551 §4.1).
     pub fn packet(&mut self, payload: &[u8]) -> Bytes {
+        self.packet_of(payload, payload.len() as u32)
+    }
+
+    /// One packet carrying `payload`, which covers `ticks` units of the RTP clock (the
+    /// next packet's timestamp is that much later).
+    pub fn packet_of(&mut self, payload: &[u8], ticks: u32) -> Bytes {
         let packet = Packet {
             header: Header {
                 version: 2,
                 marker: std::mem::take(&mut self.first),
-                payload_type: PCMU,
+                payload_type: self.payload_type,
                 sequence_number: self.seq,
                 timestamp: self.timestamp,
                 ssrc: self.ssrc,
@@ -51,7 +68,7 @@ impl RtpSender {
             payload: Bytes::copy_from_slice(payload),
         };
         self.seq = self.seq.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(payload.len() as u32);
+        self.timestamp = self.timestamp.wrapping_add(ticks);
         let mut buf = BytesMut::zeroed(packet.marshal_size());
         // Marshalling into a buffer of exactly marshal_size() bytes cannot fail.
         let _ = packet.marshal_to(&mut buf);
@@ -59,11 +76,15 @@ impl RtpSender {
     }
 }
 
-/// The receiving side: decodes PCMU packets of the first SSRC seen and places their
-/// samples at their timestamp, so reordering and loss leave the timeline intact
-/// (gaps are silence). At most `max_samples` are kept.
-#[derive(Debug, Clone)]
+/// The receiving side: decodes packets of the negotiated payload type from the first
+/// SSRC seen and places their samples (8 kHz) at their timestamp, so reordering and
+/// loss leave the timeline intact (gaps are silence). At most `max_samples` are kept.
+/// Opus packets are decoded in arrival order (the decoder's state follows them).
+#[derive(Debug)]
 pub struct RtpReceiver {
+    payload_type: u8,
+    clock_rate: u32,
+    decoder: AudioDecoder,
     ssrc: Option<u32>,
     base: u32,
     samples: Vec<i16>,
@@ -75,8 +96,12 @@ pub struct RtpReceiver {
 }
 
 impl RtpReceiver {
+    /// A PCMU receiver.
     pub fn new(max_samples: usize) -> Self {
         Self {
+            payload_type: PCMU,
+            clock_rate: SAMPLE_RATE,
+            decoder: AudioDecoder::Pcmu,
             ssrc: None,
             base: 0,
             samples: Vec::new(),
@@ -84,6 +109,16 @@ impl RtpReceiver {
             packets: 0,
             dropped: 0,
         }
+    }
+
+    /// A receiver of `codec`.
+    pub fn for_codec(codec: Codec, max_samples: usize) -> Result<Self, OpusError> {
+        Ok(Self {
+            payload_type: codec.payload_type(),
+            clock_rate: codec.clock_rate(),
+            decoder: AudioDecoder::new(codec)?,
+            ..Self::new(max_samples)
+        })
     }
 
     /// Feeds one datagram; `false` if it was dropped.
@@ -94,7 +129,10 @@ impl RtpReceiver {
             return false;
         };
         let h = &packet.header;
-        if h.version != 2 || h.payload_type != PCMU || self.ssrc.is_some_and(|s| s != h.ssrc) {
+        if h.version != 2
+            || h.payload_type != self.payload_type
+            || self.ssrc.is_some_and(|s| s != h.ssrc)
+        {
             self.dropped += 1;
             return false;
         }
@@ -103,21 +141,27 @@ impl RtpReceiver {
             self.base = h.timestamp;
         }
         // Offsets past half the timestamp space are packets from before the first one.
-        let offset = h.timestamp.wrapping_sub(self.base) as usize;
-        let end = offset.saturating_add(packet.payload.len());
-        if offset > (u32::MAX / 2) as usize || end > self.max_samples {
+        let ticks = h.timestamp.wrapping_sub(self.base);
+        // RTP clock units to 8 kHz samples (Opus: 48 kHz clock, 6 units a sample).
+        let offset =
+            (u64::from(ticks) * u64::from(SAMPLE_RATE) / u64::from(self.clock_rate)) as usize;
+        if ticks > u32::MAX / 2 || offset >= self.max_samples {
+            self.dropped += 1;
+            return false;
+        }
+        let Some(decoded) = self.decoder.decode(&packet.payload) else {
+            self.dropped += 1;
+            return false;
+        };
+        let end = offset.saturating_add(decoded.len());
+        if end > self.max_samples {
             self.dropped += 1;
             return false;
         }
         if self.samples.len() < end {
             self.samples.resize(end, 0);
         }
-        for (slot, &b) in self.samples[offset..end]
-            .iter_mut()
-            .zip(packet.payload.iter())
-        {
-            *slot = g711::decode(b);
-        }
+        self.samples[offset..end].copy_from_slice(&decoded);
         self.packets += 1;
         true
     }
@@ -136,7 +180,7 @@ mod tests {
     use sip_testkit::seeded_rng;
 
     use super::*;
-    use crate::media::{FRAME, wav};
+    use crate::media::{FRAME, g711, wav};
 
     #[test]
     fn packets_have_rfc3550_headers() {
@@ -194,5 +238,40 @@ mod tests {
         }
         assert_eq!(rx.samples().len(), FRAME * 2);
         assert_eq!((rx.packets, rx.dropped), (2, 3));
+    }
+
+    /// Opus under a dynamic payload type: 48 kHz timestamps, 8 kHz samples placed
+    /// by timestamp; PCMU and garbage under the Opus number are dropped.
+    #[test]
+    fn opus_stream_round_trips() {
+        let codec = Codec::Opus { pt: 111 };
+        let tone = wav::tone_at(440.0, 1, 10_000.0, 8000);
+        let file = wav::write(&tone);
+        let mut enc = crate::media::codec::AudioEncoder::new(codec, Some(&file)).unwrap();
+        let mut tx = RtpSender::for_codec(&mut seeded_rng(4), codec);
+        let packets: Vec<Bytes> = (0..50)
+            .map(|_| {
+                let (p, ticks) = enc.next_frame().unwrap();
+                tx.packet_of(&p, ticks)
+            })
+            .collect();
+        assert_eq!(packets[0][1], 0x80 | 0x6F, "marker, payload type 111");
+        let ts = |p: &Bytes| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        assert_eq!(ts(&packets[1]), ts(&packets[0]).wrapping_add(960));
+        let mut rx = RtpReceiver::for_codec(codec, 8000 * 60).unwrap();
+        for p in &packets {
+            assert!(rx.handle_datagram(p));
+        }
+        let pcmu = RtpSender::new(&mut seeded_rng(5)).packet(&[0xFF; FRAME]);
+        assert!(!rx.handle_datagram(&pcmu));
+        let mut garbage = packets[49].to_vec();
+        garbage.truncate(12);
+        garbage.extend_from_slice(&[0x03, 0x00]); // a code-3 TOC with no frame count
+        assert!(!rx.handle_datagram(&garbage));
+        assert_eq!((rx.packets, rx.dropped), (50, 2));
+        assert_eq!(rx.samples().len(), tone.len());
+        let steady = &rx.samples()[800..];
+        let hz = wav::zero_crossing_hz(steady, 8000);
+        assert!((hz - 440.0).abs() < 5.0, "{hz} Hz");
     }
 }

@@ -11,11 +11,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::SAMPLE_RATE;
+use super::codec::{AudioEncoder, Codec};
 use super::rtp::{RtpReceiver, RtpSender};
 use super::srtp::SrtpSession;
-use super::{FRAME, SAMPLE_RATE, g711};
 
-/// At most this much received audio is kept per call (one hour).
+/// At most this much received audio is kept per call (one hour at 8 kHz).
 const MAX_RECORD_SAMPLES: usize = SAMPLE_RATE as usize * 3600;
 
 /// What a call's media did.
@@ -28,6 +29,9 @@ pub struct MediaReport {
     pub srtp_rejected: u64,
     /// Whether the audio was SRTP.
     pub srtp: bool,
+    /// The codec both ways (`None`: the codec could not be set up, nothing was sent).
+    pub codec: Option<Codec>,
+    /// What was received, at 8 kHz ([`super::codec`]).
     pub samples: Vec<i16>,
 }
 
@@ -45,17 +49,29 @@ impl MediaSocket {
         Ok(Self { socket, local })
     }
 
-    /// Starts sending to `remote` (when known) and receiving. `play` is μ-law audio
-    /// sent once, then silence keeps the stream going. With `srtp`, packets are
-    /// protected and unprotected with the call's keys (RFC 3711).
+    /// [`MediaSocket::start_with`] PCMU.
     pub fn start(
         self,
         remote: Option<SocketAddr>,
         play: Option<Arc<Vec<u8>>>,
         srtp: Option<SrtpSession>,
     ) -> MediaHandle {
+        self.start_with(remote, play, srtp, Codec::Pcmu)
+    }
+
+    /// Starts sending `codec` to `remote` (when known) and receiving it. `play` is a
+    /// WAV file (`shell::load_play`) sent once, then silence keeps the stream going.
+    /// With `srtp`, packets are protected and unprotected with the call's keys
+    /// (RFC 3711; SRTP does not depend on the codec).
+    pub fn start_with(
+        self,
+        remote: Option<SocketAddr>,
+        play: Option<Arc<Vec<u8>>>,
+        srtp: Option<SrtpSession>,
+        codec: Codec,
+    ) -> MediaHandle {
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(self.socket, remote, play, srtp, stopped));
+        let task = tokio::spawn(run(self.socket, remote, play, srtp, codec, stopped));
         MediaHandle { stop, task }
     }
 }
@@ -79,31 +95,33 @@ async fn run(
     remote: Option<SocketAddr>,
     play: Option<Arc<Vec<u8>>>,
     mut srtp: Option<SrtpSession>,
+    codec: Codec,
     mut stopped: oneshot::Receiver<()>,
 ) -> MediaReport {
-    let mut sender = RtpSender::new(&mut rand::rngs::StdRng::from_os_rng());
-    let mut receiver = RtpReceiver::new(MAX_RECORD_SAMPLES);
     let mut report = MediaReport::default();
+    let (mut encoder, mut receiver) = match (
+        AudioEncoder::new(codec, play.as_deref().map(Vec::as_slice)),
+        RtpReceiver::for_codec(codec, MAX_RECORD_SAMPLES),
+    ) {
+        (Ok(e), Ok(r)) => (e, r),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot set up the call's audio codec");
+            let _ = stopped.await;
+            return report;
+        }
+    };
+    report.codec = Some(codec);
+    let mut sender = RtpSender::for_codec(&mut rand::rngs::StdRng::from_os_rng(), codec);
     let mut pacer = tokio::time::interval(Duration::from_millis(20));
     pacer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut at = 0usize;
-    let silence = [g711::SILENCE; FRAME];
     let mut buf = vec![0u8; 2048];
     loop {
         tokio::select! {
             _ = &mut stopped => break,
             _ = pacer.tick() => {
                 let Some(remote) = remote else { continue };
-                let frame: &[u8] = match &play {
-                    Some(p) if at < p.len() => {
-                        let end = (at + FRAME).min(p.len());
-                        let f = &p[at..end];
-                        at = end;
-                        f
-                    }
-                    _ => &silence,
-                };
-                let mut packet = sender.packet(frame);
+                let Ok((frame, ticks)) = encoder.next_frame() else { continue };
+                let mut packet = sender.packet_of(&frame, ticks);
                 if let Some(s) = srtp.as_mut() {
                     match s.protect(&packet) {
                         Some(p) => packet = p,
