@@ -47,6 +47,7 @@ fn send_fields(r: &SendReport, clip: &Clip) -> Value {
         "relay": r.stats.relay,
         "direct": r.stats.direct,
         "plain": r.stats.plain,
+        "srtp_refused": r.stats.refused,
         "latched": r.latched,
         "srtp": r.srtp,
         "send_errors": r.send_errors,

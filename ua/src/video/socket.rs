@@ -146,7 +146,9 @@ async fn send(
             let due = start + per_picture * u32::try_from(p.unit).unwrap_or(u32::MAX);
             tokio::time::sleep_until(due).await;
         }
-        let (path, datagram) = splitter.packet(p);
+        let Some((path, datagram)) = splitter.packet(p) else {
+            continue;
+        };
         let to = match (path, &relay) {
             (Path::Relay, Some(r)) => r.addr,
             _ => direct,

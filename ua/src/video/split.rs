@@ -96,6 +96,8 @@ pub struct SplitStats {
     pub direct: u64,
     /// Packets sent as plain RTP (the direct path in selective mode, or no keys).
     pub plain: u64,
+    /// Packets SRTP refused to protect (not sent).
+    pub refused: u64,
 }
 
 /// The split of one video stream.
@@ -165,8 +167,9 @@ impl Splitter {
     }
 
     /// The RTP packet (RFC 3550 §5.1) of the next payload, protected as its path
-    /// requires, and the path.
-    pub fn packet(&mut self, p: &Payload) -> (Path, Bytes) {
+    /// requires, and the path; `None` (counted) when SRTP refuses it: a packet meant
+    /// to be protected never leaves in the clear.
+    pub fn packet(&mut self, p: &Payload) -> Option<(Path, Bytes)> {
         let class = self.classify(&p.data);
         let path = if class == Class::Intra && self.relayed {
             Path::Relay
@@ -186,21 +189,29 @@ impl Splitter {
         self.seq = self.seq.wrapping_add(1);
         self.stats.packets += 1;
         self.stats.intra += u64::from(class == Class::Intra);
-        match path {
-            Path::Relay => self.stats.relay += 1,
-            Path::Direct => self.stats.direct += 1,
-        }
-        let plain = path == Path::Direct && self.mode == SplitMode::Selective;
+        // Selective mode leaves only the direct path's non-intra packets plain: when
+        // the call is not relayed, its I-packets go direct but still as SRTP.
+        let plain = class == Class::Inter && self.mode == SplitMode::Selective;
         let out = match &mut self.srtp {
-            Some(ctx) if !plain => ctx.encrypt_rtp(&rtp).unwrap_or_else(|_| Bytes::from(rtp)),
+            Some(ctx) if !plain => {
+                let Ok(b) = ctx.encrypt_rtp(&rtp) else {
+                    self.stats.refused += 1;
+                    return None;
+                };
+                b
+            }
             _ => {
-                // Selective mode: plain RTP. The context infers the rollover counter
-                // from the sequence numbers it protects (RFC 3711 §3.3.1), so the
-                // packets it skips do not put it out of step.
+                // Plain RTP. The context infers the rollover counter from the
+                // sequence numbers it protects (RFC 3711 §3.3.1), so the packets it
+                // skips do not put it out of step.
                 self.stats.plain += 1;
                 Bytes::from(rtp)
             }
         };
-        (path, out)
+        match path {
+            Path::Relay => self.stats.relay += 1,
+            Path::Direct => self.stats.direct += 1,
+        }
+        Some((path, out))
     }
 }

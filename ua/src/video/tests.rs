@@ -52,7 +52,7 @@ fn split(clip: &Clip, mode: SplitMode, keyed: bool) -> (Vec<(Path, Vec<u8>)>, Sp
         .payloads
         .iter()
         .map(|p| {
-            let (path, d) = s.packet(p);
+            let (path, d) = s.packet(p).unwrap();
             (path, d.to_vec())
         })
         .collect();
@@ -153,6 +153,34 @@ fn selective_mode_sends_the_direct_path_plain_and_no_idr_on_it() {
         }
     }
     assert_eq!(join(&clip, &sent, SplitMode::Selective, true, 5), H264);
+}
+
+#[test]
+fn selective_without_a_relay_still_protects_the_i_packets() {
+    let clip = Clip::from_bytes(Codec::H264, H264).unwrap();
+    let k = video_keys(&keys()).unwrap();
+    let mut s = Splitter::new(
+        Codec::H264,
+        96,
+        clip.ticks_per_picture(),
+        Some(&k.send),
+        SplitMode::Selective,
+        false,
+        &mut seeded_rng(3),
+    );
+    let mut c = H264Classifier::new();
+    for p in &clip.payloads {
+        let intra = c.classify(&p.data) == Class::Intra;
+        let (path, d) = s.packet(p).unwrap();
+        assert_eq!(path, Path::Direct, "not relayed: everything direct");
+        assert_eq!(
+            d[12..] == p.data[..],
+            !intra,
+            "only non-intra packets plain"
+        );
+    }
+    assert_eq!(s.stats.relay, 0);
+    assert_eq!(s.stats.plain, s.stats.packets - s.stats.intra);
 }
 
 #[test]
