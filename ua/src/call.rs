@@ -41,6 +41,11 @@ impl Ua {
             .unwrap_or(Codec::Pcmu)
     }
 
+    /// Offer only `codecs`, in this order, from now on (`call --codec`).
+    pub fn set_audio_offer(&mut self, codecs: Vec<Codec>) {
+        self.cfg.audio_offer = codecs;
+    }
+
     /// The peer's session description and the call's permit token (for the media
     /// relay's latch, docs/profile.md "Media relay"): the offer while a call is offered
     /// to us, the answer once our call is connected.
@@ -263,7 +268,7 @@ impl Ua {
                     media,
                     &offer.attrs,
                     offer.savp,
-                    &codec::OFFER,
+                    &self.cfg.audio_offer,
                 ) + video.as_deref().unwrap_or_default())
                 .into_bytes(),
             )),

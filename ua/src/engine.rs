@@ -73,6 +73,8 @@ pub struct UaConfig {
     /// Wall-clock time at an instant: (`now`, unix seconds then). Token expiries are
     /// unix seconds; the engine reads no clock of its own.
     pub epoch: Option<(Instant, u64)>,
+    /// The audio codecs our offers list, in order of preference (`call --codec`).
+    pub audio_offer: Vec<crate::media::codec::Codec>,
 }
 
 impl UaConfig {
@@ -90,6 +92,7 @@ impl UaConfig {
             timers: TimerConfig::default(),
             permit: false,
             epoch: None,
+            audio_offer: crate::media::codec::OFFER.to_vec(),
         }
     }
 }

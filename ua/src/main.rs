@@ -9,6 +9,7 @@ use permit_ua::PermitChange;
 use permit_ua::commands::{self, AnswerOptions};
 use permit_ua::inbox::fetch;
 use permit_ua::inbox::seal::{self, Identity};
+use permit_ua::media::codec::{Codec, OPUS_PT};
 use permit_ua::outcome::exit;
 use permit_ua::send;
 use permit_ua::settings::{FileSettings, Overrides, Settings};
@@ -77,7 +78,7 @@ enum Command {
         /// Write each call's received audio to DIR/call-<id>.wav.
         #[arg(long)]
         record: Option<PathBuf>,
-        /// Send this WAV (16-bit PCM, mono, 8 kHz) in every call.
+        /// Send this WAV (16-bit PCM, mono, 8, 16 or 48 kHz) in every call.
         #[arg(long)]
         play: Option<PathBuf>,
         /// Accept any INVITE, like a stock phone (default: only INVITEs with a permit
@@ -106,12 +107,15 @@ enum Command {
     /// Call AOR (`bob`, `bob@example.org` or a sip: URI).
     Call {
         aor: String,
-        /// Send this WAV (16-bit PCM, mono, 8 kHz).
+        /// Send this WAV (16-bit PCM, mono, 8, 16 or 48 kHz).
         #[arg(long)]
         play: Option<PathBuf>,
-        /// Write the received audio to DIR/call-<id>.wav.
+        /// Write the received audio to DIR/call-<id>.wav (16-bit mono 8 kHz).
         #[arg(long)]
         record: Option<PathBuf>,
+        /// Offer only this audio codec (default: opus, then pcmu).
+        #[arg(long, value_parser = ["opus", "pcmu"])]
+        codec: Option<String>,
         /// Hang up after S seconds (default: when the other side does, or Ctrl-C).
         #[arg(long)]
         duration: Option<f64>,
@@ -319,8 +323,14 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
             video,
             fast,
             selective,
+            codec,
             ..
         } => {
+            match codec.as_deref() {
+                Some("pcmu") => driver.ua.set_audio_offer(vec![Codec::Pcmu]),
+                Some(_) => driver.ua.set_audio_offer(vec![Codec::Opus { pt: OPUS_PT }]),
+                None => {}
+            }
             let duration = match duration {
                 Some(s) if !(s.is_finite() && s > 0.0) => {
                     eprintln!("permit-ua: --duration must be a positive number of seconds");

@@ -130,7 +130,7 @@ impl Ua {
                     m,
                     &offer.attrs,
                     offer.savp,
-                    &crate::media::codec::OFFER,
+                    &self.cfg.audio_offer,
                 ) + call.video.as_deref().unwrap_or_default())
                 .into_bytes(),
             ));
