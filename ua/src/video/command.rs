@@ -109,7 +109,8 @@ pub async fn run_video_call(
                 let keys = d.ua.media_keys(&call).cloned();
                 let srtp = keys.as_ref().and_then(|k| SrtpSession::new(k).ok());
                 if let Some(s) = audio.take() {
-                    media = Some(s.start(remote_media, play.clone(), srtp));
+                    let codec = d.ua.audio_codec(&call);
+                    media = Some(s.start_with(remote_media, play.clone(), srtp, codec));
                 }
                 let (answer, token) = d.ua.remote_description(&call).unwrap_or_default();
                 let peer = sdp::parse(&answer);
