@@ -11,6 +11,7 @@ use std::sync::Arc;
 use sip_core::message::SipUri;
 use sip_core::transport::Transport;
 
+use crate::engine::dialog::{PartyHash, party_hash};
 use crate::store::{LocationStore, StoreError};
 
 /// One registered contact of an address-of-record.
@@ -81,28 +82,44 @@ impl CallIdHash {
     }
 }
 
-/// The AORs bound at one address: almost always one, kept without a second allocation.
+/// The AORs bound at one address: almost always one, kept without a second allocation;
+/// behind an SBC, a PBX trunk or one NAT address there may be thousands, kept by their
+/// party hash (`engine::dialog::party_hash`) so that adding, removing and "is this party
+/// here?" stay O(1) whatever their number.
 #[derive(Debug)]
 enum AddrAors {
     One(Arc<str>),
-    Many(Vec<Arc<str>>),
+    Many(HashMap<PartyHash, Arc<str>>),
 }
 
 impl AddrAors {
-    fn as_slice(&self) -> &[Arc<str>] {
+    fn len(&self) -> usize {
         match self {
-            Self::One(a) => std::slice::from_ref(a),
-            Self::Many(v) => v,
+            Self::One(_) => 1,
+            Self::Many(m) => m.len(),
         }
     }
 
+    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (one, many) = match self {
+            Self::One(a) => (Some(a), None),
+            Self::Many(m) => (None, Some(m.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
     fn add(&mut self, aor: &Arc<str>) {
-        if self.as_slice().iter().any(|x| **x == **aor) {
-            return;
-        }
         match self {
-            Self::One(a) => *self = Self::Many(vec![a.clone(), aor.clone()]),
-            Self::Many(v) => v.push(aor.clone()),
+            Self::One(a) if **a == **aor => {}
+            Self::One(a) => {
+                let mut m = HashMap::with_capacity(2);
+                m.insert(party_hash(a), a.clone());
+                m.insert(party_hash(aor), aor.clone());
+                *self = Self::Many(m);
+            }
+            Self::Many(m) => {
+                m.insert(party_hash(aor), aor.clone());
+            }
         }
     }
 
@@ -110,18 +127,43 @@ impl AddrAors {
     fn remove(&mut self, aor: &str) -> bool {
         match self {
             Self::One(a) => **a == *aor,
-            Self::Many(v) => {
-                v.retain(|x| **x != *aor);
-                let empty = v.is_empty();
-                if let [only] = v.as_slice() {
-                    let only = only.clone();
+            Self::Many(m) => {
+                let h = party_hash(aor);
+                if m.get(&h).is_some_and(|a| **a == *aor) {
+                    m.remove(&h);
+                }
+                let empty = m.is_empty();
+                if m.len() == 1
+                    && let Some(only) = m.values().next().cloned()
+                {
                     *self = Self::One(only);
                 }
                 empty
             }
         }
     }
+
+    /// The AOR with party hash `h`, if it is one of these.
+    fn by_party(&self, h: PartyHash) -> Option<&Arc<str>> {
+        match self {
+            Self::One(a) => (party_hash(a) == h).then_some(a),
+            Self::Many(m) => m.get(&h),
+        }
+    }
 }
+
+/// Who is registered at an address, as the gate asks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtAddress {
+    Nobody,
+    /// At most [`SHARED_ADDRESS`] AORs.
+    Aors(Vec<Arc<str>>),
+    /// More AORs than that share the address (an SBC, a PBX, one NAT address).
+    Shared,
+}
+
+/// Above this many AORs an address counts as shared.
+pub const SHARED_ADDRESS: usize = 32;
 
 /// Canonical AOR key of a SIP URI: `user@host` with the host lowercased (RFC 3261 §10.3
 /// step 5 compares AORs as URIs: the user part is case-sensitive, the host is not).
@@ -184,22 +226,56 @@ impl Location {
         }
     }
 
-    /// AORs with a binding (live or not yet purged) at `addr`.
-    pub fn aors_at(&self, addr: SocketAddr) -> Vec<Arc<str>> {
-        let key = self.addr_hasher.hash_one(addr);
-        let Some(candidates) = self.by_addr.get(&key) else {
-            return Vec::new();
+    /// Whether `aor` has a binding at `addr` (the index is keyed by a hash of the
+    /// address, so its candidates are checked against the bindings).
+    fn bound_at(&self, aor: &str, addr: SocketAddr) -> bool {
+        self.aors
+            .get(aor)
+            .is_some_and(|bs| bs.iter().flat_map(Self::addresses).any(|x| x == addr))
+    }
+
+    fn candidates(&self, addr: SocketAddr) -> Option<&AddrAors> {
+        self.by_addr.get(&self.addr_hasher.hash_one(addr))
+    }
+
+    /// The AORs with a binding (live or not yet purged) at `addr`, or `Shared` when
+    /// more than [`SHARED_ADDRESS`] share it.
+    pub fn at_address(&self, addr: SocketAddr) -> AtAddress {
+        let Some(c) = self.candidates(addr) else {
+            return AtAddress::Nobody;
         };
-        candidates
-            .as_slice()
+        if c.len() > SHARED_ADDRESS {
+            return AtAddress::Shared;
+        }
+        let aors: Vec<Arc<str>> = c
             .iter()
-            .filter(|aor| {
-                self.aors
-                    .get(&***aor)
-                    .is_some_and(|bs| bs.iter().flat_map(Self::addresses).any(|x| x == addr))
-            })
+            .filter(|a| self.bound_at(a, addr))
             .cloned()
-            .collect()
+            .collect();
+        if aors.is_empty() {
+            AtAddress::Nobody
+        } else {
+            AtAddress::Aors(aors)
+        }
+    }
+
+    /// Whether anyone is registered at `addr`.
+    pub fn anyone_at(&self, addr: SocketAddr) -> bool {
+        self.candidates(addr)
+            .is_some_and(|c| c.iter().any(|a| self.bound_at(a, addr)))
+    }
+
+    /// Whether the AOR with party hash `h` is registered at `addr`. O(1).
+    pub fn party_at(&self, addr: SocketAddr, h: PartyHash) -> bool {
+        self.candidates(addr)
+            .and_then(|c| c.by_party(h))
+            .is_some_and(|a| self.bound_at(a, addr))
+    }
+
+    /// The AORs indexed at `addr` (candidates, unchecked), for a lookup that stops at
+    /// its first match.
+    pub fn indexed_at(&self, addr: SocketAddr) -> impl Iterator<Item = &Arc<str>> {
+        self.candidates(addr).into_iter().flat_map(AddrAors::iter)
     }
 
     /// Live bindings of `aor`, highest q first; `None` if the AOR was never registered.
@@ -265,5 +341,75 @@ impl Location {
     /// Number of AORs and of bindings held.
     pub fn counts(&self) -> (usize, usize) {
         (self.aors.len(), self.aors.values().map(|b| b.len()).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn binding(contact: &str, source: &str) -> Binding {
+        Binding {
+            contact: contact.into(),
+            expires_at: 2_000,
+            q: 1000,
+            call_id: CallIdHash::of("c"),
+            cseq: 1,
+            path: Vec::new(),
+            source: Some((Transport::Udp, source.parse().unwrap())),
+            max_calls: None,
+            load_query: true,
+        }
+    }
+
+    #[test]
+    fn one_address_shared_by_many_aors_stays_cheap_and_exact() {
+        let mut l = Location::open(Box::new(MemoryStore::default())).unwrap();
+        let sbc = "192.0.2.1:5060";
+        let addr: SocketAddr = sbc.parse().unwrap();
+        for i in 0..200 {
+            let aor = format!("u{i}@x");
+            l.replace(&aor, vec![binding(&format!("sip:u{i}@{sbc}"), sbc)])
+                .unwrap();
+        }
+        assert_eq!(l.at_address(addr), AtAddress::Shared);
+        assert!(l.anyone_at(addr));
+        assert!(l.party_at(addr, party_hash("u7@x")));
+        assert!(!l.party_at(addr, party_hash("stranger@x")));
+        // u7 moves away: it is no longer a party at the shared address.
+        l.replace(
+            "u7@x",
+            vec![binding("sip:u7@198.51.100.9:5060", "198.51.100.9:5060")],
+        )
+        .unwrap();
+        assert!(!l.party_at(addr, party_hash("u7@x")));
+        let new: SocketAddr = "198.51.100.9:5060".parse().unwrap();
+        assert_eq!(l.at_address(new), AtAddress::Aors(vec![Arc::from("u7@x")]));
+        // All but two leave: the address is no longer shared, and lists them exactly.
+        for i in 2..200 {
+            l.replace(&format!("u{i}@x"), Vec::new()).unwrap();
+        }
+        let AtAddress::Aors(mut left) = l.at_address(addr) else {
+            panic!("two AORs expected");
+        };
+        left.sort();
+        assert_eq!(left, vec![Arc::from("u0@x"), Arc::from("u1@x")]);
+        l.replace("u0@x", Vec::new()).unwrap();
+        l.replace("u1@x", Vec::new()).unwrap();
+        assert_eq!(l.at_address(addr), AtAddress::Nobody);
+        assert!(!l.anyone_at(addr));
+    }
+
+    #[test]
+    fn purge_unindexes_expired_bindings() {
+        let mut l = Location::open(Box::new(MemoryStore::default())).unwrap();
+        let a = "192.0.2.5:5070";
+        l.replace("bob@x", vec![binding(&format!("sip:bob@{a}"), a)])
+            .unwrap();
+        assert!(l.anyone_at(a.parse().unwrap()));
+        assert_eq!(l.purge(3_000).unwrap(), 1);
+        assert!(!l.anyone_at(a.parse().unwrap()));
+        assert_eq!(l.counts(), (1, 0));
     }
 }

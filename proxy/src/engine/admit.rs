@@ -15,7 +15,7 @@ use super::permit;
 use super::{Answered, ClientEntry, ClientTx, Kind, Proxy, Purpose, Target, TxKey, Wake};
 use crate::auth::{Decision, Role};
 use crate::gate::QueryOutcome;
-use crate::location::aor_key;
+use crate::location::{AtAddress, aor_key};
 use crate::route::{BRANCH_PREFIX, Flow, Identity, loop_hash, resolve};
 
 /// What the admit stage lets through: the local callee (for dialog counting and the
@@ -91,14 +91,13 @@ impl Proxy {
             .and_then(|u| std::str::from_utf8(u).ok())
             .filter(|_| local_callee)
             .map(|u| format!("{u}@{domain}"));
-        let addressed: Vec<String> = match (&callee, resolve(next_hop)) {
-            (None, Some((_, addr))) => self
-                .location
-                .aors_at(addr)
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            _ => Vec::new(),
+        let at = match (&callee, resolve(next_hop)) {
+            (None, Some((_, addr))) => self.location.at_address(addr),
+            _ => AtAddress::Nobody,
+        };
+        let addressed: Vec<String> = match &at {
+            AtAddress::Aors(v) => v.iter().map(ToString::to_string).collect(),
+            AtAddress::Nobody | AtAddress::Shared => Vec::new(),
         };
         if who.is_some() && self.cfg.gate.enabled {
             let mut permitted = |callee: &str| {
@@ -107,6 +106,9 @@ impl Proxy {
             };
             let allowed = match &callee {
                 Some(c) => permitted(c),
+                // An address shared by many AORs (an SBC, a PBX) is never dialled
+                // as such: callers address the AOR.
+                None if at == AtAddress::Shared => false,
                 None => addressed.iter().all(|a| permitted(a)),
             };
             if !allowed {

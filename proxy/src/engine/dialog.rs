@@ -290,8 +290,9 @@ impl Proxy {
             return false;
         }
         hops.into_iter().all(|addr| {
-            let aors = self.location.aors_at(addr);
-            aors.is_empty() || aors.iter().any(|a| parties.includes(a))
+            !self.location.anyone_at(addr)
+                || self.location.party_at(addr, parties.caller)
+                || self.location.party_at(addr, parties.callee)
         })
     }
 }

@@ -47,7 +47,10 @@ impl Proxy {
     /// in-dialog request to a phone's Contact must not open a new connection to it.
     pub(super) fn resolve_hop(&self, uri: &[u8]) -> Option<(Transport, std::net::SocketAddr)> {
         let (transport, dest) = resolve(uri)?;
-        let flow = self.location.aors_at(dest).iter().find_map(|aor| {
+        if transport == Transport::Udp {
+            return Some((transport, dest)); // flows are reused for TLS and TCP only
+        }
+        let flow = self.location.indexed_at(dest).find_map(|aor| {
             self.location
                 .bindings(aor)
                 .iter()
