@@ -49,16 +49,6 @@ impl MediaSocket {
         Ok(Self { socket, local })
     }
 
-    /// [`MediaSocket::start_with`] PCMU.
-    pub fn start(
-        self,
-        remote: Option<SocketAddr>,
-        play: Option<Arc<Vec<u8>>>,
-        srtp: Option<SrtpSession>,
-    ) -> MediaHandle {
-        self.start_with(remote, play, srtp, Codec::Pcmu)
-    }
-
     /// Starts sending `codec` to `remote` (when known) and receiving it. `play` is a
     /// WAV file (`shell::load_play`) sent once, then silence keeps the stream going.
     /// With `srtp`, packets are protected and unprotected with the call's keys
