@@ -56,19 +56,8 @@ fn password(user: &str) -> &'static str {
         .expect("a test user")
 }
 
-/// `true` if `python3` can import `pjsua2`; see [`common::peer_missing`].
 fn pjsua_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import pjsua2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok || common::peer_missing(
-        "python3 cannot import pjsua2",
-        " (pip install -r testbeds/pjsua/requirements.txt)",
-        "Asterisk trunk (emulated)",
-    )
+    common::pjsua2_available("Asterisk trunk (emulated)")
 }
 
 // ---------------------------------------------------------------- scripts

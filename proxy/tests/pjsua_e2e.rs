@@ -34,20 +34,8 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testbeds/pjsua/pjs
 
 // ---------------------------------------------------------------- environment
 
-/// `true` if `python3` can import `pjsua2`; `false` (after a note) if not and
-/// `CI` is unset; panics if not and `CI` is set.
 fn pjsua_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import pjsua2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok || common::peer_missing(
-        "python3 cannot import pjsua2",
-        " (pip install -r testbeds/pjsua/requirements.txt)",
-        "PJSIP",
-    )
+    common::pjsua2_available("PJSIP")
 }
 
 // ---------------------------------------------------------------- pjsua_ua.py

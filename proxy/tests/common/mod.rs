@@ -59,6 +59,22 @@ pub fn peer_missing(missing: &str, hint: &str, suite: &str) -> bool {
     false
 }
 
+/// `true` if `python3` can import `pjsua2` (PJSIP's Python bindings); [`peer_missing`]
+/// for `suite` if not.
+pub fn pjsua2_available(suite: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import pjsua2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok || peer_missing(
+        "python3 cannot import pjsua2",
+        " (pip install -r testbeds/pjsua/requirements.txt)",
+        suite,
+    )
+}
+
 /// `true` if `program` (run with `arg`) can be started at all; [`peer_missing`]
 /// if it is not on `PATH`; panics if it cannot be run for another reason.
 pub fn program_available(program: &str, arg: &str, hint: &str, suite: &str) -> bool {
