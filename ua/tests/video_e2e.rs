@@ -328,6 +328,23 @@ fn check(name: &str, clip: &Path, sent: &Sent) {
     assert_eq!(b["latched"], true, "{name}: {b}");
     assert_eq!(b["refused"], 0, "{name}: {b}");
     assert_eq!(b["lost"], 0, "{name}: {b}");
+    // The per-path report (RFC 3550 §6.4.1): the relay path took exactly the
+    // I-packets, the direct path the others, nothing lost or repeated on loopback.
+    let r = &b["reception"];
+    assert_eq!(r["relay"]["packets"], intra, "{name}: {r}");
+    assert_eq!(
+        r["direct"]["packets"],
+        packets.len() as u64 - intra,
+        "{name}: {r}"
+    );
+    assert_eq!(r["expected"], packets.len() as u64, "{name}: {r}");
+    assert_eq!(r["received"], packets.len() as u64, "{name}: {r}");
+    assert_eq!(r["lost"], 0, "{name}: {r}");
+    for path in ["relay", "direct"] {
+        assert_eq!(r[path]["duplicates"], 0, "{name}: {r}");
+        let jitter = r[path]["jitter_ms"].as_f64().expect("jitter_ms");
+        assert!(jitter.is_finite() && jitter >= 0.0, "{name}: {r}");
+    }
 }
 
 #[test]

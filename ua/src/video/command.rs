@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::join::Joiner;
 use super::latch::Leg;
+use super::report::{PathReport, ReceptionReport};
 use super::sdp::{self, SplitMode, VideoOffer};
 use super::socket::{ReceiveHandle, RelayLeg, SendReport, VideoSocket};
 use super::split::{Splitter, video_keys};
@@ -330,15 +331,17 @@ impl VideoCalls {
             "late_or_duplicate": s.late_or_duplicate,
             "depacketize_errors": s.depacketize_errors,
             "latched": r.latched,
+            "reception": reception_fields(&r.reception),
         });
         let mut text = format!(
-            "video: {} bytes, {} packets through the relay, {} direct ({} plain), {} lost, {} refused",
+            "video: {} bytes, {} packets through the relay, {} direct ({} plain), {} lost, {} refused; {}",
             r.stream.len(),
             s.from_relay,
             s.direct + s.direct_plain,
             s.direct_plain,
             s.lost,
-            s.refused
+            s.refused,
+            reception_text(&r.reception)
         );
         if let Some(dir) = record {
             match save(dir, call, codec, &r.stream) {
@@ -360,6 +363,46 @@ impl VideoCalls {
             self.on_ended(out, &c, record).await;
         }
     }
+}
+
+fn path_fields(p: &PathReport) -> Value {
+    json!({
+        "packets": p.packets,
+        "duplicates": p.duplicates,
+        "jitter": p.jitter,
+        "jitter_ms": p.jitter_ms(),
+    })
+}
+
+/// The report's JSON: the merged stream's loss (RFC 3550 §A.3), each path's counts and
+/// jitter (§A.8; `jitter` in RTP timestamp units at `clock` Hz).
+fn reception_fields(r: &ReceptionReport) -> Value {
+    json!({
+        "clock": super::CLOCK,
+        "expected": r.expected,
+        "received": r.received,
+        "lost": r.lost,
+        "relay": path_fields(&r.relay),
+        "direct": path_fields(&r.direct),
+    })
+}
+
+fn reception_text(r: &ReceptionReport) -> String {
+    let path = |name: &str, p: &PathReport| {
+        format!(
+            "{name} path {} packets, {} duplicates, jitter {:.2} ms",
+            p.packets,
+            p.duplicates,
+            p.jitter_ms()
+        )
+    };
+    format!(
+        "{}; {}; {} of {} sequence numbers missing (both paths together)",
+        path("relay", &r.relay),
+        path("direct", &r.direct),
+        r.lost,
+        r.expected
+    )
 }
 
 fn save(dir: &Path, call: &str, codec: Codec, stream: &[u8]) -> std::io::Result<PathBuf> {

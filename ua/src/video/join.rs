@@ -8,6 +8,9 @@
 //! from anywhere else, SRTP that authenticates, or — when the offer said
 //! `a=permit-split:selective` — plain RTP from the sender's offered address only.
 //! Others are dropped and counted.
+//!
+//! Each path's packets, duplicates and interarrival jitter, and the merged stream's
+//! loss, are counted as RFC 3550 §6.4.1 says ([`Reception`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,8 +22,9 @@ use webrtc_srtp::context::Context;
 
 use super::Codec;
 use super::latch::looks_like_latch;
+use super::report::{Reception, ReceptionReport};
 use super::sdp::SplitMode;
-use super::split::context;
+use super::split::{Path, context};
 
 /// How long a missing packet is waited for once a later one arrived.
 pub const MERGE_WAIT: Duration = Duration::from_millis(500);
@@ -39,9 +43,11 @@ pub struct JoinStats {
     pub from_relay: u64,
     pub direct: u64,
     pub direct_plain: u64,
-    /// SRTP that failed authentication or the replay check, plain RTP where it is
-    /// not allowed, other payload types or SSRCs, malformed packets.
+    /// SRTP that failed authentication, plain RTP where it is not allowed, other
+    /// payload types or SSRCs, malformed packets. (What the replay check refuses is
+    /// counted as its path's duplicates in [`ReceptionReport`].)
     pub refused: u64,
+    /// Sequence numbers the merge gave up waiting for (skipped in the stream written).
     pub lost: u64,
     pub late_or_duplicate: u64,
     pub depacketize_errors: u64,
@@ -73,6 +79,7 @@ pub struct Joiner {
     /// Payload bytes taken so far (bounded by [`MAX_STREAM`]).
     taken: usize,
     pub stats: JoinStats,
+    reception: Reception,
 }
 
 impl std::fmt::Debug for Joiner {
@@ -113,6 +120,7 @@ impl Joiner {
             unit: 0,
             taken: 0,
             stats: JoinStats::default(),
+            reception: Reception::new(),
         }
     }
 
@@ -122,6 +130,11 @@ impl Joiner {
             return; // the relay's answers are the shell's business
         }
         let from_relay = self.relay == Some(from);
+        let path = if from_relay {
+            Path::Relay
+        } else {
+            Path::Direct
+        };
         let keyed = self.rx_direct.is_some();
         let ctx = if from_relay {
             self.rx_relay.as_mut()
@@ -134,6 +147,11 @@ impl Joiner {
             // A plain packet of the selective direct path is taken only from the
             // sender's own address; SRTP that fails is never taken as plain.
             _ if plain_allowed && (!keyed || from == self.sender) => data.to_vec(),
+            // RFC 3711 §3.3.2: a packet index this path's context has seen.
+            Some(Err(webrtc_srtp::Error::SrtpSsrcDuplicated(..))) => {
+                self.reception.handle_replay(path);
+                return;
+            }
             _ => {
                 self.stats.refused += 1;
                 return;
@@ -150,6 +168,7 @@ impl Joiner {
         } else {
             self.stats.direct += 1;
         }
+        self.reception.handle_packet(now, path, seq, packet.ts);
         self.start_at.get_or_insert(now + START_DELAY);
         self.merger.push(now, seq, packet);
         self.drain(now);
@@ -178,6 +197,11 @@ impl Joiner {
         let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
         let ts = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
         Some((seq, Packet { ts, payload }))
+    }
+
+    /// The reception report so far (RFC 3550 §6.4.1).
+    pub fn reception(&self) -> ReceptionReport {
+        self.reception.report()
     }
 
     /// When [`Joiner::handle_timeout`] is due (a gap's wait ends).
@@ -228,8 +252,8 @@ impl Joiner {
     }
 
     /// The end of the stream: what is still held is released (gaps skipped), and the
-    /// stream is returned.
-    pub fn finish(mut self, now: Instant) -> (Vec<u8>, JoinStats) {
+    /// stream is returned with the counts.
+    pub fn finish(mut self, now: Instant) -> (Vec<u8>, JoinStats, ReceptionReport) {
         let later = now + START_DELAY + MERGE_WAIT * 2;
         self.drain(later);
         while self.merger.held() > 0 {
@@ -243,6 +267,6 @@ impl Joiner {
             Codec::H264 => self.depacketizer.finish(),
             Codec::Mpv => self.es,
         };
-        (stream, self.stats)
+        (stream, self.stats, self.reception.report())
     }
 }

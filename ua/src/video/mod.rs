@@ -5,13 +5,14 @@
 //! RTP with `--selective`); one SSRC, one sequence space. The callee latches to the
 //! relay, takes both paths, merges them by sequence number and writes the stream back.
 //!
-//! [`params`], [`sdp`], [`latch`], [`split`] and [`join`] are sans-IO (bytes and time
+//! [`params`], [`sdp`], [`latch`], [`split`], [`join`] and [`report`] are sans-IO (bytes and time
 //! in, bytes out); [`socket`] is the thin tokio shell, [`command`] the CLI's loops.
 
 pub mod command;
 pub mod join;
 pub mod latch;
 pub mod params;
+pub mod report;
 pub mod sdp;
 pub mod socket;
 pub mod split;

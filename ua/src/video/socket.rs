@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use super::Clip;
 use super::join::{JoinStats, Joiner};
 use super::latch::{self, Leg};
+use super::report::ReceptionReport;
 use super::split::{Path, SplitStats, Splitter};
 
 /// Latch retransmission (docs/profile.md: "e.g. every 200 ms, a few times").
@@ -173,6 +174,8 @@ pub struct ReceiveHandle {
 pub struct ReceiveReport {
     pub stream: Vec<u8>,
     pub stats: JoinStats,
+    /// Per-path counts and jitter (RFC 3550 §6.4.1).
+    pub reception: ReceptionReport,
     pub latched: Option<bool>,
 }
 
@@ -235,10 +238,11 @@ async fn receive(
             }
         }
     }
-    let (stream, stats) = joiner.finish(Instant::now());
+    let (stream, stats, reception) = joiner.finish(Instant::now());
     ReceiveReport {
         stream,
         stats,
+        reception,
         latched,
     }
 }

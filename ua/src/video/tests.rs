@@ -93,9 +93,22 @@ fn join(
         };
         j.handle_datagram(now, from, &sent[i].1);
     }
-    let (stream, stats) = j.finish(t0 + Duration::from_secs(5));
+    let (stream, stats, reception) = j.finish(t0 + Duration::from_secs(5));
     assert_eq!(stats.refused, 0, "{stats:?}");
     assert_eq!(stats.lost, 0, "{stats:?}");
+    // The report: each path's packets as sent, nothing missing or repeated.
+    let relayed = sent.iter().filter(|(p, _)| *p == Path::Relay).count() as u64;
+    assert_eq!(reception.relay.packets, relayed, "{reception:?}");
+    assert_eq!(
+        reception.direct.packets,
+        sent.len() as u64 - relayed,
+        "{reception:?}"
+    );
+    assert_eq!(
+        (reception.expected, reception.received, reception.lost),
+        (sent.len() as u64, sent.len() as u64, 0)
+    );
+    assert_eq!(reception.relay.duplicates + reception.direct.duplicates, 0);
     stream
 }
 
@@ -316,4 +329,34 @@ fn unusable_video_sections_are_not_taken() {
         Clip::from_bytes(Codec::H264, &[0, 0, 1, 0x65, 1, 2]).is_err(),
         "no SPS/PPS"
     );
+}
+
+#[test]
+fn repeated_packets_are_duplicates_of_their_path_not_refusals() {
+    let clip = Clip::from_bytes(Codec::H264, H264).unwrap();
+    let (sent, _) = split(&clip, SplitMode::Srtp, true);
+    let k = video_keys(&keys()).unwrap();
+    let mut j = Joiner::new(
+        Codec::H264,
+        96,
+        Some(&k.send),
+        SplitMode::Srtp,
+        sender(),
+        Some(relay()),
+    );
+    let t = Instant::now();
+    let first_relay = sent.iter().position(|(p, _)| *p == Path::Relay).unwrap();
+    let first_direct = sent.iter().position(|(p, _)| *p == Path::Direct).unwrap();
+    // The same SRTP packet twice on its path: the path's replay check refuses it.
+    j.handle_datagram(t, relay(), &sent[first_relay].1);
+    j.handle_datagram(t, relay(), &sent[first_relay].1);
+    // A relay packet that also comes direct: the other path's context takes it, the
+    // sequence number is not new.
+    j.handle_datagram(t, sender(), &sent[first_relay].1);
+    j.handle_datagram(t, sender(), &sent[first_direct].1);
+    let r = j.reception();
+    assert_eq!(j.stats.refused, 0, "{:?}", j.stats);
+    assert_eq!((r.relay.packets, r.relay.duplicates), (1, 1), "{r:?}");
+    assert_eq!((r.direct.packets, r.direct.duplicates), (2, 1), "{r:?}");
+    assert_eq!(r.received, 2);
 }
