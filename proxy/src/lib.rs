@@ -16,6 +16,7 @@ pub mod limiter;
 pub mod location;
 pub mod mailbox;
 pub mod manage;
+pub mod ops;
 pub mod permits;
 pub mod registrar;
 pub mod relay;

@@ -9,9 +9,10 @@ use permit_proxy::auth::Auth;
 use permit_proxy::config::{Config, DEFAULT_DOMAIN, Overrides};
 use permit_proxy::engine::Proxy;
 use permit_proxy::location::Location;
-use permit_proxy::permits::{Aor, PermitEntry, Permits};
+use permit_proxy::ops::{Ops, OpsError, Page};
+use permit_proxy::permits::{Aor, Permits};
 use permit_proxy::store::SqliteStore;
-use permit_proxy::users::{DomainError, SqliteUsers, UserRecord};
+use permit_proxy::users::{DomainError, SqliteUsers};
 use rand::RngCore;
 use sip_net::{NetConfig, Network};
 
@@ -75,6 +76,8 @@ enum PermitCommand {
     List { callee: String },
     /// Add every `callee,caller` line of a CSV file (all or nothing).
     Import { file: PathBuf },
+    /// Print every list as `callee,caller` lines (the import format).
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -200,30 +203,22 @@ fn settle_domain(cfg: &mut Config) -> Result<(), ExitCode> {
 }
 
 /// The password from the flag, or the first line of stdin.
-fn password(flag: Option<String>) -> Result<String, String> {
+fn password(flag: Option<String>) -> Result<String, OpsError> {
     if let Some(p) = flag {
         return Ok(p);
     }
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
-        .map_err(|e| format!("reading the password: {e}"))?;
-    let p = line.trim_end_matches(['\r', '\n']).to_owned();
-    if p.is_empty() {
-        return Err("empty password".into());
-    }
-    Ok(p)
+        .map_err(|e| OpsError::BadInput(format!("reading the password: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-fn permit(cfg: &Config, cmd: PermitCommand) -> Result<(), String> {
-    let mut permits = Permits::open_admin(&cfg.data, cfg.durability).map_err(|e| e.to_string())?;
-    let aor = |s: &str| Aor::parse(s).map_err(|e| e.to_string());
-    let entry = |s: &str| PermitEntry::parse(s).map_err(|e| e.to_string());
+fn permit(cfg: &Config, cmd: PermitCommand) -> Result<(), OpsError> {
+    let mut ops = Ops::open(&cfg.data, &cfg.domain, cfg.durability)?;
     match cmd {
         PermitCommand::Add { callee, caller } => {
-            let w = permits
-                .add(&aor(&callee)?, &entry(&caller)?, None)
-                .map_err(|e| e.to_string())?;
+            let w = ops.add_permit(&callee, &caller)?;
             println!(
                 "{} {caller} to {callee} (etag {})",
                 if w.changed { "added" } else { "already had" },
@@ -231,75 +226,55 @@ fn permit(cfg: &Config, cmd: PermitCommand) -> Result<(), String> {
             );
         }
         PermitCommand::Remove { callee, caller } => {
-            let w = permits
-                .remove(&aor(&callee)?, &entry(&caller)?, None)
-                .map_err(|e| e.to_string())?;
+            let w = ops.remove_permit(&callee, &caller)?;
             println!(
                 "{} {caller} from {callee} (etag {})",
                 if w.changed { "removed" } else { "did not have" },
                 w.etag
             );
         }
-        PermitCommand::List { callee } => {
-            let callee = aor(&callee)?;
-            match (permits.list(callee.as_str()), permits.etag(callee.as_str())) {
-                (Some(entries), Some(etag)) => {
-                    println!("# {callee} etag {etag}");
-                    for e in entries {
-                        println!("{e}");
-                    }
+        PermitCommand::List { callee } => match ops.permit_list(&callee)? {
+            Some(l) => {
+                println!("# {} etag {}", l.callee, l.etag);
+                for e in l.entries {
+                    println!("{e}");
                 }
-                _ => println!("# {callee} has no list: nobody may reach it"),
             }
-        }
+            None => println!(
+                "# {} has no list: nobody may reach it",
+                Aor::parse(&callee)?
+            ),
+        },
         PermitCommand::Import { file } => {
-            let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let n = permits
-                .import_csv(std::io::BufReader::new(f))
-                .map_err(|e| e.to_string())?;
+            let n = ops.import_permit_file(&file)?;
             println!("imported {} entries for {} callees", n.lines, n.callees);
+        }
+        PermitCommand::Export => {
+            let mut out = std::io::stdout().lock();
+            ops.export_permits(&mut out)?;
         }
     }
     Ok(())
 }
 
-fn user(cfg: &Config, cmd: UserCommand) -> Result<(), String> {
-    let mut users = SqliteUsers::open(&cfg.data).map_err(|e| e.to_string())?;
+fn user(cfg: &Config, cmd: UserCommand) -> Result<(), OpsError> {
+    let mut ops = Ops::open(&cfg.data, &cfg.domain, cfg.durability)?;
     match cmd {
         UserCommand::Add { name, password: pw } => {
-            if name.is_empty() || name.contains(['@', ':', ' ']) {
-                return Err(format!(
-                    "bad user name {name:?}: use the user part of the AOR"
-                ));
-            }
-            if users.exists(&name).map_err(|e| e.to_string())? {
-                return Err(format!("user {name} exists; use `user passwd`"));
-            }
-            let pw = password(pw)?;
-            users
-                .put(&UserRecord::new(&name, &cfg.domain, &pw))
-                .map_err(|e| e.to_string())?;
-            println!("added {name}@{}", cfg.domain);
+            let aor = ops.add_user(&name, || password(pw))?;
+            println!("added {aor}");
         }
         UserCommand::Passwd { name, password: pw } => {
-            if !users.exists(&name).map_err(|e| e.to_string())? {
-                return Err(format!("no user {name}"));
-            }
-            let pw = password(pw)?;
-            users
-                .put(&UserRecord::new(&name, &cfg.domain, &pw))
-                .map_err(|e| e.to_string())?;
+            ops.set_password(&name, || password(pw))?;
             println!("password of {name} changed");
         }
         UserCommand::Del { name } => {
-            if !users.delete(&name).map_err(|e| e.to_string())? {
-                return Err(format!("no user {name}"));
-            }
+            ops.remove_user(&name)?;
             println!("deleted {name}");
         }
         UserCommand::List => {
-            for (name, realm) in users.list().map_err(|e| e.to_string())? {
-                println!("{name}@{realm}");
+            for u in ops.list_users(Page::ALL)?.items {
+                println!("{}@{}", u.name, u.realm);
             }
         }
     }

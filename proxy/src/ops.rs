@@ -1,0 +1,424 @@
+//! The operator's operations on users and permitted-terminal lists: one library API
+//! behind both the command line (`permit-proxy user …`, `permit-proxy permit …`) and
+//! the admin HTTP API ([`crate::admin`]); neither holds logic of its own.
+//!
+//! I/O contract: every call is synchronous and commits to the data directory's SQLite
+//! file before it returns. A running proxy applies the change on its next read
+//! (`PRAGMA data_version`, the permit change-log), exactly as for the CLI, so these
+//! calls never touch the engine.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use crate::permits::{
+    Aor, ETag, Imported, PermitEntry, PermitError, PermitStore, Permits, SqlitePermitStore,
+    StoredList, Written,
+};
+use crate::store::{Durability, StoreError};
+use crate::users::{SqliteUsers, UserRecord};
+
+/// Page size when the caller names none, and the largest one served.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+/// Operator failures by fault (STYLE.md rule 8); [`OpsError::status`] is the HTTP
+/// status of each (the CLI prints the message and exits 1).
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// Malformed input (400).
+    #[error("{0}")]
+    BadInput(String),
+    /// The user exists already (409).
+    #[error("user {0} exists; use `user passwd`")]
+    UserExists(String),
+    /// No such user (404).
+    #[error("no user {0}")]
+    NoUser(String),
+    /// Permit-list failures keep their own fault and status.
+    #[error(transparent)]
+    Permit(#[from] PermitError),
+    /// Storage (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file named by the operator (400: it is the operator's input).
+    #[error("{0}")]
+    File(String),
+}
+
+impl OpsError {
+    /// The HTTP status for this failure.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadInput(_) | Self::File(_) => 400,
+            Self::UserExists(_) => 409,
+            Self::NoUser(_) => 404,
+            // RFC 3903's statuses mean the same in HTTP (RFC 9110 §15.5.13, §15.5.14).
+            Self::Permit(e) => e.status(),
+            Self::Store(_) => 500,
+        }
+    }
+}
+
+/// Which slice of a sorted listing to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl Page {
+    /// Everything (the CLI lists all).
+    pub const ALL: Page = Page {
+        offset: 0,
+        limit: usize::MAX,
+    };
+
+    /// A page from optional query values: [`DEFAULT_PAGE`] items by default, at most
+    /// [`MAX_PAGE`].
+    pub fn new(offset: Option<usize>, limit: Option<usize>) -> Self {
+        Page {
+            offset: offset.unwrap_or(0),
+            limit: limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
+        }
+    }
+}
+
+/// One page of a listing: the items, how many there are in all, and the offset of
+/// the next page (`None` on the last).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub total: usize,
+    pub next: Option<usize>,
+}
+
+impl<T> Paged<T> {
+    fn slice(all: Vec<T>, page: Page) -> Self {
+        let total = all.len();
+        let end = page.offset.saturating_add(page.limit).min(total);
+        let items: Vec<T> = all
+            .into_iter()
+            .skip(page.offset)
+            .take(end.saturating_sub(page.offset))
+            .collect();
+        Paged {
+            items,
+            total,
+            next: (end < total).then_some(end),
+        }
+    }
+}
+
+/// A user as listed (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub realm: String,
+}
+
+/// A callee's list as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ListInfo {
+    pub callee: String,
+    pub etag: String,
+    pub entries: Vec<String>,
+}
+
+/// The operations on one data directory.
+pub struct Ops {
+    data: PathBuf,
+    domain: String,
+    durability: Durability,
+    users: SqliteUsers,
+    permits: Permits,
+}
+
+impl Ops {
+    /// Opens the user and permit stores of `data`, serving `domain` (the realm of new
+    /// users; settled with the data directory beforehand, see `users::claim_domain`).
+    pub fn open(data: &Path, domain: &str, durability: Durability) -> Result<Self, OpsError> {
+        Ok(Self {
+            data: data.to_path_buf(),
+            domain: domain.to_owned(),
+            durability,
+            users: SqliteUsers::open(data)?,
+            permits: Permits::open_admin(data, durability)?,
+        })
+    }
+
+    /// The served domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Whether the stores answer (one read of each).
+    pub fn ready(&mut self) -> Result<(), OpsError> {
+        self.users.count()?;
+        self.permits.known_callee("readiness@probe.invalid");
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ users
+
+    /// Adds user `name` (the user part of the AOR) with the password `password`
+    /// yields; the password is asked for only once the name is known to be free.
+    /// Returns the AOR `name@domain`.
+    pub fn add_user(
+        &mut self,
+        name: &str,
+        password: impl FnOnce() -> Result<String, OpsError>,
+    ) -> Result<String, OpsError> {
+        if name.is_empty() || name.contains(['@', ':', ' ']) {
+            return Err(OpsError::BadInput(format!(
+                "bad user name {name:?}: use the user part of the AOR"
+            )));
+        }
+        if self.users.exists(name)? {
+            return Err(OpsError::UserExists(name.to_owned()));
+        }
+        let pw = checked(password()?)?;
+        self.users.put(&UserRecord::new(name, &self.domain, &pw))?;
+        Ok(format!("{name}@{}", self.domain))
+    }
+
+    /// Changes `name`'s password.
+    pub fn set_password(
+        &mut self,
+        name: &str,
+        password: impl FnOnce() -> Result<String, OpsError>,
+    ) -> Result<(), OpsError> {
+        if !self.users.exists(name)? {
+            return Err(OpsError::NoUser(name.to_owned()));
+        }
+        let pw = checked(password()?)?;
+        self.users.put(&UserRecord::new(name, &self.domain, &pw))?;
+        Ok(())
+    }
+
+    /// Deletes `name`.
+    pub fn remove_user(&mut self, name: &str) -> Result<(), OpsError> {
+        if !self.users.delete(name)? {
+            return Err(OpsError::NoUser(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Users sorted by name, one page of them.
+    pub fn list_users(&self, page: Page) -> Result<Paged<UserInfo>, OpsError> {
+        let all = self
+            .users
+            .list()?
+            .into_iter()
+            .map(|(name, realm)| UserInfo { name, realm })
+            .collect();
+        Ok(Paged::slice(all, page))
+    }
+
+    // ------------------------------------------------------------ permits
+
+    /// Puts `caller` (`alice@example.org` or `*@example.org`) on `callee`'s list.
+    pub fn add_permit(&mut self, callee: &str, caller: &str) -> Result<Written, OpsError> {
+        let (callee, caller) = (Aor::parse(callee)?, PermitEntry::parse(caller)?);
+        Ok(self.permits.add(&callee, &caller, None)?)
+    }
+
+    /// Takes `caller` off `callee`'s list.
+    pub fn remove_permit(&mut self, callee: &str, caller: &str) -> Result<Written, OpsError> {
+        let (callee, caller) = (Aor::parse(callee)?, PermitEntry::parse(caller)?);
+        Ok(self.permits.remove(&callee, &caller, None)?)
+    }
+
+    /// `callee`'s list (sorted) and its entity-tag; `None` when it has none (then
+    /// nobody may reach it).
+    pub fn permit_list(&mut self, callee: &str) -> Result<Option<ListInfo>, OpsError> {
+        let callee = Aor::parse(callee)?;
+        Ok(
+            match (
+                self.permits.list(callee.as_str()),
+                self.permits.etag(callee.as_str()),
+            ) {
+                (Some(entries), Some(etag)) => Some(list_info(&callee, etag, &entries)),
+                _ => None,
+            },
+        )
+    }
+
+    /// Every callee's list, sorted by callee, one page of them.
+    pub fn permit_lists(&self, page: Page) -> Result<Paged<ListInfo>, OpsError> {
+        let mut all = Vec::new();
+        self.each_list(&mut |l| {
+            let mut entries = l.entries;
+            entries.sort_unstable();
+            all.push(list_info(&l.callee, l.etag, &entries));
+            Ok(())
+        })?;
+        all.sort_unstable_by(|a, b| a.callee.cmp(&b.callee));
+        Ok(Paged::slice(all, page))
+    }
+
+    /// Adds every `callee,caller` line of `reader` (all or nothing, docs/permits.md).
+    pub fn import_permits(&mut self, reader: impl BufRead) -> Result<Imported, OpsError> {
+        Ok(self.permits.import_csv(reader)?)
+    }
+
+    /// [`Self::import_permits`] from the file at `path`.
+    pub fn import_permit_file(&mut self, path: &Path) -> Result<Imported, OpsError> {
+        let f = std::fs::File::open(path)
+            .map_err(|e| OpsError::File(format!("{}: {e}", path.display())))?;
+        self.import_permits(std::io::BufReader::new(f))
+    }
+
+    /// Writes every list as `callee,caller` lines, the import format (an export read
+    /// back by [`Self::import_permits`] restores the same lists). Callees without
+    /// entries have no line: an empty list and no list both permit no one.
+    pub fn export_permits(&self, out: &mut dyn Write) -> Result<usize, OpsError> {
+        let mut lines = 0;
+        let mut failed = None;
+        writeln!(out, "# callee,caller").map_err(write_failed)?;
+        let r = self.each_list(&mut |l| {
+            let mut entries = l.entries;
+            entries.sort_unstable();
+            for e in entries {
+                if let Err(e) = writeln!(out, "{},{e}", l.callee) {
+                    failed = Some(write_failed(e));
+                    // Any error stops the load; the write failure is what is reported.
+                    return Err(PermitError::TableFull);
+                }
+                lines += 1;
+            }
+            Ok(())
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => r.map(|()| lines),
+        }
+    }
+
+    /// Feeds every stored list to `sink` through a second connection (the admin view
+    /// reads the store, never a full table in memory).
+    fn each_list(
+        &self,
+        sink: &mut dyn FnMut(StoredList) -> Result<(), PermitError>,
+    ) -> Result<(), OpsError> {
+        let mut store = SqlitePermitStore::open(&self.data, self.durability)?;
+        store.load_all(sink)?;
+        Ok(())
+    }
+}
+
+fn write_failed(e: std::io::Error) -> OpsError {
+    OpsError::File(format!("export: {e}"))
+}
+
+fn checked(pw: String) -> Result<String, OpsError> {
+    if pw.is_empty() {
+        return Err(OpsError::BadInput("empty password".into()));
+    }
+    Ok(pw)
+}
+
+fn list_info(callee: &Aor, etag: ETag, entries: &[PermitEntry]) -> ListInfo {
+    ListInfo {
+        callee: callee.to_string(),
+        etag: etag.to_string(),
+        entries: entries.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(test: &str) -> (Ops, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("permit-ops-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (
+            Ops::open(&dir, "example.org", Durability::Normal).unwrap(),
+            dir,
+        )
+    }
+
+    fn pw(p: &str) -> impl FnOnce() -> Result<String, OpsError> {
+        let p = p.to_owned();
+        move || Ok(p)
+    }
+
+    #[test]
+    fn users_add_list_page_passwd_remove() {
+        let (mut o, dir) = ops("users");
+        for n in ["carol", "alice", "bob"] {
+            assert_eq!(o.add_user(n, pw("x")).unwrap(), format!("{n}@example.org"));
+        }
+        assert!(matches!(
+            o.add_user("bob", pw("y")),
+            Err(OpsError::UserExists(_))
+        ));
+        assert_eq!(o.add_user("a@b", pw("y")).unwrap_err().status(), 400);
+        assert_eq!(o.add_user("dave", pw("")).unwrap_err().status(), 400);
+        let p = o.list_users(Page::new(Some(1), Some(1))).unwrap();
+        assert_eq!(p.items[0].name, "bob");
+        assert_eq!((p.total, p.next), (3, Some(2)));
+        let last = o.list_users(Page::new(Some(2), Some(5))).unwrap();
+        assert_eq!((last.items.len(), last.next), (1, None));
+        o.set_password("bob", pw("z")).unwrap();
+        assert_eq!(o.set_password("zed", pw("z")).unwrap_err().status(), 404);
+        o.remove_user("bob").unwrap();
+        assert_eq!(o.remove_user("bob").unwrap_err().status(), 404);
+        let names: Vec<String> = o
+            .list_users(Page::ALL)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["alice", "carol"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn permits_add_list_export_import_round_trip() {
+        let (mut o, dir) = ops("permits");
+        assert!(
+            o.add_permit("bob@example.org", "alice@example.org")
+                .unwrap()
+                .changed
+        );
+        assert!(
+            !o.add_permit("bob@example.org", "alice@example.org")
+                .unwrap()
+                .changed
+        );
+        o.add_permit("bob@example.org", "*@partner.org").unwrap();
+        o.add_permit("carol@example.org", "bob@example.org")
+            .unwrap();
+        assert_eq!(o.add_permit("nobody", "x@y").unwrap_err().status(), 400);
+        let bob = o.permit_list("bob@example.org").unwrap().unwrap();
+        assert_eq!(bob.entries, ["alice@example.org", "*@partner.org"]);
+        assert!(o.permit_list("zed@example.org").unwrap().is_none());
+        let lists = o.permit_lists(Page::new(None, Some(1))).unwrap();
+        assert_eq!(lists.items[0].callee, "bob@example.org");
+        assert_eq!((lists.total, lists.next), (2, Some(1)));
+        let mut csv = Vec::new();
+        assert_eq!(o.export_permits(&mut csv).unwrap(), 3);
+        assert!(
+            o.remove_permit("bob@example.org", "*@partner.org")
+                .unwrap()
+                .changed
+        );
+        let (mut other, dir2) = ops("permits-import");
+        let n = other.import_permits(&csv[..]).unwrap();
+        assert_eq!((n.lines, n.callees), (3, 2));
+        assert_eq!(
+            other
+                .permit_list("bob@example.org")
+                .unwrap()
+                .unwrap()
+                .entries,
+            bob.entries
+        );
+        let bad = other.import_permits(&b"bob@example.org\n"[..]).unwrap_err();
+        assert_eq!(bad.status(), 400);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&dir2);
+    }
+}
