@@ -110,6 +110,11 @@ impl Auth {
         self.settings.enabled
     }
 
+    /// Requests refused (503) because their source was over its failure budget.
+    pub fn limiter_refused(&self) -> u64 {
+        self.limiter.refused
+    }
+
     fn challenge(&self, role: Role, unix: u64, salt: u64, stale: bool) -> Reply {
         let (status, reason, name) = match role {
             Role::Registrar => (401, "Unauthorized", "WWW-Authenticate"),

@@ -42,6 +42,8 @@ pub enum ConfigError {
     TlsWithoutCert,
     #[error(transparent)]
     Relay(#[from] crate::relay::config::RelayConfigError),
+    #[error("[admin] enabled needs a token (at least 16 characters)")]
+    AdminWithoutToken,
 }
 
 /// The file format (every key optional).
@@ -68,6 +70,54 @@ pub struct FileConfig {
     pub store: StoreFile,
     #[serde(default)]
     pub relay: crate::relay::config::RelayFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+}
+
+/// `[admin]`: the admin HTTP API and `/metrics` (docs/operations.md "Admin API and
+/// metrics").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Off by default.
+    pub enabled: Option<bool>,
+    /// Default "127.0.0.1:8089" (loopback: anything else is logged as a warning).
+    pub listen: Option<SocketAddr>,
+    /// The bearer token every request but `/healthz` and `/readyz` must carry.
+    pub token: Option<String>,
+}
+
+impl AdminFile {
+    fn settings(&self) -> Result<AdminSettings, ConfigError> {
+        let enabled = self.enabled.unwrap_or(false);
+        let token = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        if enabled && token.is_none_or(|t| t.len() < crate::admin::MIN_TOKEN_LEN) {
+            return Err(ConfigError::AdminWithoutToken);
+        }
+        Ok(AdminSettings {
+            enabled,
+            listen: self.listen.unwrap_or(AdminSettings::DEFAULT_LISTEN),
+            token: token.map(crate::admin::Token::new),
+        })
+    }
+}
+
+/// The resolved `[admin]` section.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Present whenever `enabled` (checked at load); its `Debug` prints no secret.
+    pub token: Option<crate::admin::Token>,
+}
+
+impl AdminSettings {
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8089);
 }
 
 impl StoreFile {
@@ -213,6 +263,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// `[relay]` when enabled (docs/operations.md "Media relay").
     pub relay: Option<crate::relay::config::RelayConfig>,
+    /// `[admin]` (docs/operations.md "Admin API and metrics").
+    pub admin: AdminSettings,
 }
 
 /// Where the TLS material is, if any.
@@ -329,6 +381,7 @@ impl Config {
         gate.force_direct = f.gate.force_direct.unwrap_or(gate.force_direct);
         let store = f.store.settings();
         let relay = f.relay.settings(&listen)?;
+        let admin = f.admin.settings()?;
         let r = RegistrarConfig::default();
         let t = TimerConfig::default();
         let domain = o.domain.or(f.domain);
@@ -360,6 +413,7 @@ impl Config {
             symmetric_responses: f.proxy.symmetric_responses.unwrap_or(true),
             store,
             relay,
+            admin,
         })
     }
 
@@ -472,6 +526,25 @@ mod tests {
         assert_eq!(s.quotas.callee_items, 100, "unset keys keep their default");
         assert_eq!(s.max_file_bytes, 0);
         assert!(s.enabled);
+        std::fs::write(&file, "[admin]\nenabled = true\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&file), Overrides::default()),
+            Err(ConfigError::AdminWithoutToken)
+        ));
+        std::fs::write(&file, "[admin]\nenabled = true\ntoken = \"short\"\n").unwrap();
+        assert!(Config::load(Some(&file), Overrides::default()).is_err());
+        std::fs::write(
+            &file,
+            "[admin]\nenabled = true\ntoken = \"0123456789abcdef-secret\"\n",
+        )
+        .unwrap();
+        let a = Config::load(Some(&file), Overrides::default())
+            .unwrap()
+            .admin;
+        assert!(a.enabled && a.listen == AdminSettings::DEFAULT_LISTEN);
+        assert!(!format!("{a:?}").contains("secret"), "no token in Debug");
+        let d = Config::load(None, Overrides::default()).unwrap().admin;
+        assert!(!d.enabled && d.token.is_none());
         std::fs::write(&file, "nonsense = 1\n").unwrap();
         assert!(matches!(
             Config::load(Some(&file), Overrides::default()),

@@ -97,6 +97,8 @@ pub struct Stats {
     pub deposits: u64,
     pub delivered: u64,
     pub notifies: u64,
+    /// Requests by method, responses by status, session outcomes (`/metrics`).
+    pub traffic: crate::control::Traffic,
 }
 
 /// The response context of a proxied request (§16.7), serving sequential forking.
@@ -295,6 +297,7 @@ impl Proxy {
     /// A request that passed the validate stage, with its top Via branch.
     fn handle_request(&mut self, now: Instant, msg: Message, branch: Bytes, flow: Flow) {
         let method = msg.method().cloned().unwrap_or(Method::Options);
+        self.stats.traffic.request(&method);
         let key = TxKey {
             branch,
             kind: Kind::of(&method),

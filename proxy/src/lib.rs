@@ -7,8 +7,10 @@
 //!
 //! [`Transmit`]: sip_core::transport::Transmit
 
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod gate;
 pub mod keys;

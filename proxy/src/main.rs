@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
@@ -345,6 +346,25 @@ fn start_uploads(cfg: &Config) -> Result<Option<(permit_proxy::upload::Tokens, u
     Ok(Some((tokens, cfg.store.upload_window_secs)))
 }
 
+/// The admin API and `/metrics` when `[admin]` enables them: the same operations as
+/// the CLI.
+async fn start_admin(
+    cfg: &Config,
+    net: Arc<sip_net::NetStats>,
+) -> Result<Option<Arc<permit_proxy::admin::Admin>>, String> {
+    use permit_proxy::admin::{self, Admin};
+    let (true, Some(token)) = (cfg.admin.enabled, cfg.admin.token.clone()) else {
+        return Ok(None);
+    };
+    let ops = Ops::open(&cfg.data, &cfg.domain, cfg.durability).map_err(|e| e.to_string())?;
+    let state = Admin::new(ops, token, None, Some(net));
+    let bound = admin::start(cfg.admin.listen, state.clone())
+        .await
+        .map_err(|e| format!("admin listener {}: {e}", cfg.admin.listen))?;
+    tracing::info!(addr = %bound, "admin API ready");
+    Ok(Some(state))
+}
+
 /// The media relay, when `[relay]` enables it: every port of the range bound now, the
 /// relay thread started, and the engine handed the shared table.
 fn start_relay(cfg: &Config, proxy: &mut Proxy, seed: u64) -> Result<(), String> {
@@ -466,7 +486,16 @@ fn run(cfg: &Config) -> ExitCode {
         }
         tracing::info!(domain = %cfg.domain, aors, bindings, users = user_count, auth = cfg.auth.enabled, "permit-proxy ready");
         let stats = net.sender.stats.clone();
+        let admin = match start_admin(cfg, stats.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        admin.as_ref().inspect(|a| a.set_ready(true));
         sip_net::run(&mut proxy, net, shutdown()).await;
+        admin.as_ref().inspect(|a| a.set_ready(false));
         if let Some((relay, hook)) = proxy.relay_stats() {
             tracing::info!(?relay, ?hook, "media relay");
         }

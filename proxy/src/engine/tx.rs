@@ -179,6 +179,9 @@ impl Proxy {
         let Some(entry) = self.server.get_mut(key) else {
             return;
         };
+        self.stats
+            .traffic
+            .response(status, matches!(entry.tx, ServerTx::Invite(_)));
         let r = match &mut entry.tx {
             ServerTx::Invite(t) => t.send_response(now, status, bytes),
             ServerTx::NonInvite(t) => t.send_response(now, status, bytes),

@@ -249,6 +249,8 @@ impl Proxy {
             b = b.header("Unsupported", u.as_bytes());
         }
         let bytes = b.to_vec();
+        let invite = req.method() == Some(&sip_core::message::Method::Invite);
+        self.stats.traffic.response(status, invite);
         let dest = reply_flow(req, flow, self.cfg.symmetric_responses);
         self.send(dest, bytes.into());
     }
