@@ -52,6 +52,9 @@ pub struct Traffic {
     /// rate and its failures, as rates of these counters.
     pub sessions_established: u64,
     pub session_failures: u64,
+    /// Load queries (RFC 3261 §11) that got no usable answer in time: the call got
+    /// 480 or was stored.
+    pub query_timeouts: u64,
 }
 
 impl Default for Traffic {
@@ -61,6 +64,7 @@ impl Default for Traffic {
             responses: Box::new([0; 600]),
             sessions_established: 0,
             session_failures: 0,
+            query_timeouts: 0,
         }
     }
 }

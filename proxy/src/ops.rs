@@ -294,6 +294,32 @@ impl Ops {
         }
     }
 
+    /// Unexpired stored items and their bytes (uploaded files by their size), read
+    /// from `DIR/mailbox.sqlite` on a read-only connection; none without the file.
+    pub fn store_usage(&self, unix_now: u64) -> Result<(u64, u64), OpsError> {
+        let path = self.data.join(crate::mailbox::sqlite::FILE);
+        if !path.exists() {
+            return Ok((0, 0));
+        }
+        let read = || -> rusqlite::Result<(i64, i64)> {
+            let conn = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_secs(1))?;
+            conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM item WHERE expires_at > ?1",
+                [i64::try_from(unix_now).unwrap_or(i64::MAX)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        };
+        let (items, bytes) = read().map_err(|e| OpsError::Store(e.into()))?;
+        Ok((
+            u64::try_from(items).unwrap_or(0),
+            u64::try_from(bytes).unwrap_or(0),
+        ))
+    }
+
     /// Feeds every stored list to `sink` through a second connection (the admin view
     /// reads the store, never a full table in memory).
     fn each_list(

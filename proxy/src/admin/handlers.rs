@@ -117,7 +117,11 @@ pub async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
         Some(c) => c.stats().await.ok(),
         None => None,
     };
-    let text = metrics::render(engine.as_ref(), admin.net.as_deref());
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let store = admin.with_ops(move |o| o.store_usage(unix)).await.ok();
+    let text = metrics::render(engine.as_ref(), admin.net.as_deref(), store);
     (
         [(
             header::CONTENT_TYPE,

@@ -65,8 +65,13 @@ fn n(v: usize) -> u64 {
 }
 
 /// The exposition for one scrape; `engine` is `None` when the engine did not answer
-/// (then only `permit_engine_up 0` and the socket counters are given).
-pub fn render(engine: Option<&EngineSnapshot>, net: Option<&sip_net::NetStats>) -> String {
+/// (then only `permit_engine_up 0`, the socket counters and the store are given);
+/// `store` is the stored items and their bytes, when the store could be read.
+pub fn render(
+    engine: Option<&EngineSnapshot>,
+    net: Option<&sip_net::NetStats>,
+    store: Option<(u64, u64)>,
+) -> String {
     let mut x = Exposition(String::with_capacity(8 * 1024));
     x.one(
         "permit_engine_up",
@@ -87,6 +92,20 @@ pub fn render(engine: Option<&EngineSnapshot>, net: Option<&sip_net::NetStats>) 
                 ("send", get(&net.send_errors)),
                 ("tls_handshake", get(&net.handshake_errors)),
             ],
+        );
+    }
+    if let Some((items, bytes)) = store {
+        x.one(
+            "permit_store_items",
+            "gauge",
+            "Stored items waiting for their callee (unexpired).",
+            items,
+        );
+        x.one(
+            "permit_store_bytes",
+            "gauge",
+            "Bytes of the stored items (uploaded files by their size).",
+            bytes,
         );
     }
     if let Some(e) = engine {
@@ -174,12 +193,13 @@ fn render_sip(x: &mut Exposition, e: &EngineSnapshot) {
     x.by(
         "permit_gate_decisions_total",
         "counter",
-        "Gate decisions on calls: permitted (token issued), refused (403), busy (486), redirected (302, direct mode).",
+        "Gate decisions on calls: permitted (token issued), refused (403), busy (486), query_timeout (no load-query answer in time), redirected (302, direct mode).",
         "decision",
         &[
             ("permitted", s.grants),
             ("refused", s.gate_refused),
             ("busy", s.busy),
+            ("query_timeout", t.query_timeouts),
             ("redirected", s.redirects),
         ],
     );
@@ -308,7 +328,7 @@ mod tests {
         e.stats.traffic.response(486, true);
         e.stats.traffic.response(100, true);
         e.aors = 3;
-        let text = render(Some(&e), None);
+        let text = render(Some(&e), None, Some((2, 300)));
         for line in [
             "permit_engine_up 1",
             "permit_sip_registrations_total 7",
@@ -319,6 +339,9 @@ mod tests {
             "permit_sip_sessions_established_total 1",
             "permit_sip_session_failures_total 1",
             "permit_registered_aors 3",
+            "permit_store_items 2",
+            "permit_store_bytes 300",
+            "permit_gate_decisions_total{decision=\"query_timeout\"} 0",
             "# TYPE permit_sip_requests_total counter",
         ] {
             assert!(
@@ -333,7 +356,7 @@ mod tests {
             let (_, v) = l.rsplit_once(' ').unwrap();
             assert!(v.parse::<u64>().is_ok(), "bad sample {l:?}");
         }
-        let down = render(None, None);
+        let down = render(None, None, None);
         assert_eq!(down.lines().last(), Some("permit_engine_up 0"));
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }

@@ -9,6 +9,7 @@
 //! compared in constant time; a request without it gets 401 before any handler runs.
 
 mod handlers;
+pub mod listener;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -183,7 +184,7 @@ pub async fn start(addr: SocketAddr, admin: Arc<Admin>) -> std::io::Result<Socke
     }
     let app = router(admin);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(listener::Capped::new(listener), app).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     });
