@@ -243,17 +243,29 @@ impl Ops {
         )
     }
 
-    /// Every callee's list, sorted by callee, one page of them.
-    pub fn permit_lists(&self, page: Page) -> Result<Paged<ListInfo>, OpsError> {
-        let mut all = Vec::new();
+    /// Every callee's list, sorted by callee, one page of them. Only the callees are
+    /// held while the page is chosen (a million callees cost tens of MB, not their
+    /// entries); then the page's lists are read one by one.
+    pub fn permit_lists(&mut self, page: Page) -> Result<Paged<ListInfo>, OpsError> {
+        let mut callees: Vec<Aor> = Vec::new();
         self.each_list(&mut |l| {
-            let mut entries = l.entries;
-            entries.sort_unstable();
-            all.push(list_info(&l.callee, l.etag, &entries));
+            callees.push(l.callee);
             Ok(())
         })?;
-        all.sort_unstable_by(|a, b| a.callee.cmp(&b.callee));
-        Ok(Paged::slice(all, page))
+        callees.sort_unstable();
+        let chosen = Paged::slice(callees, page);
+        let mut items = Vec::with_capacity(chosen.items.len());
+        for callee in &chosen.items {
+            // A list removed meanwhile is left out of the page.
+            if let Some(l) = self.permit_list(callee.as_str())? {
+                items.push(l);
+            }
+        }
+        Ok(Paged {
+            items,
+            total: chosen.total,
+            next: chosen.next,
+        })
     }
 
     /// Adds every `callee,caller` line of `reader` (all or nothing, docs/permits.md).
