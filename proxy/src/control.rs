@@ -40,7 +40,7 @@ pub const METHODS: [&str; 14] = [
 
 /// Traffic counters the engine keeps in `Stats::traffic`: plain integers bumped on
 /// the engine's thread, read through [`Command::Stats`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Traffic {
     /// Requests received by method ([`METHODS`] order, then `other`), retransmissions
     /// included.
@@ -66,6 +66,28 @@ impl Default for Traffic {
             session_failures: 0,
             query_timeouts: 0,
         }
+    }
+}
+
+/// Only what was seen: the shutdown log prints the engine's `Stats`.
+impl std::fmt::Debug for Traffic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = METHODS.iter().copied().chain(["other"]);
+        let requests: Vec<(&str, u64)> = names
+            .zip(self.requests.iter().copied())
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let responses: Vec<(usize, u64)> = (100..)
+            .zip(self.responses.iter().copied())
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        f.debug_struct("Traffic")
+            .field("requests", &requests)
+            .field("responses", &responses)
+            .field("sessions_established", &self.sessions_established)
+            .field("session_failures", &self.session_failures)
+            .field("query_timeouts", &self.query_timeouts)
+            .finish()
     }
 }
 
@@ -338,5 +360,18 @@ mod tests {
         // A command whose reply channel is dropped unanswered reads as a stopped engine.
         drop(c.pop());
         assert!(kept.remove(0).await.is_err());
+    }
+
+    #[test]
+    fn traffic_debug_shows_only_what_was_seen() {
+        let mut t = Traffic::default();
+        t.request(&sip_core::message::Method::Bye);
+        t.response(487, true);
+        t.response(700, false);
+        assert_eq!(
+            format!("{t:?}"),
+            "Traffic { requests: [(\"BYE\", 1)], responses: [(487, 1)], \
+             sessions_established: 0, session_failures: 1, query_timeouts: 0 }"
+        );
     }
 }
