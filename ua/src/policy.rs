@@ -109,7 +109,10 @@ Content-Length: {}\r\n\r\n{body}",
     #[test]
     fn accepts_a_pcmu_offer_when_free() {
         let offer = accept_invite(&invite("", OFFER), FREE).unwrap();
-        assert_eq!(offer.addr, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(
+            offer.addr,
+            "127.0.0.1:4000".parse::<std::net::SocketAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -222,7 +222,7 @@ mod tests {
 t=0 0\r\nm=audio 4000 RTP/AVP 96 9 8 0 101\r\na=rtpmap:96 opus/48000/2\r\n\
 a=rtpmap:101 telephone-event/8000\r\nm=video 4002 RTP/AVP 97\r\nc=IN IP4 10.0.0.1\r\n";
         let a = parse_audio(offer.as_bytes()).unwrap();
-        assert_eq!(a.addr, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(a.addr, "127.0.0.1:4000".parse::<SocketAddr>().unwrap());
         assert_eq!(a.payload_types, vec![96, 9, 8, 0, 101]);
         assert_eq!(a.codec, Some(Codec::Opus { pt: 96 }), "the offer's number");
     }

@@ -211,7 +211,10 @@ mod tests {
             (e.transport, e.host.as_str(), e.port),
             (Transport::Tls, "::1", 5061)
         );
-        assert_eq!(e.resolve().unwrap(), "[::1]:5061".parse().unwrap());
+        assert_eq!(
+            e.resolve().unwrap(),
+            "[::1]:5061".parse::<std::net::SocketAddr>().unwrap()
+        );
         for bad in [
             "127.0.0.1:5060",
             "sctp:h:1",

@@ -342,7 +342,7 @@ fn outgoing_call_through_407_to_connected_and_bye() {
     assert_eq!(ack.cseq().unwrap().seq, 2);
     assert_eq!(
         dest,
-        "127.0.0.1:5060".parse().unwrap(),
+        "127.0.0.1:5060".parse::<std::net::SocketAddr>().unwrap(),
         "first route of the reversed set"
     );
     assert_eq!(ack.request_uri(), Some(&b"sip:bob@127.0.0.1:5080"[..]));
@@ -486,7 +486,10 @@ fn incoming_call_answer_retransmit_ack_bye_and_load_query() {
         panic!("{events:?}");
     };
     assert_eq!((call.as_str(), from.as_str()), ("c1", "sip:bob@localhost"));
-    assert_eq!(offer.addr, "127.0.0.1:40000".parse().unwrap());
+    assert_eq!(
+        offer.addr,
+        "127.0.0.1:40000".parse::<std::net::SocketAddr>().unwrap()
+    );
 
     b.receive(options("z9hG4bKq2"));
     assert_eq!(b.sent_one().status(), Some(486), "RFC 3261 §11.2: busy");

@@ -323,7 +323,7 @@ fn direct_invite_must_carry_the_derived_key_and_gets_ours() {
         .iter()
         .find(|(_, m)| m.method() == Some(&sip_core::message::Method::Bye))
         .expect("a BYE");
-    assert_eq!(bye.0, STRANGER.parse().unwrap());
+    assert_eq!(bye.0, STRANGER.parse::<std::net::SocketAddr>().unwrap());
 
     // Keys of its own (it does not hold the secret): refused.
     let foreign = Offer::new(None, "d-bad", &mut seeded_rng(3));
@@ -386,12 +386,12 @@ fn direct_call(answer_key: Option<CryptoAttr>) -> (Bench, String, Vec<Event>, Ve
     assert_eq!(ack.1.method(), Some(&sip_core::message::Method::Ack));
     assert_eq!(
         ack.0,
-        PROXY.parse().unwrap(),
+        PROXY.parse::<std::net::SocketAddr>().unwrap(),
         "the 302 is ACKed to the proxy"
     );
     assert_eq!(
         invite.0,
-        "127.0.0.1:5071".parse().unwrap(),
+        "127.0.0.1:5071".parse::<std::net::SocketAddr>().unwrap(),
         "straight to bob"
     );
     let inv = &invite.1;

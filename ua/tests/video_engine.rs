@@ -101,7 +101,10 @@ a=recvonly\r\na=permit-relay:127.0.0.1 40010\r\n";
     let (body, token) = alice.remote_description(&call).unwrap();
     assert_eq!(token.as_deref(), Some(TOKEN));
     let peer = vsdp::parse(&body).unwrap();
-    assert_eq!(peer.addr, "127.0.0.1:41002".parse().unwrap());
+    assert_eq!(
+        peer.addr,
+        "127.0.0.1:41002".parse::<std::net::SocketAddr>().unwrap()
+    );
     assert_eq!(peer.relay, Some("127.0.0.1:40010".parse().unwrap()));
     assert_eq!(peer.codec, Codec::Mpv);
 }

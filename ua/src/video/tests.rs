@@ -292,11 +292,14 @@ m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n{section}a=permit-relay:127.0
     // The audio-only parser still finds the audio.
     assert_eq!(
         crate::sdp::parse_audio(body.as_bytes()).unwrap().addr,
-        "127.0.0.1:40000".parse().unwrap()
+        "127.0.0.1:40000".parse::<std::net::SocketAddr>().unwrap()
     );
     let answer = sdp::answer_section(&offer, 40200);
     let back = sdp::parse(format!("c=IN IP4 127.0.0.2\r\n{answer}").as_bytes()).unwrap();
-    assert_eq!(back.addr, "127.0.0.2:40200".parse().unwrap());
+    assert_eq!(
+        back.addr,
+        "127.0.0.2:40200".parse::<std::net::SocketAddr>().unwrap()
+    );
     assert_eq!(
         (back.codec, back.relay, back.mode),
         (Codec::H264, None, SplitMode::Srtp)
