@@ -17,6 +17,7 @@ use crate::dialog::Dialog;
 use crate::engine::{ALLOW, CallId, Event, Purpose, Sent, TxKey, Ua};
 use crate::keys::{self, MediaKeys, Offer, PeerCrypto};
 use crate::media::codec::{self, Codec};
+use crate::media::dtls::DtlsCall;
 use crate::outcome::CallOutcome;
 use crate::permit;
 use crate::request::{self, Dest, Request};
@@ -30,6 +31,11 @@ impl Ua {
     /// The SRTP keys of a call (known once it is connected); `None` for plain RTP.
     pub fn media_keys(&self, call_id: &str) -> Option<&MediaKeys> {
         self.calls.get(call_id)?.keys.as_ref()
+    }
+
+    /// The DTLS-SRTP parameters of a call keyed on the media path (RFC 5763).
+    pub fn media_dtls(&self, call_id: &str) -> Option<&DtlsCall> {
+        self.calls.get(call_id)?.dtls.as_ref()
     }
 
     /// The call's audio codec: the first of the offer's codecs we have (RFC 3264
@@ -142,6 +148,8 @@ pub struct Call {
     savp: bool,
     /// The call's SRTP keys, once both sides' keys are known.
     keys: Option<MediaKeys>,
+    /// DTLS-SRTP instead of `a=crypto` (RFC 5763): keys from the media path.
+    pub(crate) dtls: Option<DtlsCall>,
     /// UAS of a direct call over a stream: in-dialog requests go back over the
     /// caller's connection (its Contact names no listener we could reach).
     flow: Option<Dest>,
@@ -180,6 +188,9 @@ impl Call {
                 .as_ref()
                 .map_or(&codec::OFFER[..], std::slice::from_ref);
             let mut s = sdp::build(self.session_id, 1, m, &self.crypto, self.savp, codecs);
+            if let Some(d) = &self.dtls {
+                s = sdp::with_dtls(&s, d);
+            }
             s.push_str(self.video.as_deref().unwrap_or_default());
             s
         })
@@ -193,6 +204,7 @@ impl Call {
             crypto: Vec::new(),
             savp: false,
             keys: None,
+            dtls: None,
             flow: None,
             video: None,
             remote: None,

@@ -47,7 +47,34 @@ fn media_fields(r: &MediaReport) -> Value {
         "srtp": r.srtp,
         "srtp_rejected": r.srtp_rejected,
         "codec": r.codec.map(Codec::name),
+        "dtls": r.dtls.as_ref().map(|d| d.as_ref().ok()),
+        "dtls_error": r.dtls.as_ref().and_then(|d| d.as_ref().err()),
+        "not_media": r.not_media,
     })
+}
+
+/// Starts a connected call's audio: keyed by DTLS-SRTP on the media path when the
+/// call agreed to it (RFC 5763), else by its SDES keys or none; says how.
+fn start_media(
+    d: &Driver,
+    out: Output,
+    call: &str,
+    socket: MediaSocket,
+    remote: Option<std::net::SocketAddr>,
+    play: Option<Arc<Vec<u8>>>,
+) -> MediaHandle {
+    let codec = d.ua.audio_codec(call);
+    if let Some(dtls) = d.ua.media_dtls(call) {
+        out.say(
+            "keys",
+            "audio: DTLS-SRTP (keys from the handshake on the media path)",
+            json!({ "srtp": "DTLS-SRTP", "dtls": true, "keys_from_secret": false }),
+        );
+        return socket.start_dtls(remote, play, dtls.clone(), codec);
+    }
+    let (srtp, text, fields) = srtp_for(d.ua.media_keys(call));
+    out.say("keys", &text, fields);
+    socket.start_with(remote, play, srtp, codec)
 }
 
 /// The SRTP session of a connected call, and how it is keyed in words and JSON
@@ -145,11 +172,8 @@ pub async fn run_call(
                     &CallOutcome::Connected.describe(&callee),
                     json!({ "callee": callee, "status": 200, "exit_code": 0 }),
                 );
-                let (srtp, text, fields) = srtp_for(d.ua.media_keys(&call));
-                out.say("keys", &text, fields);
                 if let Some(s) = socket.take() {
-                    let codec = d.ua.audio_codec(&call);
-                    media = Some(s.start_with(remote_media, play.clone(), srtp, codec));
+                    media = Some(start_media(&d, out, &call, s, remote_media, play.clone()));
                 }
                 if hanging_up {
                     deadline = Some(Instant::now() + GRACE);
@@ -350,13 +374,10 @@ impl Answering {
                     &format!("connected to {who}"),
                     json!({ "from": who }),
                 );
-                let (srtp, text, fields) = srtp_for(d.ua.media_keys(&call));
-                self.out.say("keys", &text, fields);
                 if let Some(s) = self.sockets.remove(&call) {
-                    let codec = d.ua.audio_codec(&call);
                     let play = self.opts.play.clone();
-                    self.media
-                        .insert(call, s.start_with(remote_media, play, srtp, codec));
+                    let m = start_media(d, self.out, &call, s, remote_media, play);
+                    self.media.insert(call, m);
                 }
             }
             Event::CallEnded { call, by_peer } => {

@@ -75,6 +75,9 @@ pub struct UaConfig {
     pub epoch: Option<(Instant, u64)>,
     /// The audio codecs our offers list, in order of preference (`call --codec`).
     pub audio_offer: Vec<crate::media::codec::Codec>,
+    /// Our DTLS certificate's fingerprint: offers of DTLS-SRTP (RFC 5763) are
+    /// answered only when it is set (the shell makes the certificate).
+    pub dtls: Option<crate::media::dtls::Fingerprint>,
 }
 
 impl UaConfig {
@@ -93,6 +96,7 @@ impl UaConfig {
             permit: false,
             epoch: None,
             audio_offer: crate::media::codec::OFFER.to_vec(),
+            dtls: None,
         }
     }
 }

@@ -7,10 +7,16 @@
 //! ([`SessionSecret::srtp_keys`], the caller being the side that sent the INVITE), so
 //! the peer can check that the key it was given is the one only a holder of the secret
 //! can write. Sans-IO: randomness comes from the caller.
+//!
+//! A peer that offers DTLS-SRTP (`a=fingerprint` and `a=setup`, RFC 5763 §5) and no
+//! `a=crypto` we can use is answered with DTLS-SRTP ([`answer_offer`]): its keys come
+//! from the handshake on the media path ([`crate::media::dtls`]).
 
 use rand::{CryptoRng, RngCore};
 use sip_core::permit::sdp::crypto_lines;
 use sip_core::permit::{CryptoAttr, Direction, KeyParam, SessionSecret, SrtpKeys, SrtpSuite};
+
+use crate::media::dtls::{DtlsCall, Fingerprint, PeerDtls};
 
 /// The suites we offer, in our order of preference (RFC 4568 §6.2.1, RFC 7714 §14.2).
 pub const OFFERED_SUITES: [SrtpSuite; 2] =
@@ -64,6 +70,8 @@ pub enum KeyRefusal {
     Mismatch,
     #[error("no a=crypto with a suite and key we can use")]
     NoUsableCrypto,
+    #[error("DTLS-SRTP offered with a=setup:holdconn")]
+    NoDtlsRole,
 }
 
 /// What a peer's SDP says about the keys of its first active audio stream.
@@ -73,6 +81,8 @@ pub struct PeerCrypto {
     pub savp: bool,
     /// Its `a=crypto` lines that parsed, in the peer's order.
     pub attrs: Vec<CryptoAttr>,
+    /// Its `a=fingerprint` (SHA-256) and `a=setup`, if it offers DTLS-SRTP.
+    pub dtls: Option<PeerDtls>,
 }
 
 impl PeerCrypto {
@@ -89,6 +99,7 @@ impl PeerCrypto {
         Self {
             savp: audio.proto.contains("SAVP"),
             attrs: audio.attrs.into_iter().filter_map(Result::ok).collect(),
+            dtls: PeerDtls::of(body),
         }
     }
 
@@ -212,6 +223,48 @@ pub fn answer<R: RngCore + CryptoRng + ?Sized>(
             from_secret,
         },
     )))
+}
+
+/// How the callee keys a call's audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerKeys {
+    /// Plain RTP (the offer had no keys and did not require SRTP).
+    Plain,
+    /// SDES: our `a=crypto` answer line and the call's keys ([`answer`]).
+    Sdes(CryptoAttr, MediaKeys),
+    /// DTLS-SRTP (RFC 5763 §5): our role and the fingerprints; the keys come from the
+    /// handshake on the media path.
+    Dtls(DtlsCall),
+}
+
+/// The callee's decision on an offer, DTLS-SRTP included: SDES stays first (an
+/// offer with a usable `a=crypto` is answered with [`answer`], as are direct INVITEs
+/// that must carry the secret's derivation); an offer without one that carries a
+/// SHA-256 `a=fingerprint` is answered with DTLS-SRTP when we have a certificate
+/// (`local`, [`crate::media::dtls::handshake::local_fingerprint`]).
+pub fn answer_offer<R: RngCore + CryptoRng + ?Sized>(
+    peer: &PeerCrypto,
+    secret: Option<&SessionSecret>,
+    call_id: &str,
+    direct: bool,
+    local: Option<Fingerprint>,
+    rng: &mut R,
+) -> Result<AnswerKeys, KeyRefusal> {
+    let must_carry_secret = direct && secret.is_some();
+    if let (None, false, Some(local), Some(p)) = (
+        peer.first_usable(None),
+        must_carry_secret,
+        local,
+        peer.dtls.as_ref(),
+    ) {
+        return DtlsCall::answering(p, local)
+            .map(AnswerKeys::Dtls)
+            .ok_or(KeyRefusal::NoDtlsRole);
+    }
+    Ok(match answer(peer, secret, call_id, direct, rng)? {
+        Some((line, keys)) => AnswerKeys::Sdes(line, keys),
+        None => AnswerKeys::Plain,
+    })
 }
 
 /// The caller's check of the answer to `offer`. The answer's `a=crypto` must name one
@@ -353,6 +406,64 @@ mod tests {
                 Direction::CalleeToCaller,
                 &SrtpSuite::AesCm128HmacSha1_80
             )
+        );
+    }
+
+    /// linphone with `media_encryption=dtls` offers `UDP/TLS/RTP/SAVP` with a
+    /// fingerprint and no `a=crypto`: without DTLS that is a 488, with a certificate
+    /// it is answered with DTLS-SRTP; an `a=crypto` beside the fingerprint keeps SDES.
+    #[test]
+    fn dtls_offers_are_answered_with_dtls_and_sdes_stays_first() {
+        let fp = "a=fingerprint:sha-256 6B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:\
+DC:B8:5F:64:1A:24:C2:43:F0:A1:58:D0:A1:2C:19:08\r\na=setup:actpass\r\n";
+        let offer = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 UDP/TLS/RTP/SAVP 0\r\n{fp}");
+        let peer = PeerCrypto::of(offer.as_bytes());
+        let local = Some(Fingerprint([1; 32]));
+        let rng = &mut seeded_rng(4);
+        assert_eq!(
+            answer_offer(&peer, None, CALL, false, None, rng),
+            Err(KeyRefusal::NoUsableCrypto)
+        );
+        let Ok(AnswerKeys::Dtls(d)) = answer_offer(&peer, None, CALL, false, local, rng) else {
+            panic!("DTLS expected");
+        };
+        assert_eq!(d.role, crate::media::dtls::Role::Client);
+        assert_eq!(d.proto, "UDP/TLS/RTP/SAVP");
+        // A routed call with a secret from the proxy: the phone keys with DTLS.
+        let s = secret();
+        assert!(matches!(
+            answer_offer(&peer, Some(&s), CALL, false, local, rng),
+            Ok(AnswerKeys::Dtls(_))
+        ));
+        // A direct INVITE must carry the secret's derivation.
+        assert_eq!(
+            answer_offer(&peer, Some(&s), CALL, true, local, rng),
+            Err(KeyRefusal::NoUsableCrypto)
+        );
+        let with_crypto = format!(
+            "{offer}a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj\r\n"
+        );
+        let peer = PeerCrypto::of(with_crypto.as_bytes());
+        assert!(matches!(
+            answer_offer(&peer, None, CALL, false, local, rng),
+            Ok(AnswerKeys::Sdes(..))
+        ));
+        let hold = offer.replace("actpass", "holdconn");
+        assert_eq!(
+            answer_offer(
+                &PeerCrypto::of(hold.as_bytes()),
+                None,
+                CALL,
+                false,
+                local,
+                rng
+            ),
+            Err(KeyRefusal::NoDtlsRole)
+        );
+        let plain = PeerCrypto::of(&sdp("RTP/AVP", &[]));
+        assert_eq!(
+            answer_offer(&plain, None, CALL, false, local, rng),
+            Ok(AnswerKeys::Plain)
         );
     }
 

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use sip_core::permit::CryptoAttr;
 
 use crate::media::codec::Codec;
+use crate::media::dtls::DtlsCall;
 
 /// RTP/AVP payload type of PCMU (RFC 3551 Table 4).
 pub const PCMU: u8 = 0;
@@ -178,10 +179,66 @@ c=IN {net} {ip}\r\nt=0 0\r\nm=audio {port} {proto}",
     s
 }
 
+/// A description from [`build`] keyed with DTLS-SRTP (RFC 5763 §5): the audio `m=`
+/// line takes the offer's transport protocol (RFC 3264 §6: the answer's matches the
+/// offer's; `UDP/TLS/RTP/SAVP` by default, RFC 5764 §8) and the stream gains
+/// `a=setup` and `a=fingerprint`.
+pub fn with_dtls(sdp: &str, dtls: &DtlsCall) -> String {
+    let proto = if dtls.proto.is_empty() {
+        "UDP/TLS/RTP/SAVP"
+    } else {
+        dtls.proto.as_str()
+    };
+    let mut out = String::with_capacity(sdp.len() + 120);
+    for line in sdp.split_inclusive("\r\n") {
+        match line.strip_prefix("m=audio ") {
+            Some(rest) => {
+                let mut f = rest.splitn(3, ' ');
+                let (port, _old, fmts) = (f.next(), f.next(), f.next());
+                let _ = write!(
+                    out,
+                    "m=audio {} {proto} {}",
+                    port.unwrap_or("0"),
+                    fmts.unwrap_or("\r\n")
+                );
+            }
+            None => out.push_str(line),
+        }
+    }
+    out.push_str(&dtls.sdp_lines());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::media::codec::{OFFER, OPUS_PT};
+
+    #[test]
+    fn dtls_answers_echo_the_proto_and_add_setup_and_fingerprint() {
+        use crate::media::dtls::{Fingerprint, Role};
+        let rtp: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let d = DtlsCall {
+            role: Role::Client,
+            peer: vec![Fingerprint([2; 32])],
+            local: Fingerprint([0xAB; 32]),
+            proto: "UDP/TLS/RTP/SAVP".into(),
+        };
+        let sdp = with_dtls(&build(1, 1, rtp, &[], false, &[Codec::Pcmu]), &d);
+        assert!(
+            sdp.contains("m=audio 40000 UDP/TLS/RTP/SAVP 0\r\n"),
+            "{sdp}"
+        );
+        assert!(
+            sdp.contains("a=sendrecv\r\na=setup:active\r\na=fingerprint:sha-256 AB:AB:"),
+            "{sdp}"
+        );
+        assert!(!sdp.contains("a=crypto"));
+        let back = crate::media::dtls::PeerDtls::of(sdp.as_bytes()).unwrap();
+        assert_eq!(back.fingerprints, vec![d.local]);
+        assert_eq!(back.proto, "UDP/TLS/RTP/SAVP");
+        assert_eq!(parse_audio(sdp.as_bytes()).unwrap().addr, rtp);
+    }
 
     #[test]
     fn our_description_reads_back() {

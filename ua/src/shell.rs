@@ -119,6 +119,8 @@ impl Driver {
     /// transport; a TLS proxy is reached over our own connection, plus a TLS listener
     /// for direct calls with `--listen tls:IP:PORT`) and starts listening for SIGINT
     /// and SIGTERM. `permit`: permit mode (docs/profile.md "The UA in permit mode").
+    // One straight sequence of set-up steps (sockets, TLS, the engine's configuration).
+    #[allow(clippy::too_many_lines)]
     pub async fn start(s: &Settings, max_calls: usize, permit: bool) -> Result<Self, ShellError> {
         let transport = s.proxy.transport;
         let ip = match &s.listen {
@@ -176,6 +178,7 @@ impl Driver {
         };
         let mut ua_cfg = UaConfig::new(local, bind, s.proxy_addr);
         ua_cfg.password.clone_from(&s.password);
+        ua_cfg.dtls = crate::media::dtls::handshake::local_fingerprint();
         ua_cfg.expires = s.expires;
         ua_cfg.max_calls = max_calls;
         ua_cfg.permit = permit;

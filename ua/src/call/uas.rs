@@ -11,7 +11,7 @@ use sip_core::permit::SessionSecret;
 
 use super::{Call, CallState, CancelReason, Confirmed, Offered, cancel_for};
 use crate::engine::{CallId, Event, Purpose, TxKey, Ua};
-use crate::keys::{self, PeerCrypto};
+use crate::keys::{self, AnswerKeys, PeerCrypto};
 use crate::request::{self, Dest};
 use crate::{permit, policy};
 
@@ -45,7 +45,15 @@ impl Ua {
                     .or_else(|| self.permits.secret(&call_id).cloned())
             });
             let peer = PeerCrypto::of(msg.body());
-            match keys::answer(&peer, secret.as_ref(), &call_id, !from_proxy, &mut self.rng) {
+            let local = self.cfg.dtls;
+            match keys::answer_offer(
+                &peer,
+                secret.as_ref(),
+                &call_id,
+                !from_proxy,
+                local,
+                &mut self.rng,
+            ) {
                 Ok(k) => Ok((offer, k, peer.savp)),
                 Err(e) => {
                     tracing::info!(reason = %e, "INVITE refused (488)");
@@ -84,9 +92,13 @@ impl Ua {
                     session_id,
                     None,
                 );
-                if let Some((line, k)) = keyed {
-                    call.crypto = vec![line];
-                    call.keys = Some(k);
+                match keyed {
+                    AnswerKeys::Sdes(line, k) => {
+                        call.crypto = vec![line];
+                        call.keys = Some(k);
+                    }
+                    AnswerKeys::Dtls(d) => call.dtls = Some(d),
+                    AnswerKeys::Plain => {}
                 }
                 call.savp = savp;
                 call.codec = offer.codec;

@@ -4,9 +4,12 @@
 //!
 //! [`g711`], [`opus`], [`codec`], [`resample`], [`wav`] and [`rtp`] are sans-IO (bytes
 //! and samples in, bytes and samples out); [`socket`] is the thin tokio shell that
-//! paces packets on a UDP socket.
+//! paces packets on a UDP socket. [`dtls`] is DTLS-SRTP (RFC 5763/5764) for stock
+//! phones that ask for it: sans-IO SDP attributes, roles and key split, and its
+//! `handshake` shell run by [`socket`] on the call's media port.
 
 pub mod codec;
+pub mod dtls;
 pub mod g711;
 pub mod opus;
 pub mod resample;

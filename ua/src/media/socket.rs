@@ -1,6 +1,9 @@
 //! The tokio shell of one call's audio: a UDP socket, a 20 ms pacer that sends the
 //! file to play (then silence), and a reader that feeds the [`RtpReceiver`]. With
-//! keys, every packet goes through the call's [`SrtpSession`] both ways.
+//! keys, every packet goes through the call's [`SrtpSession`] both ways. With
+//! DTLS-SRTP (RFC 5764) the handshake runs on the same socket first: the reader hands
+//! DTLS records (first byte 20..=63, RFC 5764 §5.1.2) to [`dtls::handshake`] and
+//! nothing is sent or accepted as media until it has given the SRTP keys.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,8 +16,13 @@ use tokio::task::JoinHandle;
 
 use super::SAMPLE_RATE;
 use super::codec::{AudioEncoder, Codec};
+use super::dtls::handshake::{self, DtlsError, Established, MediaPortConn};
+use super::dtls::{self, DtlsCall};
 use super::rtp::{RtpReceiver, RtpSender};
 use super::srtp::SrtpSession;
+
+/// How long the DTLS association may take to close at the end of a call.
+const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
 /// At most this much received audio is kept per call (one hour at 8 kHz).
 const MAX_RECORD_SAMPLES: usize = SAMPLE_RATE as usize * 3600;
@@ -29,6 +37,13 @@ pub struct MediaReport {
     pub srtp_rejected: u64,
     /// Whether the audio was SRTP.
     pub srtp: bool,
+    /// DTLS-SRTP: the suite the handshake chose, or why it gave no keys.
+    pub dtls: Option<Result<String, String>>,
+    /// DTLS records dropped because the handshake's queue was full.
+    pub dtls_dropped: u64,
+    /// DTLS-SRTP calls: datagrams neither DTLS nor RTP (RFC 7983 §7: STUN, 0..=3,
+    /// which some phones send without ICE), dropped.
+    pub not_media: u64,
     /// The codec both ways (`None`: the codec could not be set up, nothing was sent).
     pub codec: Option<Codec>,
     /// What was received, at 8 kHz ([`super::codec`]).
@@ -60,10 +75,47 @@ impl MediaSocket {
         srtp: Option<SrtpSession>,
         codec: Codec,
     ) -> MediaHandle {
+        let keying = srtp.map_or(Keying::Plain, |s| Keying::Srtp(Box::new(s)));
+        self.start(remote, play, keying, codec)
+    }
+
+    /// [`MediaSocket::start_with`] keyed by a DTLS-SRTP handshake with `remote`
+    /// (RFC 5764 §4): no packet is sent before it gives the keys.
+    pub fn start_dtls(
+        self,
+        remote: Option<SocketAddr>,
+        play: Option<Arc<Vec<u8>>>,
+        dtls: DtlsCall,
+        codec: Codec,
+    ) -> MediaHandle {
+        self.start(remote, play, Keying::Dtls(dtls), codec)
+    }
+
+    fn start(
+        self,
+        remote: Option<SocketAddr>,
+        play: Option<Arc<Vec<u8>>>,
+        keying: Keying,
+        codec: Codec,
+    ) -> MediaHandle {
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(self.socket, remote, play, srtp, codec, stopped));
+        let task = tokio::spawn(run(self.socket, remote, play, keying, codec, stopped));
         MediaHandle { stop, task }
     }
+}
+
+/// How a call's audio is keyed.
+enum Keying {
+    Plain,
+    Srtp(Box<SrtpSession>),
+    Dtls(DtlsCall),
+}
+
+/// The DTLS side of a call's media: records for the handshake, then the association.
+struct DtlsPath {
+    records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    handshake: Option<JoinHandle<Result<Established, DtlsError>>>,
+    established: Option<Established>,
 }
 
 /// A running media session.
@@ -80,15 +132,37 @@ impl MediaHandle {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one select loop: pacer, reader, handshake
 async fn run(
     socket: UdpSocket,
     remote: Option<SocketAddr>,
     play: Option<Arc<Vec<u8>>>,
-    mut srtp: Option<SrtpSession>,
+    keying: Keying,
     codec: Codec,
     mut stopped: oneshot::Receiver<()>,
 ) -> MediaReport {
+    let socket = Arc::new(socket);
     let mut report = MediaReport::default();
+    let (mut srtp, mut dtls) = match keying {
+        Keying::Plain => (None, None),
+        Keying::Srtp(s) => (Some(*s), None),
+        Keying::Dtls(call) => {
+            let (records, inbox) = tokio::sync::mpsc::channel(handshake::INBOX);
+            let handshake = remote.map(|r| {
+                let conn = MediaPortConn::new(socket.clone(), r, inbox);
+                tokio::spawn(handshake::establish(conn, call))
+            });
+            (
+                None,
+                Some(DtlsPath {
+                    records,
+                    handshake,
+                    established: None,
+                }),
+            )
+        }
+    };
+    let keyed_by_dtls = dtls.is_some();
     let (mut encoder, mut receiver) = match (
         AudioEncoder::new(codec, play.as_deref().map(Vec::as_slice)),
         RtpReceiver::for_codec(codec, MAX_RECORD_SAMPLES),
@@ -108,8 +182,36 @@ async fn run(
     loop {
         tokio::select! {
             _ = &mut stopped => break,
+            r = async {
+                match dtls.as_mut().and_then(|d| d.handshake.as_mut()) {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(d) = dtls.as_mut() else { continue };
+                d.handshake = None;
+                match r {
+                    Ok(Ok(e)) => {
+                        tracing::info!(suite = e.suite.name(), "DTLS-SRTP handshake done");
+                        report.dtls = Some(Ok(e.suite.name().to_string()));
+                        match SrtpSession::new(&e.keys) {
+                            Ok(s) => srtp = Some(s),
+                            Err(err) => report.dtls = Some(Err(err.to_string())),
+                        }
+                        d.established = Some(e);
+                    }
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "DTLS-SRTP: no keys, no audio");
+                        report.dtls = Some(Err(err.to_string()));
+                    }
+                    Err(err) => report.dtls = Some(Err(err.to_string())),
+                }
+            }
             _ = pacer.tick() => {
                 let Some(remote) = remote else { continue };
+                if keyed_by_dtls && srtp.is_none() {
+                    continue; // never plain RTP on a DTLS-SRTP call
+                }
                 let Ok((frame, ticks)) = encoder.next_frame() else { continue };
                 let mut packet = sender.packet_of(&frame, ticks);
                 if let Some(s) = srtp.as_mut() {
@@ -124,7 +226,18 @@ async fn run(
             }
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, _)) = r {
+                    if let Some(d) = dtls.as_ref().filter(|_| dtls::is_dtls(&buf[..n])) {
+                        if d.records.try_send(buf[..n].to_vec()).is_err() {
+                            report.dtls_dropped += 1;
+                        }
+                        continue;
+                    }
+                    if keyed_by_dtls && !matches!(buf[..n].first(), Some(128..=191)) {
+                        report.not_media += 1;
+                        continue;
+                    }
                     match srtp.as_mut() {
+                        None if keyed_by_dtls => report.srtp_rejected += 1,
                         Some(s) => {
                             if let Some(plain) = s.unprotect(&buf[..n]) {
                                 receiver.handle_datagram(&plain);
@@ -138,10 +251,19 @@ async fn run(
             }
         }
     }
+    if let Some(d) = dtls {
+        if let Some(h) = d.handshake {
+            h.abort();
+        }
+        if let Some(e) = d.established {
+            // RFC 5246 §7.2.1 close_notify, as DTLS does (RFC 6347 §4.1).
+            let _ = tokio::time::timeout(CLOSE_LIMIT, e.conn.close()).await;
+        }
+    }
     report.packets_received = receiver.packets;
     report.dropped = receiver.dropped;
     report.srtp = srtp.is_some();
-    report.srtp_rejected = srtp.map_or(0, |s| s.rejected);
+    report.srtp_rejected += srtp.map_or(0, |s| s.rejected);
     report.samples = receiver.into_samples();
     report
 }
