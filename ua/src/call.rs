@@ -15,9 +15,9 @@ use sip_core::transport::Transport;
 use crate::auth::Realm;
 use crate::dialog::Dialog;
 use crate::engine::{ALLOW, CallId, Event, Purpose, Sent, TxKey, Ua};
-use crate::keys::{self, MediaKeys, Offer, PeerCrypto};
+use crate::keys::{self, KeyRefusal, MediaKeys, Offer, PeerCrypto};
 use crate::media::codec::{self, Codec};
-use crate::media::dtls::DtlsCall;
+use crate::media::dtls::{DtlsCall, Fingerprint};
 use crate::outcome::CallOutcome;
 use crate::permit;
 use crate::request::{self, Dest, Request};
@@ -45,6 +45,12 @@ impl Ua {
             .get(call_id)
             .and_then(|c| c.codec)
             .unwrap_or(Codec::Pcmu)
+    }
+
+    /// Offer DTLS-SRTP instead of SDES from now on (`call --dtls`), when we have a
+    /// certificate ([`crate::engine::UaConfig::dtls`]).
+    pub fn set_offer_dtls(&mut self, on: bool) {
+        self.cfg.offer_dtls = on;
     }
 
     /// Offer only `codecs`, in this order, from now on (`call --codec`).
@@ -97,6 +103,8 @@ pub struct Inviting {
     /// Our a=crypto offer and, once the proxy told it, the call's session secret.
     offer: Offer,
     secret: Option<SessionSecret>,
+    /// We offered DTLS-SRTP with this certificate (`call --dtls`).
+    dtls_offer: Option<Fingerprint>,
 }
 
 /// UAS: an INVITE passed the policy; waiting for [`Ua::answer`].
@@ -251,7 +259,11 @@ impl Ua {
         let branch = self.new_branch();
         let session_id = self.rng.random::<u32>().into();
         // RFC 4568 §8.3: keys only in signalling that is protected (TLS to the proxy).
-        let offer = if local.transport == Transport::Tls {
+        // DTLS-SRTP puts no key in signalling (RFC 5763 §5).
+        let dtls_offer = self.cfg.dtls.filter(|_| self.cfg.offer_dtls);
+        let offer = if dtls_offer.is_some() {
+            Offer::plain()
+        } else if local.transport == Transport::Tls {
             Offer::new(None, &call_id, &mut self.rng)
         } else {
             Offer::plain()
@@ -274,13 +286,16 @@ impl Ua {
             headers,
             body: Some((
                 "application/sdp",
-                (sdp::build(
-                    session_id,
-                    1,
-                    media,
-                    &offer.attrs,
-                    offer.savp,
-                    &self.cfg.audio_offer,
+                (sdp::with_dtls_offer(
+                    sdp::build(
+                        session_id,
+                        1,
+                        media,
+                        &offer.attrs,
+                        offer.savp,
+                        &self.cfg.audio_offer,
+                    ),
+                    dtls_offer,
                 ) + video.as_deref().unwrap_or_default())
                 .into_bytes(),
             )),
@@ -308,6 +323,7 @@ impl Ua {
             redirected: false,
             offer: offer.clone(),
             secret: None,
+            dtls_offer,
         };
         let mut call = Call::new(CallState::Inviting(inviting), session_id, Some(media));
         call.crypto = offer.attrs;
@@ -594,6 +610,14 @@ impl Ua {
             call_id,
             inv.redirected,
         );
+        // Our DTLS-SRTP offer: the answer must take it (RFC 5763 §5).
+        let dtls = inv
+            .dtls_offer
+            .map(|local| DtlsCall::answered(msg.body(), local).ok_or(KeyRefusal::NoDtlsAnswer));
+        let checked = match &dtls {
+            Some(Err(e)) => Err(*e),
+            _ => checked,
+        };
         let media_keys = match checked {
             Ok(k) => k,
             Err(e) => {
@@ -613,6 +637,9 @@ impl Ua {
                 call.crypto.clear();
             }
             call.keys = media_keys;
+            if let Some(Ok(d)) = dtls {
+                call.dtls = Some(d);
+            }
             let token = msg
                 .header(HeaderName::PermitToken)
                 .and_then(permit::parse_permit_token)

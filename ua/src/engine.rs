@@ -78,6 +78,8 @@ pub struct UaConfig {
     /// Our DTLS certificate's fingerprint: offers of DTLS-SRTP (RFC 5763) are
     /// answered only when it is set (the shell makes the certificate).
     pub dtls: Option<crate::media::dtls::Fingerprint>,
+    /// Our offers carry DTLS-SRTP instead of `a=crypto` (`call --dtls`).
+    pub offer_dtls: bool,
 }
 
 impl UaConfig {
@@ -97,6 +99,7 @@ impl UaConfig {
             epoch: None,
             audio_offer: crate::media::codec::OFFER.to_vec(),
             dtls: None,
+            offer_dtls: false,
         }
     }
 }

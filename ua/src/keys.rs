@@ -72,6 +72,8 @@ pub enum KeyRefusal {
     NoUsableCrypto,
     #[error("DTLS-SRTP offered with a=setup:holdconn")]
     NoDtlsRole,
+    #[error("the answer does not take our DTLS-SRTP offer")]
+    NoDtlsAnswer,
 }
 
 /// What a peer's SDP says about the keys of its first active audio stream.

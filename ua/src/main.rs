@@ -123,6 +123,11 @@ enum Command {
         /// token) and send the INVITE straight to the callee.
         #[arg(long)]
         direct: bool,
+        /// Offer DTLS-SRTP (RFC 5763: a=fingerprint, a=setup:actpass, no a=crypto),
+        /// for stock phones that key media on the media path; the call fails (488)
+        /// if the answer does not take it.
+        #[arg(long, conflicts_with_all = ["direct", "video"])]
+        dtls: bool,
         /// Send this video (H.264 Annex B .h264/.264, or MPEG-2 .m2v) with the I-frame
         /// split: I-packets SRTP through the proxy's media relay, the others direct.
         #[arg(long)]
@@ -324,8 +329,10 @@ async fn run(command: Command, settings: Settings, out: Output) -> u8 {
             fast,
             selective,
             codec,
+            dtls,
             ..
         } => {
+            driver.ua.set_offer_dtls(dtls);
             match codec.as_deref() {
                 Some("pcmu") => driver.ua.set_audio_offer(vec![Codec::Pcmu]),
                 Some(_) => driver.ua.set_audio_offer(vec![Codec::Opus { pt: OPUS_PT }]),

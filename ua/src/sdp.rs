@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use sip_core::permit::CryptoAttr;
 
 use crate::media::codec::Codec;
-use crate::media::dtls::DtlsCall;
+use crate::media::dtls::{self, DtlsCall, Fingerprint};
 
 /// RTP/AVP payload type of PCMU (RFC 3551 Table 4).
 pub const PCMU: u8 = 0;
@@ -184,10 +184,23 @@ c=IN {net} {ip}\r\nt=0 0\r\nm=audio {port} {proto}",
 /// offer's; `UDP/TLS/RTP/SAVP` by default, RFC 5764 §8) and the stream gains
 /// `a=setup` and `a=fingerprint`.
 pub fn with_dtls(sdp: &str, dtls: &DtlsCall) -> String {
-    let proto = if dtls.proto.is_empty() {
+    with_dtls_lines(sdp, &dtls.proto, &dtls.sdp_lines())
+}
+
+/// Our offer from [`build`], with DTLS-SRTP when `local` (our certificate) is given:
+/// `UDP/TLS/RTP/SAVP` (RFC 5764 §8), `a=setup:actpass`, `a=fingerprint`.
+pub fn with_dtls_offer(sdp: String, local: Option<Fingerprint>) -> String {
+    match local {
+        Some(fp) => with_dtls_lines(&sdp, "", &dtls::offer_lines(fp)),
+        None => sdp,
+    }
+}
+
+fn with_dtls_lines(sdp: &str, proto: &str, lines: &str) -> String {
+    let proto = if proto.is_empty() {
         "UDP/TLS/RTP/SAVP"
     } else {
-        dtls.proto.as_str()
+        proto
     };
     let mut out = String::with_capacity(sdp.len() + 120);
     for line in sdp.split_inclusive("\r\n") {
@@ -205,7 +218,7 @@ pub fn with_dtls(sdp: &str, dtls: &DtlsCall) -> String {
             None => out.push_str(line),
         }
     }
-    out.push_str(&dtls.sdp_lines());
+    out.push_str(lines);
     out
 }
 
@@ -238,6 +251,14 @@ mod tests {
         assert_eq!(back.fingerprints, vec![d.local]);
         assert_eq!(back.proto, "UDP/TLS/RTP/SAVP");
         assert_eq!(parse_audio(sdp.as_bytes()).unwrap().addr, rtp);
+        let offer = with_dtls_offer(build(1, 1, rtp, &[], false, &OFFER), Some(d.local));
+        assert!(
+            offer.contains("m=audio 40000 UDP/TLS/RTP/SAVP 111 0\r\n"),
+            "{offer}"
+        );
+        assert!(offer.contains("a=setup:actpass\r\n"), "{offer}");
+        let plain = build(1, 1, rtp, &[], false, &OFFER);
+        assert_eq!(with_dtls_offer(plain.clone(), None), plain);
     }
 
     #[test]

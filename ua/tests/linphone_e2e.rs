@@ -10,6 +10,10 @@
 //! linphone's media port shows DTLS handshake records, then SRTP only (no RTP
 //! packet before the handshake, no plaintext μ-law of the UA's tone).
 //!
+//! The other way, `permit-ua call --dtls` offers DTLS-SRTP (`a=setup:actpass`) to
+//! linphone (auto-answer) through the proxy: the call connects, the UA's keys come
+//! from the handshake, and each side hears the other's tone.
+//!
 //! linphonec is configured from `testbeds/linphone/linphonerc.template` and driven
 //! on its standard input. Fails (does not skip) when CI is set and linphonec or
 //! tshark is missing.
@@ -50,13 +54,16 @@ struct Linphone {
 }
 
 impl Linphone {
-    fn start(dir: &Path, proxy: &Proxy, user: &str, password: &str) -> Self {
+    /// Registered as `user`; answers calls by itself when `auto_answer` (`-a`).
+    fn start(dir: &Path, proxy: &Proxy, user: &str, password: &str, auto_answer: bool) -> Self {
         let home = dir.join(format!("linphone-{user}"));
         fs::create_dir_all(home.join(".local/share/linphone")).unwrap();
         let rc = home.join("linphonerc");
         let config = fs::read_to_string(format!("{TESTBED}/linphonerc.template"))
             .unwrap()
             .replace("@SIP_PORT@", &free_port().to_string())
+            // Its own RTP port: two linphonec at once must not share the default 7078.
+            .replace("@AUDIO_PORT@", &free_port().to_string())
             .replace("@PROXY@", &format!("{HOST}:{}", proxy.port))
             .replace("@USER@", user)
             .replace("@DOMAIN@", DOMAIN)
@@ -67,6 +74,7 @@ impl Linphone {
             .arg("-c")
             .arg(&rc)
             .args(["-d", "5"])
+            .args(auto_answer.then_some("-a"))
             // Its database and other state go under the test directory.
             .env("HOME", &home)
             .stdin(Stdio::piped())
@@ -321,7 +329,7 @@ fn linphone_with_dtls_srtp_mandatory_calls_permit_ua_through_the_proxy() {
     bob.wait_event("registered", WAIT);
 
     let capture = Capture::start(&dir, proxy.port);
-    let mut alice = Linphone::start(&dir, &proxy, "alice", "apw");
+    let mut alice = Linphone::start(&dir, &proxy, "alice", "apw", false);
     let alice_tone = dir.join("alice.wav");
     common::write_tone(&alice_tone, 440.0, 8);
     let alice_rec = dir.join("alice-rec.wav");
@@ -378,4 +386,65 @@ fn linphone_with_dtls_srtp_mandatory_calls_permit_ua_through_the_proxy() {
 
     signal(bob.child.id(), "TERM");
     assert_eq!(bob.wait(Duration::from_secs(10)), 0, "{}", bob.describe());
+}
+
+#[test]
+fn permit_ua_offers_dtls_srtp_to_linphone_through_the_proxy() {
+    if !have("linphonec", "-v") {
+        return;
+    }
+    let dir = workdir("ua-to-linphone");
+    let proxy = Proxy::start(&dir, &[("alice", "apw"), ("bob", "bpw")]);
+    let mut add = ua_command(&proxy, "udp", "bob", "bpw");
+    add.args(["permit", "add", &format!("alice@{DOMAIN}")]);
+    let (code, _, ua) = run_ua(&dir, "bob-permit", add);
+    assert_eq!(code, 0, "{}", ua.describe());
+    let mut bob = Linphone::start(&dir, &proxy, "bob", "bpw", true);
+    let bob_tone = dir.join("bob.wav");
+    common::write_tone(&bob_tone, 440.0, 8);
+    let bob_rec = dir.join("bob-rec.wav");
+    bob.send("soundcard use files");
+    bob.send(&format!("play {}", bob_tone.display()));
+    bob.send(&format!("record {}", bob_rec.display()));
+
+    let rec = dir.join("alice-rec");
+    let tone = dir.join("alice.wav");
+    common::write_tone(&tone, 660.0, 4);
+    let mut call = ua_command(&proxy, "udp", "alice", "apw");
+    call.args(["call", "bob", "--dtls", "--duration", "4"])
+        .args(["--record", rec.to_str().unwrap()])
+        .args(["--play", tone.to_str().unwrap()]);
+    let (code, lines, alice) = run_ua(&dir, "alice-call", call);
+    let why = || format!("{}\n{}", alice.describe(), bob.describe());
+    assert_eq!(code, 0, "{}", why());
+    let keys = lines
+        .iter()
+        .find(|l| l["event"] == "keys")
+        .expect("keys event");
+    assert_eq!(keys["dtls"], true, "{keys}");
+    let media = lines
+        .iter()
+        .find(|l| l["event"] == "media")
+        .expect("media event");
+    assert!(media["dtls"].is_string(), "{media}\n{}", why());
+    assert_eq!(media["srtp"], true, "{media}");
+    assert_eq!(media["srtp_rejected"], 0, "{media}");
+    assert!(media["packets_sent"].as_u64().unwrap() >= 100, "{media}");
+    assert!(
+        media["packets_received"].as_u64().unwrap() >= 100,
+        "{media}"
+    );
+    let files = common::wavs(&rec);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let hz = tone_hz(&wav::read(&fs::read(&files[0]).unwrap()).unwrap());
+    assert!((400.0..480.0).contains(&hz), "alice heard {hz:.0} Hz");
+    wait_until(WAIT, "linphone's recording", || bob_rec.exists());
+    let (rate, samples) = read_pcm16(&bob_rec);
+    let hz = tone_hz_at(&samples, rate);
+    assert!(
+        (620.0..700.0).contains(&hz),
+        "linphone heard {hz:.0} Hz\n{}",
+        why()
+    );
+    bob.send("quit");
 }

@@ -204,6 +204,24 @@ impl DtlsCall {
         })
     }
 
+    /// The answer to our DTLS-SRTP offer (`a=setup:actpass`), or `None` when it does
+    /// not take it: no SHA-256 fingerprint, or a setup that leaves no role (RFC 4145
+    /// §4.1: an answer without `a=setup` is `passive`).
+    pub fn answered(body: &[u8], local: Fingerprint) -> Option<Self> {
+        let peer = PeerDtls::of(body)?;
+        let role = match peer.setup {
+            Some(Setup::Active) => Role::Server,
+            Some(Setup::Passive) | None => Role::Client,
+            Some(Setup::ActPass | Setup::HoldConn) => return None,
+        };
+        Some(Self {
+            role,
+            peer: peer.fingerprints,
+            local,
+            proto: peer.proto,
+        })
+    }
+
     /// Our SDP's DTLS lines (RFC 5763 §5: `a=setup` and `a=fingerprint` at media
     /// level), CRLF-terminated.
     pub fn sdp_lines(&self) -> String {
@@ -219,6 +237,11 @@ impl DtlsCall {
     pub fn accepts(&self, der: &[u8]) -> bool {
         self.peer.contains(&Fingerprint::of_der(der))
     }
+}
+
+/// The DTLS lines of our offer (RFC 5763 §5: the offerer is `actpass`).
+pub fn offer_lines(local: Fingerprint) -> String {
+    format!("a=setup:actpass\r\na=fingerprint:{}\r\n", local.to_attr())
 }
 
 /// The SRTP protection profiles we offer in `use_srtp` (RFC 5764 §4.1.2), in order
@@ -329,6 +352,29 @@ a=rtcp-mux\r\n"
         assert!(
             call.sdp_lines()
                 .starts_with("a=setup:active\r\na=fingerprint:sha-256 07:07")
+        );
+    }
+
+    #[test]
+    fn answers_to_our_offer_give_our_role() {
+        let local = Fingerprint([3; 32]);
+        let answer = |setup: &str| {
+            format!(
+                "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 7078 UDP/TLS/RTP/SAVP 0\r\n{setup}\
+a=fingerprint:{FP}\r\n"
+            )
+        };
+        let role =
+            |setup: &str| DtlsCall::answered(answer(setup).as_bytes(), local).map(|d| d.role);
+        assert_eq!(role("a=setup:active\r\n"), Some(Role::Server));
+        assert_eq!(role("a=setup:passive\r\n"), Some(Role::Client));
+        assert_eq!(role(""), Some(Role::Client), "RFC 4145 §4.1: passive");
+        assert_eq!(role("a=setup:actpass\r\n"), None);
+        let plain = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 7078 RTP/AVP 0\r\n";
+        assert_eq!(DtlsCall::answered(plain.as_bytes(), local), None);
+        assert_eq!(
+            offer_lines(local),
+            format!("a=setup:actpass\r\na=fingerprint:{}\r\n", local.to_attr())
         );
     }
 

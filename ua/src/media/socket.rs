@@ -254,6 +254,9 @@ async fn run(
     if let Some(d) = dtls {
         if let Some(h) = d.handshake {
             h.abort();
+            report.dtls = Some(Err(
+                "the handshake had not finished when the call ended".into()
+            ));
         }
         if let Some(e) = d.established {
             // RFC 5246 §7.2.1 close_notify, as DTLS does (RFC 6347 §4.1).
