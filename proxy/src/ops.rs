@@ -10,11 +10,13 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
+use crate::control::{BindingInfo, ItemInfo};
+use crate::mailbox::{MailboxError, SqliteItems, StoredItems};
 use crate::permits::{
     Aor, ETag, Imported, PermitEntry, PermitError, PermitStore, Permits, SqlitePermitStore,
     StoredList, Written,
 };
-use crate::store::{Durability, StoreError};
+use crate::store::{Durability, LocationStore, SqliteStore, StoreError};
 use crate::users::{SqliteUsers, UserRecord};
 
 /// Page size when the caller names none, and the largest one served.
@@ -34,12 +36,17 @@ pub enum OpsError {
     /// No such user (404).
     #[error("no user {0}")]
     NoUser(String),
+    /// Nothing by that name (404).
+    #[error("{0}")]
+    NotFound(String),
     /// Permit-list failures keep their own fault and status.
     #[error(transparent)]
     Permit(#[from] PermitError),
     /// Storage (500).
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Mailbox(#[from] MailboxError),
     /// A file named by the operator (400: it is the operator's input).
     #[error("{0}")]
     File(String),
@@ -51,10 +58,10 @@ impl OpsError {
         match self {
             Self::BadInput(_) | Self::File(_) => 400,
             Self::UserExists(_) => 409,
-            Self::NoUser(_) => 404,
+            Self::NoUser(_) | Self::NotFound(_) => 404,
             // RFC 3903's statuses mean the same in HTTP (RFC 9110 §15.5.13, §15.5.14).
             Self::Permit(e) => e.status(),
-            Self::Store(_) => 500,
+            Self::Store(_) | Self::Mailbox(_) => 500,
         }
     }
 }
@@ -332,6 +339,53 @@ impl Ops {
         ))
     }
 
+    // ------------------------------------------------------------ as stored
+
+    /// `aor`'s bindings as stored, read from the location table (without the running
+    /// engine; its memory can be a moment ahead while writes settle).
+    pub fn stored_bindings(&self, aor: &str, unix_now: u64) -> Result<Vec<BindingInfo>, OpsError> {
+        let aor = Aor::parse(aor)?;
+        let mut store = SqliteStore::open(&self.data, self.durability)?;
+        let list = store
+            .load_all()?
+            .into_iter()
+            .find_map(|(a, list)| (a == aor.as_str()).then_some(list))
+            .unwrap_or_default();
+        if list.is_empty() {
+            return Err(OpsError::NotFound(format!("no bindings for {aor}")));
+        }
+        Ok(list
+            .iter()
+            .map(|b| BindingInfo {
+                contact: b.contact.to_string(),
+                expires_in: b.expires_at.saturating_sub(unix_now),
+                q: b.q,
+            })
+            .collect())
+    }
+
+    /// The unexpired items waiting for `owner`, oldest first (at most
+    /// [`MAX_PAGE`]; no bodies), read from `DIR/mailbox.sqlite`.
+    pub fn stored_items(&self, owner: &str, unix_now: u64) -> Result<Vec<ItemInfo>, OpsError> {
+        let owner = Aor::parse(owner)?;
+        if !self.data.join(crate::mailbox::sqlite::FILE).exists() {
+            return Ok(Vec::new());
+        }
+        let mut items = SqliteItems::open(&self.data, 0)?;
+        Ok(items
+            .list(owner.as_str(), unix_now, MAX_PAGE)?
+            .into_iter()
+            .map(|m| ItemInfo {
+                id: m.id.to_string(),
+                sender: m.sender,
+                content_type: m.content_type,
+                size: m.size,
+                stored_at: m.stored_at,
+                expires_at: m.expires_at,
+            })
+            .collect())
+    }
+
     /// Feeds every stored list to `sink` through a second connection (the admin view
     /// reads the store, never a full table in memory).
     fn each_list(
@@ -458,5 +512,80 @@ mod tests {
         assert_eq!(bad.status(), 400);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&dir2);
+    }
+
+    #[test]
+    fn registrations_and_items_as_stored() {
+        use crate::location::{Binding, CallIdHash};
+        use crate::mailbox::{Item, ItemId};
+        let (o, dir) = ops("stored");
+        assert_eq!(
+            o.stored_bindings("bob@example.org", 1000)
+                .unwrap_err()
+                .status(),
+            404
+        );
+        let binding = |contact: &str, expires_at| Binding {
+            contact: contact.into(),
+            expires_at,
+            q: 500,
+            call_id: CallIdHash::of("c"),
+            cseq: 1,
+            path: vec![],
+            source: None,
+            max_calls: None,
+            load_query: true,
+        };
+        let mut store = SqliteStore::open(&dir, Durability::Normal).unwrap();
+        let bindings = [
+            binding("sip:bob@192.0.2.1", 1600),
+            binding("sip:bob@192.0.2.2", 900),
+        ];
+        store.put("bob@example.org", &bindings).unwrap();
+        let mut listed = o.stored_bindings("sip:bob@EXAMPLE.org", 1000).unwrap();
+        listed.sort_by(|a, b| a.contact.cmp(&b.contact));
+        assert_eq!(
+            listed,
+            [
+                BindingInfo {
+                    contact: "sip:bob@192.0.2.1".into(),
+                    expires_in: 600,
+                    q: 500
+                },
+                BindingInfo {
+                    contact: "sip:bob@192.0.2.2".into(),
+                    expires_in: 0,
+                    q: 500
+                },
+            ]
+        );
+        assert_eq!(o.stored_bindings("nobody", 1000).unwrap_err().status(), 400);
+        assert!(o.stored_items("bob@example.org", 1000).unwrap().is_empty());
+        assert_eq!(o.store_usage(1000).unwrap(), (0, 0));
+        let mut items = SqliteItems::open(&dir, 0).unwrap();
+        let id = ItemId([7; 16]);
+        let item = Item::new(
+            id,
+            "bob@example.org",
+            "alice@example.org",
+            "text/plain",
+            "",
+            b"hello".to_vec(),
+            900,
+            2000,
+        );
+        items.put(&item).unwrap();
+        let listed = o.stored_items("bob@example.org", 1000).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].id.as_str(), listed[0].size),
+            (id.to_string().as_str(), 5)
+        );
+        assert!(
+            o.stored_items("bob@example.org", 2000).unwrap().is_empty(),
+            "expired"
+        );
+        assert_eq!(o.store_usage(1000).unwrap(), (1, 5));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

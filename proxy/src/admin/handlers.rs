@@ -73,9 +73,16 @@ fn control_failure(e: &ControlError) -> Response {
     failure(e.status(), e.to_string())
 }
 
-/// No engine behind this API (it is stopping, or not wired).
+/// Changes to registrations and stored items go through the engine: without one
+/// behind this API they are refused.
 fn no_engine() -> Response {
     control_failure(&ControlError::Stopped)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The answer of an ops call: `ok` on success, the error's status otherwise.
@@ -117,9 +124,7 @@ pub async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
         Some(c) => c.stats().await.ok(),
         None => None,
     };
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let unix = unix_now();
     let store = admin.with_ops(move |o| o.store_usage(unix)).await.ok();
     let text = metrics::render(engine.as_ref(), admin.net.as_deref(), store);
     (
@@ -234,13 +239,16 @@ pub async fn export_permits(State(admin): State<Arc<Admin>>) -> Response {
 
 // ---------------------------------------------------------------- engine state
 
+/// From the engine when it runs behind this API; else as stored.
 pub async fn bindings(State(admin): State<Arc<Admin>>, Path(aor): Path<String>) -> Response {
-    let Some(c) = &admin.control else {
-        return no_engine();
-    };
-    answer_control(c.bindings(aor).await, |b| {
-        Json(json!({ "bindings": b })).into_response()
-    })
+    let ok = |b| Json(json!({ "bindings": b })).into_response();
+    if let Some(c) = &admin.control {
+        return answer_control(c.bindings(aor).await, ok);
+    }
+    let r = admin
+        .with_ops(move |o| o.stored_bindings(&aor, unix_now()))
+        .await;
+    answer(r, ok)
 }
 
 pub async fn expire_binding(
@@ -256,13 +264,16 @@ pub async fn expire_binding(
     })
 }
 
+/// From the engine when it runs behind this API; else as stored.
 pub async fn items(State(admin): State<Arc<Admin>>, Path(owner): Path<String>) -> Response {
-    let Some(c) = &admin.control else {
-        return no_engine();
-    };
-    answer_control(c.items(owner).await, |i| {
-        Json(json!({ "items": i })).into_response()
-    })
+    let ok = |i| Json(json!({ "items": i })).into_response();
+    if let Some(c) = &admin.control {
+        return answer_control(c.items(owner).await, ok);
+    }
+    let r = admin
+        .with_ops(move |o| o.stored_items(&owner, unix_now()))
+        .await;
+    answer(r, ok)
 }
 
 pub async fn delete_item(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Response {

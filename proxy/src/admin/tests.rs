@@ -159,8 +159,20 @@ async fn users_and_permits_through_the_router() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = call(&a, "DELETE", "/users/alice", t, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    // No engine behind this router: its state is unavailable, not invented.
+    // No engine behind this router: registrations and items as stored, no changes.
     let (s, _) = call(&a, "GET", "/registrations/bob@example.org", t, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, body) = call(&a, "GET", "/stored/bob@example.org", t, None).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"items":[]}"#));
+    let expire = Some(r#"{"contact":"sip:bob@192.0.2.1"}"#);
+    let (s, _) = call(
+        &a,
+        "POST",
+        "/registrations/bob@example.org/expire",
+        t,
+        expire,
+    )
+    .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     let (s, body) = call(&a, "GET", "/metrics", t, None).await;
     assert!(
