@@ -1,0 +1,216 @@
+//! The engine's side of the operator's control queue ([`crate::control`]): commands
+//! are taken when the driver wakes the engine, each answered on its own channel.
+//! Reading state and expiring a binding or deleting an item here keeps every change
+//! on the engine's thread, so the engine's view (location, message-summary) never
+//! lags behind what the operator did.
+
+use std::time::Instant;
+
+use super::Proxy;
+use crate::control::{BindingInfo, Command, Control, ControlError, EngineSnapshot, ItemInfo};
+use crate::mailbox::ItemId;
+use crate::permits::Aor;
+
+/// Items listed for one owner at most.
+const MAX_LISTED: usize = 1000;
+
+impl Proxy {
+    /// Hands the engine the queue the admin API fills (before the driver runs).
+    pub fn set_control(&mut self, control: Control) {
+        self.control = Some(control);
+    }
+
+    /// Answers every queued command (the driver's wake-up).
+    pub(crate) fn handle_control(&mut self, now: Instant) {
+        let Some(control) = self.control.clone() else {
+            return;
+        };
+        while let Some(cmd) = control.pop() {
+            // A caller that gave up waiting dropped its receiver: nothing to tell.
+            match cmd {
+                Command::Stats(reply) => {
+                    let _ = reply.send(Ok(self.snapshot()));
+                }
+                Command::Bindings { aor, reply } => {
+                    let _ = reply.send(self.control_bindings(now, &aor));
+                }
+                Command::Expire {
+                    aor,
+                    contact,
+                    reply,
+                } => {
+                    let _ = reply.send(self.control_expire(&aor, &contact));
+                }
+                Command::Items { owner, reply } => {
+                    let _ = reply.send(self.control_items(now, &owner));
+                }
+                Command::DeleteItem { id, reply } => {
+                    let _ = reply.send(self.control_delete_item(&id));
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> EngineSnapshot {
+        let (aors, bindings) = self.location.counts();
+        let (held_registers, pending_writes) = self.writes_pending();
+        let relay = self.relay_stats();
+        EngineSnapshot {
+            stats: self.stats.clone(),
+            server_transactions: self.server.len(),
+            client_transactions: self.client.len(),
+            contexts: self.contexts.len(),
+            aors,
+            bindings,
+            timers: self.heap.len(),
+            outbound_queue: self.out.len(),
+            held_registers,
+            pending_writes,
+            auth_failures: self.auth.failures,
+            limiter_refused: self.auth.limiter_refused(),
+            relayed_calls: relay.as_ref().map_or(0, |(_, h)| h.relayed),
+            unrelayed_calls: relay.as_ref().map_or(0, |(_, h)| h.unrelayed),
+            relay: relay.map(|(r, _)| r),
+        }
+    }
+
+    fn control_bindings(&self, now: Instant, aor: &str) -> Result<Vec<BindingInfo>, ControlError> {
+        let aor = parse_aor(aor)?;
+        let unix = self.unix(now);
+        let list = self.location.bindings(aor.as_str());
+        if list.is_empty() {
+            return Err(ControlError::NotFound(format!("no bindings for {aor}")));
+        }
+        Ok(list
+            .iter()
+            .map(|b| BindingInfo {
+                contact: b.contact.to_string(),
+                expires_in: b.expires_at.saturating_sub(unix),
+                q: b.q,
+            })
+            .collect())
+    }
+
+    /// Removes the binding whose Contact is `contact`, as a REGISTER with
+    /// `Expires: 0` for that Contact would (RFC 3261 §10.3 step 7).
+    fn control_expire(&mut self, aor: &str, contact: &str) -> Result<(), ControlError> {
+        let aor = parse_aor(aor)?;
+        let mut list = self.location.bindings(aor.as_str()).to_vec();
+        let before = list.len();
+        list.retain(|b| &*b.contact != contact);
+        if list.len() == before {
+            return Err(ControlError::NotFound(format!(
+                "{aor} has no binding {contact}"
+            )));
+        }
+        match self.location.replace(aor.as_str(), list) {
+            Ok(_) => {
+                tracing::info!("admin: a binding expired by the operator");
+                Ok(())
+            }
+            Err(e) => Err(ControlError::Store(e.to_string())),
+        }
+    }
+
+    fn control_items(&mut self, now: Instant, owner: &str) -> Result<Vec<ItemInfo>, ControlError> {
+        let owner = parse_aor(owner)?;
+        let unix = self.unix(now);
+        let list = self
+            .sf
+            .mailbox
+            .list(owner.as_str(), unix, MAX_LISTED)
+            .map_err(|e| ControlError::Store(e.to_string()))?;
+        Ok(list
+            .into_iter()
+            .map(|m| ItemInfo {
+                id: m.id.to_string(),
+                sender: m.sender,
+                content_type: m.content_type,
+                size: m.size,
+                stored_at: m.stored_at,
+                expires_at: m.expires_at,
+            })
+            .collect())
+    }
+
+    fn control_delete_item(&mut self, id: &str) -> Result<(), ControlError> {
+        let parsed = ItemId::parse(id)
+            .ok_or_else(|| ControlError::BadInput(format!("bad item id {id:?}")))?;
+        match self.sf.mailbox.delete(&parsed) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ControlError::NotFound(format!("no item {id}"))),
+            Err(e) => Err(ControlError::Store(e.to_string())),
+        }
+    }
+}
+
+fn parse_aor(s: &str) -> Result<Aor, ControlError> {
+    Aor::parse(s).map_err(|e| ControlError::BadInput(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Notify;
+
+    use super::super::tests::Harness;
+    use crate::control::{Control, ControlError, METHODS};
+
+    /// The operator's commands reach the engine's state only when the driver wakes
+    /// it, and each gets its answer.
+    #[test]
+    fn commands_are_answered_when_the_engine_is_woken() {
+        let mut h = Harness::new();
+        h.register("bob", "127.0.0.1:5080", 600);
+        let control = Control::new(Arc::new(Notify::new()));
+        h.proxy.set_control(control.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let now = h.now;
+        let proxy = &mut h.proxy;
+        rt.block_on(async {
+            let ask = async {
+                let s = control.stats().await.unwrap();
+                let register = METHODS.iter().position(|m| *m == "REGISTER").unwrap();
+                assert_eq!(s.stats.traffic.requests[register], 1);
+                assert_eq!(s.stats.traffic.responses[200 - 100], 1);
+                assert_eq!((s.stats.registrations, s.aors, s.bindings), (1, 1, 1));
+                let b = control.bindings("sip:bob@localhost".into()).await.unwrap();
+                assert_eq!(b.len(), 1);
+                assert_eq!(b[0].contact, "sip:bob@127.0.0.1:5080");
+                assert!(b[0].expires_in > 0 && b[0].expires_in <= 600);
+                let bob = || "bob@localhost".to_string();
+                let other = control.expire(bob(), "sip:bob@192.0.2.1".into()).await;
+                assert!(matches!(other, Err(ControlError::NotFound(_))));
+                control.expire(bob(), b[0].contact.clone()).await.unwrap();
+                let gone = control.bindings(bob()).await;
+                assert!(matches!(gone, Err(ControlError::NotFound(_))));
+                let bad = control.bindings("nobody".into()).await;
+                assert!(matches!(bad, Err(ControlError::BadInput(_))));
+                assert_eq!(control.items(bob()).await.unwrap(), vec![]);
+                let bad = control.delete_item("xyz".into()).await;
+                assert!(matches!(bad, Err(ControlError::BadInput(_))));
+                let none = control.delete_item("0".repeat(32)).await;
+                assert!(matches!(none, Err(ControlError::NotFound(_))));
+            };
+            let serve = async {
+                loop {
+                    tokio::task::yield_now().await;
+                    proxy.handle_wake(now);
+                }
+            };
+            tokio::select! {
+                () = ask => {}
+                () = serve => {}
+            }
+        });
+        let (aors, bindings) = h.proxy.location_counts();
+        assert_eq!(
+            bindings, 0,
+            "the binding is gone from the location service ({aors} AORs)"
+        );
+    }
+}
