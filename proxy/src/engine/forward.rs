@@ -381,7 +381,8 @@ impl Proxy {
             // opens a dialog, a BYE's 2xx closes it.
             match (ctx.request.method(), &ctx.callee, ctx.request.call_id()) {
                 (Some(Method::Invite), Some(callee), Some(cid)) => {
-                    let cid = ctx.request.bytes().slice_ref(cid);
+                    // Copied: a slice would keep the whole INVITE alive with the dialog.
+                    let cid = Bytes::copy_from_slice(cid);
                     self.dialogs.established(cid, callee, now);
                 }
                 (Some(Method::Bye), _, Some(cid)) => {
@@ -398,9 +399,10 @@ impl Proxy {
                 ctx.request.from_tag(),
                 msg.to_tag(),
             ) {
-                let b = ctx.request.bytes();
-                let tags = (b.slice_ref(ft), Bytes::copy_from_slice(tt));
-                self.remembered.established(b.slice_ref(cid), tags, p, now);
+                // Copies, not slices of the INVITE, which would live as long as the dialog.
+                let tags = (Bytes::copy_from_slice(ft), Bytes::copy_from_slice(tt));
+                let cid = Bytes::copy_from_slice(cid);
+                self.remembered.established(cid, tags, p, now);
             }
             let bytes = self.upstream(ctx_id, msg);
             return self.respond(now, &server, status, bytes.into());

@@ -8,7 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use sip_core::message::Method;
 use sip_core::transaction::{
-    ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite, Transaction, TransactionEvent,
+    ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite, State, Transaction,
+    TransactionEvent,
 };
 use sip_core::transport::Transmit;
 
@@ -175,6 +176,11 @@ pub(super) fn entry_needs_push(scheduled: &mut Option<&mut Option<Instant>>, at:
 
 impl Proxy {
     /// Sends a response through the server transaction `key`.
+    ///
+    /// Every response but an INVITE's 2xx is kept by the transaction for
+    /// retransmissions (§17.2.1, §17.2.2): it is copied to its exact size first, so a
+    /// completed transaction does not keep the spare capacity of the buffer it was
+    /// written into, nor a received datagram it was sliced from.
     pub(super) fn respond(&mut self, now: Instant, key: &TxKey, status: u16, bytes: Bytes) {
         let Some(entry) = self.server.get_mut(key) else {
             return;
@@ -183,8 +189,11 @@ impl Proxy {
             .traffic
             .response(status, matches!(entry.tx, ServerTx::Invite(_)));
         let r = match &mut entry.tx {
-            ServerTx::Invite(t) => t.send_response(now, status, bytes),
-            ServerTx::NonInvite(t) => t.send_response(now, status, bytes),
+            ServerTx::Invite(t) if (200..300).contains(&status) => {
+                t.send_response(now, status, bytes)
+            }
+            ServerTx::Invite(t) => t.send_response(now, status, Bytes::copy_from_slice(&bytes)),
+            ServerTx::NonInvite(t) => t.send_response(now, status, Bytes::copy_from_slice(&bytes)),
         };
         if let Err(e) = r {
             tracing::debug!(error = %e, status, "response not sent");
@@ -206,13 +215,64 @@ impl Proxy {
             }
             return;
         }
+        self.shrink_context(key);
         // One live heap entry per transaction: a later wake-up is found when the
-        // earlier entry fires (see `handle_timeout`), so the heap stays bounded.
+        // earlier entry fires (see `handle_timeout`), so the heap stays bounded. The
+        // entry holds the map's own key, never a slice of a received message.
         if let Some(at) = wake
             && entry_needs_push(&mut self.server.get_mut(key).map(|e| &mut e.scheduled), at)
+            && let Some((stored, _)) = self.server.get_key_value(key)
         {
             self.heap
-                .push(Reverse((at.max(now), Wake::Server(key.clone()))));
+                .push(Reverse((at.max(now), Wake::Server(stored.clone()))));
+        }
+    }
+
+    /// Once the server transaction has sent its final response, its response context
+    /// (the request, the targets, the best response so far) is no longer needed for the
+    /// transaction's remaining job, absorbing retransmissions (RFC 3261 §17.2.1 Completed
+    /// and Confirmed, §17.2.2 Completed).
+    ///
+    /// - Completed, Confirmed: the context is freed, unless its branch still waits for a
+    ///   final response. A response that finds no context afterwards is handled as a
+    ///   stateless proxy would (§16.7: "If none is found, the element MUST process the
+    ///   response ... as a stateless proxy").
+    /// - Accepted (RFC 6026 §7.1, a 2xx was sent): the context stays until Timer L,
+    ///   since every further 2xx of the branch is forwarded through it with the
+    ///   token, the key and the relay's answer (§16.7 step 5); only the targets and
+    ///   the best response, which no longer matter, are dropped.
+    fn shrink_context(&mut self, key: &TxKey) {
+        let Some(entry) = self.server.get_mut(key) else {
+            return;
+        };
+        let Some(ctx_id) = entry.ctx else { return };
+        match entry.tx.machine().state() {
+            State::Completed | State::Confirmed => {
+                let pending = self
+                    .contexts
+                    .get(&ctx_id)
+                    .and_then(|c| c.branch.as_ref())
+                    .and_then(|b| self.client.get_mut(b))
+                    .is_some_and(|c| {
+                        matches!(
+                            c.tx.machine().state(),
+                            State::Calling | State::Trying | State::Proceeding
+                        )
+                    });
+                if !pending {
+                    entry.ctx = None;
+                    self.contexts.remove(&ctx_id);
+                }
+            }
+            State::Accepted => {
+                if let Some(c) = self.contexts.get_mut(&ctx_id)
+                    && (c.targets.capacity() > 0 || c.best.is_some())
+                {
+                    c.targets = VecDeque::new();
+                    c.best = None;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -223,13 +283,25 @@ impl Proxy {
         let flow = entry.flow;
         let (terminated, timed_out, wake) = drain_machine(&mut self.out, flow, entry.tx.machine());
         let ctx = entry.ctx;
+        if !matches!(
+            entry.tx.machine().state(),
+            State::Calling | State::Trying | State::Proceeding
+        ) && !entry.sent.is_empty()
+        {
+            // The final response arrived: the request is neither retransmitted nor
+            // cancelled any more (§17.1.1.2, §17.1.2.2, §9.1); the machine dropped its
+            // copy too, and the ACK of a non-2xx final is already built.
+            entry.sent = Bytes::new();
+        }
         if terminated {
             self.client.remove(key);
         } else if let Some(at) = wake
             && entry_needs_push(&mut Some(&mut entry.scheduled), at)
+            && let Some((stored, _)) = self.client.get_key_value(key)
         {
+            // The map's own key: `key` may be a slice of the received response.
             self.heap
-                .push(Reverse((at.max(now), Wake::Client(key.clone()))));
+                .push(Reverse((at.max(now), Wake::Client(stored.clone()))));
         }
         if timed_out {
             // No final response on this branch: it counts as a 408 (§16.7 step 1 / §16.8).

@@ -28,7 +28,9 @@ pub struct ClientInvite {
 
 #[derive(Debug)]
 struct Ctx {
-    request: Bytes,
+    /// The INVITE, while Timer A may retransmit it and the TU may build a CANCEL from
+    /// it (Calling, Proceeding); dropped at the final response.
+    request: Option<Bytes>,
     reliable: bool,
     cfg: TimerConfig,
     outbox: Outbox,
@@ -85,7 +87,7 @@ impl ClientInvite {
         Self {
             state: Inner::Calling(calling),
             ctx: Ctx {
-                request,
+                request: Some(request),
                 reliable,
                 cfg: *cfg,
                 outbox,
@@ -114,6 +116,9 @@ impl ClientInvite {
             Inner::Accepted(s) => s.handle_response(class, status),
             Inner::Terminated => (Inner::Terminated, Err(TransactionError::Terminated)),
         };
+        if !matches!(next, Inner::Calling(_) | Inner::Proceeding(_)) {
+            self.ctx.request = None;
+        }
         self.state = next;
         result
     }
@@ -127,13 +132,16 @@ impl ClientInvite {
             self.state = match (mem::replace(&mut self.state, Inner::Terminated), timer) {
                 (Inner::Calling(mut s), Timer::A) => {
                     // §17.1.1.2: retransmit, double Timer A.
-                    self.ctx.outbox.transmit(self.ctx.request.clone());
+                    if let Some(request) = &self.ctx.request {
+                        self.ctx.outbox.transmit(request.clone());
+                    }
                     s.timer_a = s
                         .timer_a
                         .map(|a| a.next(self.ctx.cfg.backoff(Timer::A, a.interval)));
                     Inner::Calling(s)
                 }
                 (Inner::Calling(_), Timer::B) => {
+                    self.ctx.request = None;
                     self.ctx
                         .outbox
                         .terminate(Some(TransactionEvent::Timeout(Timer::B)));
@@ -157,6 +165,7 @@ impl ClientInvite {
             self.ctx
                 .outbox
                 .terminate(Some(TransactionEvent::TransportError));
+            self.ctx.request = None;
             self.state = Inner::Terminated;
         }
     }
@@ -192,9 +201,10 @@ impl ClientInvite {
         matches!(self.state, Inner::Terminated)
     }
 
-    /// The request this transaction sends (e.g. for the TU to build a CANCEL).
-    pub fn request(&self) -> &Bytes {
-        &self.ctx.request
+    /// The request this transaction sends (e.g. for the TU to build a CANCEL), until a
+    /// final response arrived; `None` after.
+    pub fn request(&self) -> Option<&Bytes> {
+        self.ctx.request.as_ref()
     }
 
     fn next_timer(&self) -> Option<(Instant, Timer)> {
@@ -313,8 +323,14 @@ mod tests {
         );
         assert_eq!(tx.handle_response(t0, 100, ack), Ok(ResponseAction::PassUp));
         assert_eq!((tx.state(), tx.poll_timeout()), (State::Proceeding, None));
+        assert_eq!(
+            tx.request().map(|r| &r[..]),
+            Some(&b"INVITE"[..]),
+            "for a CANCEL"
+        );
         assert_eq!(tx.handle_response(t0, 200, ack), Ok(ResponseAction::PassUp));
         assert_eq!(tx.state(), State::Accepted);
+        assert_eq!(tx.request(), None, "Accepted keeps no request");
         assert_eq!(
             tx.poll_timeout(),
             Some(t0 + Duration::from_secs(32)),
@@ -335,6 +351,10 @@ mod tests {
         tx.poll_transmit();
         assert_eq!(tx.handle_response(t0, 503, ack), Ok(ResponseAction::PassUp));
         assert_eq!(tx.state(), State::Completed);
+        assert_eq!(tx.request(), None, "Completed keeps only the ACK");
+        assert_eq!(tx.poll_transmit(), Some(ack()));
+        // §17.1.1.2: a retransmitted final is acknowledged again from the kept ACK.
+        assert_eq!(tx.handle_response(t0, 503, ack), Ok(ResponseAction::Absorb));
         assert_eq!(tx.poll_transmit(), Some(ack()));
         assert_eq!(
             tx.poll_timeout(),

@@ -27,7 +27,9 @@ pub struct ClientNonInvite {
 
 #[derive(Debug)]
 struct Ctx {
-    request: Bytes,
+    /// The request, while Timer E may retransmit it (Trying, Proceeding); dropped at
+    /// the final response (§17.1.2.2: Completed only absorbs).
+    request: Option<Bytes>,
     reliable: bool,
     cfg: TimerConfig,
     outbox: Outbox,
@@ -79,7 +81,7 @@ impl ClientNonInvite {
         Self {
             state: Inner::Trying(trying),
             ctx: Ctx {
-                request,
+                request: Some(request),
                 reliable,
                 cfg: *cfg,
                 outbox,
@@ -127,7 +129,9 @@ impl ClientNonInvite {
             self.state = match (mem::replace(&mut self.state, Inner::Terminated), timer) {
                 (Inner::Trying(mut s), Timer::E) => {
                     // §17.1.2.2: retransmit, double Timer E up to T2.
-                    ctx.outbox.transmit(ctx.request.clone());
+                    if let Some(request) = &ctx.request {
+                        ctx.outbox.transmit(request.clone());
+                    }
                     s.timer_e = s
                         .timer_e
                         .map(|e| e.next(ctx.cfg.backoff(Timer::E, e.interval)));
@@ -135,11 +139,14 @@ impl ClientNonInvite {
                 }
                 (Inner::Proceeding(mut s), Timer::E) => {
                     // §17.1.2.2: in Proceeding, retransmit and reset Timer E to T2.
-                    ctx.outbox.transmit(ctx.request.clone());
+                    if let Some(request) = &ctx.request {
+                        ctx.outbox.transmit(request.clone());
+                    }
                     s.timer_e = s.timer_e.map(|e| e.next(ctx.cfg.proceeding_e()));
                     Inner::Proceeding(s)
                 }
                 (Inner::Trying(_) | Inner::Proceeding(_), Timer::F) => {
+                    ctx.request = None;
                     ctx.outbox
                         .terminate(Some(TransactionEvent::Timeout(Timer::F)));
                     Inner::Terminated
@@ -162,6 +169,7 @@ impl ClientNonInvite {
             self.ctx
                 .outbox
                 .terminate(Some(TransactionEvent::TransportError));
+            self.ctx.request = None;
             self.state = Inner::Terminated;
         }
     }
@@ -196,9 +204,9 @@ impl ClientNonInvite {
         matches!(self.state, Inner::Terminated)
     }
 
-    /// The request this transaction sends.
-    pub fn request(&self) -> &Bytes {
-        &self.ctx.request
+    /// The request this transaction sends, until a final response arrived; `None` after.
+    pub fn request(&self) -> Option<&Bytes> {
+        self.ctx.request.as_ref()
     }
 
     fn next_timer(&self) -> Option<(Instant, Timer)> {
@@ -218,6 +226,7 @@ impl Ctx {
     /// A final response in Trying or Proceeding: Completed with Timer K, or Terminated
     /// at once when K is zero (reliable transports, §17.1.2.2).
     fn complete(&mut self, now: Instant, status: u16) -> Inner {
+        self.request = None;
         if let Some(timer_k) = linger(now, Timer::K, self.reliable, &self.cfg) {
             Inner::Completed(Completed { status, timer_k })
         } else {
@@ -267,8 +276,10 @@ mod tests {
         assert_eq!(tx.state(), State::Trying);
         tx.handle_response(t0, 180).unwrap();
         assert_eq!(tx.state(), State::Proceeding);
+        assert!(tx.request().is_some(), "Proceeding still retransmits");
         tx.handle_response(t0, 200).unwrap();
         assert_eq!(tx.state(), State::Completed);
+        assert_eq!(tx.request(), None, "Completed keeps no request");
         assert_eq!(
             tx.poll_timeout(),
             Some(t0 + Duration::from_secs(5)),

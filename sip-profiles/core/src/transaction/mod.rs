@@ -53,8 +53,12 @@
 //! # Cost
 //!
 //! Timers are plain `Instant`s inside the state structs; a tick allocates nothing
-//! beyond cloning `Bytes` (a reference count). The transmit queue allocates once per
-//! transaction and is reused.
+//! beyond cloning `Bytes` (a reference count). One datagram waiting for `poll_transmit`
+//! takes no allocation; a longer queue allocates and gives its memory back once drained.
+//! A client transaction drops its request once a final response arrived (nothing
+//! retransmits it any more, §17.1.1.2, §17.1.2.2), so a completed transaction keeps
+//! only what absorbing retransmissions needs: its timers, the last response (server,
+//! §17.2.1, §17.2.2) or the ACK (INVITE client, §17.1.1.3).
 
 mod client_invite;
 mod client_non_invite;
@@ -175,14 +179,21 @@ use impl_transaction;
 /// Datagrams waiting for `poll_transmit` and events waiting for `poll_event`.
 #[derive(Debug, Default)]
 struct Outbox {
-    transmits: VecDeque<Bytes>,
+    /// The oldest datagram waiting: one at a time is the common case and allocates nothing.
+    first: Option<Bytes>,
+    /// Datagrams queued behind `first` (a late `handle_timeout` firing several times).
+    more: VecDeque<Bytes>,
     failure: Option<TransactionEvent>,
     terminated: bool,
 }
 
 impl Outbox {
     fn transmit(&mut self, datagram: Bytes) {
-        self.transmits.push_back(datagram);
+        if self.first.is_none() && self.more.is_empty() {
+            self.first = Some(datagram);
+        } else {
+            self.more.push_back(datagram);
+        }
     }
 
     /// Records the move to Terminated, after `failure` if the transaction failed.
@@ -192,7 +203,15 @@ impl Outbox {
     }
 
     fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmits.pop_front()
+        if let Some(d) = self.first.take() {
+            return Some(d);
+        }
+        let d = self.more.pop_front();
+        if self.more.is_empty() && self.more.capacity() > 0 {
+            // Drained: give the queue's memory back, a transaction lives on for 32 s.
+            self.more = VecDeque::new();
+        }
+        d
     }
 
     fn poll_event(&mut self) -> Option<TransactionEvent> {
@@ -200,5 +219,27 @@ impl Outbox {
             return Some(failure);
         }
         std::mem::take(&mut self.terminated).then_some(TransactionEvent::Terminated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outbox;
+    use bytes::Bytes;
+
+    #[test]
+    fn outbox_keeps_order_and_gives_its_queue_back() {
+        let mut o = Outbox::default();
+        o.transmit(Bytes::from_static(b"1"));
+        o.transmit(Bytes::from_static(b"2"));
+        assert_eq!(o.poll_transmit().as_deref(), Some(&b"1"[..]));
+        o.transmit(Bytes::from_static(b"3"));
+        assert!(o.more.capacity() > 0);
+        assert_eq!(o.poll_transmit().as_deref(), Some(&b"2"[..]));
+        assert_eq!(o.poll_transmit().as_deref(), Some(&b"3"[..]));
+        assert_eq!(o.more.capacity(), 0, "a drained queue holds no memory");
+        assert_eq!(o.poll_transmit(), None);
+        o.transmit(Bytes::from_static(b"4"));
+        assert_eq!((o.first.is_some(), o.more.capacity()), (true, 0));
     }
 }
