@@ -21,6 +21,9 @@ use super::dtls::{self, DtlsCall};
 use super::rtp::{RtpReceiver, RtpSender};
 use super::srtp::SrtpSession;
 
+/// SRTP packets kept while the DTLS handshake finishes on our side: the peer may
+/// have its keys first (the last flight is its own) and send at once.
+const EARLY_SRTP: usize = 16;
 /// How long the DTLS association may take to close at the end of a call.
 const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
@@ -179,6 +182,7 @@ async fn run(
     let mut pacer = tokio::time::interval(Duration::from_millis(20));
     pacer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 2048];
+    let mut early: Vec<Vec<u8>> = Vec::new();
     loop {
         tokio::select! {
             _ = &mut stopped => break,
@@ -195,7 +199,14 @@ async fn run(
                         tracing::info!(suite = e.suite.name(), "DTLS-SRTP handshake done");
                         report.dtls = Some(Ok(e.suite.name().to_string()));
                         match SrtpSession::new(&e.keys) {
-                            Ok(s) => srtp = Some(s),
+                            Ok(mut s) => {
+                                for p in early.drain(..) {
+                                    if let Some(plain) = s.unprotect(&p) {
+                                        receiver.handle_datagram(&plain);
+                                    }
+                                }
+                                srtp = Some(s);
+                            }
                             Err(err) => report.dtls = Some(Err(err.to_string())),
                         }
                         d.established = Some(e);
@@ -237,6 +248,10 @@ async fn run(
                         continue;
                     }
                     match srtp.as_mut() {
+                        // Before our keys: kept (bounded) until the handshake ends.
+                        None if keyed_by_dtls && early.len() < EARLY_SRTP => {
+                            early.push(buf[..n].to_vec());
+                        }
                         None if keyed_by_dtls => report.srtp_rejected += 1,
                         Some(s) => {
                             if let Some(plain) = s.unprotect(&buf[..n]) {
