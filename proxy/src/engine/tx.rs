@@ -316,3 +316,108 @@ impl Proxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use sip_core::message::{HeaderName, Message};
+
+    use super::super::tests::{Harness, addr};
+    use crate::auth::AuthSettings;
+    use crate::users::MemoryUsers;
+
+    const ALICE: &str = "127.0.0.1:5070";
+    const BOB: &str = "127.0.0.1:5080";
+
+    fn statuses(out: &[(SocketAddr, Message)]) -> Vec<u16> {
+        out.iter().filter_map(|(_, m)| m.status()).collect()
+    }
+
+    /// Bob's response to the request the proxy forwarded to him.
+    fn answer(req: &Message, code: u16) -> String {
+        let mut s = format!("SIP/2.0 {code} Whatever\n");
+        for v in req.headers(HeaderName::Via) {
+            let _ = writeln!(s, "Via: {}", String::from_utf8_lossy(v));
+        }
+        for rr in req.headers(HeaderName::RecordRoute) {
+            let _ = writeln!(s, "Record-Route: {}", String::from_utf8_lossy(rr));
+        }
+        let h = |n| String::from_utf8_lossy(req.header(n).unwrap()).into_owned();
+        s + &format!(
+            "From: {}\nTo: <sip:bob@localhost>;tag=b1\nCall-ID: {}\nCSeq: {}\nContact: <sip:bob@{BOB}>\nContent-Length: 0\n\n",
+            h(HeaderName::From),
+            h(HeaderName::CallId),
+            h(HeaderName::CSeq)
+        )
+    }
+
+    fn request(method: &str, ruri: &str, branch: &str, cseq: u32, extra: &str) -> String {
+        format!(
+            "{method} {ruri} SIP/2.0\nVia: SIP/2.0/UDP {ALICE};branch={branch}\n\
+From: <sip:alice@localhost>;tag=a1\nTo: <sip:bob@localhost>{extra}\nCall-ID: shrink-1\n\
+CSeq: {cseq} {method}\nMax-Forwards: 70\nContent-Length: 0\n\n"
+        )
+    }
+
+    /// A proxied BYE that was answered keeps no response context while its server
+    /// transaction absorbs retransmissions (RFC 3261 §17.2.2 Completed); the INVITE's
+    /// context stays through Accepted (RFC 6026 §7.1), where a retransmitted 2xx still
+    /// goes upstream through it; everything is gone after Timers J, L and M.
+    #[test]
+    fn an_answered_request_frees_its_context_and_still_absorbs() {
+        let mut h = Harness::with_auth(
+            AuthSettings {
+                enabled: false,
+                ..AuthSettings::default()
+            },
+            MemoryUsers::default(),
+        );
+        let reg = format!(
+            "REGISTER sip:localhost SIP/2.0\nVia: SIP/2.0/UDP {BOB};branch=z9hG4bKreg1\n\
+From: <sip:bob@localhost>;tag=r1\nTo: <sip:bob@localhost>\nCall-ID: reg-bob\n\
+CSeq: 1 REGISTER\nContact: <sip:bob@{BOB}>\nExpires: 600\nMax-Forwards: 70\n\
+Content-Length: 0\n\n"
+        );
+        assert_eq!(statuses(&h.recv(BOB, &reg)), vec![200]);
+        let out = h.recv(
+            ALICE,
+            &request("INVITE", "sip:bob@localhost", "z9hG4bKi1", 1, ""),
+        );
+        let invite = out[1].1.clone();
+        assert_eq!(statuses(&h.recv(BOB, &answer(&invite, 200))), vec![200]);
+        let rr =
+            String::from_utf8_lossy(invite.header(HeaderName::RecordRoute).unwrap()).into_owned();
+        let in_dialog = |method, branch, cseq| {
+            request(
+                method,
+                &format!("sip:bob@{BOB}"),
+                branch,
+                cseq,
+                &format!(";tag=b1\nRoute: {rr}"),
+            )
+        };
+        assert_eq!(h.recv(ALICE, &in_dialog("ACK", "z9hG4bKa1", 1)).len(), 1);
+        let out = h.recv(ALICE, &in_dialog("BYE", "z9hG4bKb1", 2));
+        assert_eq!(out.len(), 1, "the BYE is forwarded");
+        assert_eq!(
+            h.proxy.live(),
+            (3, 2, 2),
+            "both contexts while the BYE is open"
+        );
+        let out = h.recv(BOB, &answer(&out[0].1, 200));
+        assert_eq!(statuses(&out), vec![200]);
+        assert_eq!(out[0].0, addr(ALICE));
+        assert_eq!(h.proxy.live(), (3, 2, 1), "the BYE's context is freed");
+        // A retransmitted BYE gets the same 200 again from the server transaction.
+        let again = h.recv(ALICE, &in_dialog("BYE", "z9hG4bKb1", 2));
+        assert_eq!(statuses(&again), vec![200]);
+        assert_eq!(again[0].1.as_bytes(), out[0].1.as_bytes());
+        // A retransmitted 2xx of the INVITE still goes upstream (RFC 6026 §7.1).
+        assert_eq!(statuses(&h.recv(BOB, &answer(&invite, 200))), vec![200]);
+        h.advance(Duration::from_secs(64));
+        assert_eq!(h.proxy.live(), (0, 0, 0));
+    }
+}
