@@ -61,11 +61,11 @@ pub(super) struct RelayHook {
 }
 
 fn call_key(request: &Message) -> Option<CallKey> {
-    let b = request.bytes();
-    let cid = b.slice_ref(request.call_id()?);
+    // Copies: a slice would keep the whole INVITE alive as long as the relay call.
+    let cid = Bytes::copy_from_slice(request.call_id()?);
     let tag = request
         .from_tag()
-        .map_or_else(Bytes::new, |t| b.slice_ref(t));
+        .map_or_else(Bytes::new, Bytes::copy_from_slice);
     Some((cid, tag))
 }
 

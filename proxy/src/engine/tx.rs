@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sip_core::message::Method;
+use sip_core::message::{HeaderName, Message, Method};
 use sip_core::transaction::{
     ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite, State, Transaction,
     TransactionEvent,
@@ -174,6 +174,34 @@ pub(super) fn entry_needs_push(scheduled: &mut Option<&mut Option<Instant>>, at:
     true
 }
 
+/// What an answered request's context still reads while its INVITE server transaction is
+/// in Accepted (a further 2xx of the branch going upstream, §16.7 step 5): the start
+/// line and the headers that identify the call and that a response copies (Via, From,
+/// To, Call-ID, CSeq, §8.2.6.2). The body and the other headers are left behind, so the
+/// context no longer holds the received INVITE. `None` if it does not parse.
+fn slim_request(req: &Message) -> Option<Message> {
+    let b = req.as_bytes();
+    let line = b.iter().position(|&c| c == b'\n')? + 1;
+    let mut out = Vec::with_capacity(320);
+    out.extend_from_slice(&b[..line]);
+    for name in [
+        HeaderName::Via,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::CallId,
+        HeaderName::CSeq,
+    ] {
+        for v in req.headers(name) {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    Message::parse(Bytes::copy_from_slice(&out)).ok()
+}
+
 impl Proxy {
     /// Sends a response through the server transaction `key`.
     ///
@@ -239,8 +267,9 @@ impl Proxy {
     ///   response ... as a stateless proxy").
     /// - Accepted (RFC 6026 §7.1, a 2xx was sent): the context stays until Timer L,
     ///   since every further 2xx of the branch is forwarded through it with the
-    ///   token, the key and the relay's answer (§16.7 step 5); only the targets and
-    ///   the best response, which no longer matter, are dropped.
+    ///   token, the key and the relay's answer (§16.7 step 5); the targets and the best
+    ///   response, which no longer matter, are dropped, and the request is cut down to
+    ///   what that forwarding reads (`slim_request`).
     fn shrink_context(&mut self, key: &TxKey) {
         let Some(entry) = self.server.get_mut(key) else {
             return;
@@ -266,10 +295,15 @@ impl Proxy {
             }
             State::Accepted => {
                 if let Some(c) = self.contexts.get_mut(&ctx_id)
-                    && (c.targets.capacity() > 0 || c.best.is_some())
+                    && (c.targets.capacity() > 0
+                        || c.best.is_some()
+                        || !c.request.body().is_empty())
                 {
                     c.targets = VecDeque::new();
                     c.best = None;
+                    if let Some(slim) = slim_request(&c.request) {
+                        c.request = slim;
+                    }
                 }
             }
             _ => {}
@@ -416,7 +450,10 @@ Content-Length: 0\n\n"
         assert_eq!(statuses(&again), vec![200]);
         assert_eq!(again[0].1.as_bytes(), out[0].1.as_bytes());
         // A retransmitted 2xx of the INVITE still goes upstream (RFC 6026 §7.1).
-        assert_eq!(statuses(&h.recv(BOB, &answer(&invite, 200))), vec![200]);
+        let again = h.recv(BOB, &answer(&invite, 200));
+        assert_eq!(statuses(&again), vec![200]);
+        assert_eq!(again[0].0, addr(ALICE));
+        assert_eq!(again[0].1.vias().count(), 1, "our Via removed");
         h.advance(Duration::from_secs(64));
         assert_eq!(h.proxy.live(), (0, 0, 0));
     }
