@@ -160,6 +160,8 @@ pub struct Proxy {
     sf: deposit::StoreForward,
     /// The media relay for permitted video calls (engine::relay), when configured.
     relay: Option<relay::RelayHook>,
+    /// The operator's commands (engine::control), when an admin API runs.
+    control: Option<crate::control::Control>,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -205,6 +207,7 @@ impl Proxy {
             heap: BinaryHeap::new(),
             out: VecDeque::new(),
             rng,
+            control: None,
             epoch: (now, unix_now),
             next_id: 0,
             stats: Stats::default(),
@@ -606,6 +609,7 @@ impl Proxy {
                         continue;
                     };
                     if ctx.querying.take().is_some() && !ctx.answered {
+                        self.stats.traffic.query_timeouts += 1;
                         if self.deposit_instead(now, ctx_id) {
                             continue;
                         }
@@ -658,6 +662,7 @@ impl sip_net::Engine for Proxy {
 }
 
 mod admit;
+mod control;
 mod deposit;
 pub mod dialog;
 mod forward;

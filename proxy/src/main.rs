@@ -347,22 +347,28 @@ fn start_uploads(cfg: &Config) -> Result<Option<(permit_proxy::upload::Tokens, u
 }
 
 /// The admin API and `/metrics` when `[admin]` enables them: the same operations as
-/// the CLI.
+/// the CLI, plus the engine's state through its control queue. Called last before
+/// the engine runs, so it reports ready at once; `true` when it runs.
 async fn start_admin(
     cfg: &Config,
+    proxy: &mut Proxy,
     net: Arc<sip_net::NetStats>,
-) -> Result<Option<Arc<permit_proxy::admin::Admin>>, String> {
+) -> Result<bool, String> {
     use permit_proxy::admin::{self, Admin};
     let (true, Some(token)) = (cfg.admin.enabled, cfg.admin.token.clone()) else {
-        return Ok(None);
+        return Ok(false);
     };
     let ops = Ops::open(&cfg.data, &cfg.domain, cfg.durability).map_err(|e| e.to_string())?;
-    let state = Admin::new(ops, token, None, Some(net));
+    // No wake signal in the driver yet: the engine polls the queue (control::Polled).
+    let control = permit_proxy::control::Control::new(Arc::new(tokio::sync::Notify::new()));
+    proxy.set_control(control.clone());
+    let state = Admin::new(ops, token, Some(control), Some(net));
     let bound = admin::start(cfg.admin.listen, state.clone())
         .await
         .map_err(|e| format!("admin listener {}: {e}", cfg.admin.listen))?;
     tracing::info!(addr = %bound, "admin API ready");
-    Ok(Some(state))
+    state.set_ready(true);
+    Ok(true)
 }
 
 /// The media relay, when `[relay]` enables it: every port of the range bound now, the
@@ -486,16 +492,19 @@ fn run(cfg: &Config) -> ExitCode {
         }
         tracing::info!(domain = %cfg.domain, aors, bindings, users = user_count, auth = cfg.auth.enabled, "permit-proxy ready");
         let stats = net.sender.stats.clone();
-        let admin = match start_admin(cfg, stats.clone()).await {
+        let admin = match start_admin(cfg, &mut proxy, stats.clone()).await {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        admin.as_ref().inspect(|a| a.set_ready(true));
-        sip_net::run(&mut proxy, net, shutdown()).await;
-        admin.as_ref().inspect(|a| a.set_ready(false));
+        if admin {
+            let mut polled = permit_proxy::control::Polled { proxy: &mut proxy };
+            sip_net::run(&mut polled, net, shutdown()).await;
+        } else {
+            sip_net::run(&mut proxy, net, shutdown()).await;
+        }
         if let Some((relay, hook)) = proxy.relay_stats() {
             tracing::info!(?relay, ?hook, "media relay");
         }

@@ -1,20 +1,24 @@
-//! End-to-end tests of the admin HTTP API (docs/openapi.yaml): the real
-//! `permit-proxy` with `[admin]` enabled on an ephemeral loopback port, driven with
-//! `curl`.
+//! End-to-end tests of the admin HTTP API and `/metrics` (docs/openapi.yaml): the
+//! real `permit-proxy` with `[admin]` enabled on an ephemeral loopback port, driven
+//! with `curl`, and SIPp for the traffic the counters must see.
 //!
-//! `curl` must be on `PATH`. Without it a test prints a note and passes,
-//! unless the environment variable `CI` is set: then it fails. Logs
+//! `curl` and SIPp must be on `PATH`. Without them a test prints a note and passes,
+//! unless the environment variable `CI` is set: then it fails. Logs and SIPp files
 //! stay in `target/tmp/admin-e2e/<test>/`.
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::proxy::{Bed, ProxyOptions};
-use common::{DOMAIN, HOST, free_port, program_available, proxy_cli, wait_until};
+use common::sipp::{RunningSipp, Sipp, sipp_available};
+use common::{DOMAIN, HOST, Transport, free_port, program_available, proxy_cli, wait_until};
 
 const TOKEN: &str = "e2e-admin-token-0123456789";
+/// Calls SIPp makes while the counters are watched.
+const CALLS: u64 = 20;
 
 fn curl_available() -> bool {
     program_available("curl", "--version", " (apt-get install curl)", "admin API")
@@ -86,6 +90,28 @@ impl Api {
             "{method} {path}: {status} {body}"
         );
         (status, body)
+    }
+
+    /// One scrape of `/metrics`.
+    fn metrics(&self) -> Metrics {
+        Metrics(self.ok("GET", "/metrics", None).1)
+    }
+}
+
+/// A `/metrics` text.
+struct Metrics(String);
+
+impl Metrics {
+    /// The value of the sample `series` (`name` or `name{labels}`), 0 when absent.
+    fn get(&self, series: &str) -> u64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -193,5 +219,101 @@ fn curl_manages_users_and_permits_and_a_wrong_token_changes_nothing() {
         proxy_cli(&data, &["user", "list"]),
         format!("bob@{DOMAIN}\n")
     );
+    bed.proxy.stop_gracefully("TERM");
+}
+
+/// SIPp UAS registered through the proxy, called by a SIPp UAC; returns the UAS.
+fn register(bed: &Bed, user: &str, calls: u64) -> RunningSipp {
+    let dir: &Path = &bed.dir;
+    let uas = Sipp::new(dir, "uas", "uas.xml", Transport::Udp, None)
+        .arg(&["-m", &calls.to_string()])
+        .timeout(60)
+        .spawn()
+        .wait_listening();
+    Sipp::new(
+        dir,
+        &format!("register-{user}"),
+        "register.xml",
+        Transport::Udp,
+        Some(bed.proxy.ports.udp),
+    )
+    .arg(&["-s", user, "-m", "1", "-auth_uri", DOMAIN])
+    .key("contact_host", HOST)
+    .key("contact_port", &uas.sipp.port.to_string())
+    .key("contact_transport", "udp")
+    .key("expires", "3600")
+    .run_ok(1);
+    uas
+}
+
+/// `/metrics` scraped before and after SIPp traffic: the counters move by at least
+/// what SIPp sent; registrations are listed and one is expired through the API.
+#[test]
+fn metrics_move_with_sipp_traffic_and_registrations_are_managed() {
+    if !curl_available() || !sipp_available() {
+        return;
+    }
+    let (bed, api) = start("metrics");
+    let before = api.metrics();
+    assert_eq!(before.get("permit_engine_up"), 1, "{}", before.0);
+    assert_eq!(before.get("permit_registered_bindings"), 0);
+
+    let uas = register(&bed, "carol", CALLS);
+    let uas_port = uas.sipp.port;
+    Sipp::new(
+        &bed.dir,
+        "uac",
+        "uac.xml",
+        Transport::Udp,
+        Some(bed.proxy.ports.udp),
+    )
+    .arg(&[
+        "-s",
+        "carol",
+        "-m",
+        &CALLS.to_string(),
+        "-r",
+        "20",
+        "-l",
+        "20",
+    ])
+    .arg(&["-d", "100", "-pause_msg_ign"])
+    .timeout(60)
+    .run_ok(CALLS);
+    uas.finish_ok(CALLS);
+
+    let after = api.metrics();
+    let moved = |series: &str| after.get(series).saturating_sub(before.get(series));
+    assert!(moved("permit_sip_registrations_total") >= 1, "{}", after.0);
+    assert!(moved("permit_sip_requests_total{method=\"REGISTER\"}") >= 1);
+    assert!(moved("permit_sip_requests_total{method=\"INVITE\"}") >= CALLS);
+    assert!(moved("permit_sip_requests_total{method=\"BYE\"}") >= CALLS);
+    assert!(moved("permit_sip_responses_total{code=\"200\"}") >= 2 * CALLS);
+    assert!(moved("permit_sip_sessions_established_total") >= CALLS);
+    assert!(moved("permit_sip_forwarded_requests_total") >= 2 * CALLS);
+    assert_eq!(after.get("permit_registered_bindings"), 1);
+    assert_eq!(after.get("permit_registered_aors"), 1);
+
+    // The engine's registrations: listed, then one expired by the operator.
+    let aor = format!("/registrations/carol@{DOMAIN}");
+    let listed = api.ok("GET", &aor, None).1;
+    let contact = format!("sip:carol@{HOST}:{uas_port};transport=udp");
+    assert!(listed.contains(&contact), "{listed}");
+    let (status, _) = api.call(
+        "POST",
+        &format!("{aor}/expire"),
+        Some("bad-token"),
+        Some("{}"),
+    );
+    assert_eq!(status, 401);
+    let expire = format!(r#"{{"contact":"{contact}"}}"#);
+    assert_eq!(
+        api.ok("POST", &format!("{aor}/expire"), Some(&expire)).0,
+        204
+    );
+    assert_eq!(api.call("GET", &aor, Some(TOKEN), None).0, 404);
+    wait_until(Duration::from_secs(5), "the binding gauge drops", || {
+        api.metrics().get("permit_registered_bindings") == 0
+    });
     bed.proxy.stop_gracefully("TERM");
 }

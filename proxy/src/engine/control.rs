@@ -53,7 +53,8 @@ impl Proxy {
 
     fn snapshot(&self) -> EngineSnapshot {
         let (aors, bindings) = self.location.counts();
-        let (held_registers, pending_writes) = self.writes_pending();
+        // REGISTERs are answered after a synchronous write: none wait.
+        let (held_registers, pending_writes) = (0, 0);
         let relay = self.relay_stats();
         EngineSnapshot {
             stats: self.stats.clone(),
@@ -103,8 +104,10 @@ impl Proxy {
                 "{aor} has no binding {contact}"
             )));
         }
-        match self.location.replace(aor.as_str(), list) {
-            Ok(_) => {
+        // Stored now, or queued to the store worker (then routing follows once it
+        // is settled, as for a REGISTER).
+        match self.location.replace(aor.as_str(), list).map(drop) {
+            Ok(()) => {
                 tracing::info!("admin: a binding expired by the operator");
                 Ok(())
             }
@@ -151,26 +154,73 @@ fn parse_aor(s: &str) -> Result<Aor, ControlError> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Instant;
 
+    use bytes::Bytes;
+    use sip_core::transport::{Received, Transport};
     use tokio::sync::Notify;
 
-    use super::super::tests::Harness;
+    use super::super::tests::{addr, permits};
+    use super::super::{Proxy, ProxyConfig};
+    use crate::auth::{Auth, AuthSettings};
     use crate::control::{Control, ControlError, METHODS};
+    use crate::location::Location;
+    use crate::route::Identity;
+    use crate::store::MemoryStore;
+    use crate::users::MemoryUsers;
 
-    /// The operator's commands reach the engine's state only when the driver wakes
-    /// it, and each gets its answer.
+    /// An open proxy (no authentication) on the in-memory stores, bob registered.
+    fn proxy_with_bob() -> (Proxy, Instant) {
+        let identity = Identity {
+            domain: "localhost".into(),
+            listeners: vec![(Transport::Udp, addr("127.0.0.1:5060"))],
+        };
+        let open = AuthSettings {
+            enabled: false,
+            ..AuthSettings::default()
+        };
+        let auth = Auth::new(
+            open,
+            "localhost".into(),
+            Box::new(MemoryUsers::default()),
+            [9; 32],
+        );
+        let location = Location::open(Box::new(MemoryStore::default())).unwrap();
+        let now = Instant::now();
+        let cfg = ProxyConfig::new(identity);
+        let mut p = Proxy::new(cfg, location, auth, permits(&[]), now, 1_800_000_000, 7);
+        let register = "REGISTER sip:localhost SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKreg1\r\n\
+            From: <sip:bob@localhost>;tag=r1\r\nTo: <sip:bob@localhost>\r\n\
+            Call-ID: reg-bob\r\nCSeq: 1 REGISTER\r\n\
+            Contact: <sip:bob@127.0.0.1:5080>\r\nExpires: 600\r\n\
+            Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+        p.handle_received(
+            now,
+            Received {
+                transport: Transport::Udp,
+                local: addr("127.0.0.1:5060"),
+                peer: addr("127.0.0.1:5080"),
+                data: Bytes::from_static(register.as_bytes()),
+            },
+        );
+        // The answer to the REGISTER (and anything else) only when asked.
+        while p.poll_transmit().is_some() {}
+        (p, now)
+    }
+
+    /// The operator's commands reach the engine's state only when the engine looks
+    /// at its queue, and each gets its answer.
     #[test]
-    fn commands_are_answered_when_the_engine_is_woken() {
-        let mut h = Harness::new();
-        h.register("bob", "127.0.0.1:5080", 600);
+    fn commands_are_answered_when_the_engine_looks_at_its_queue() {
+        let (mut proxy, now) = proxy_with_bob();
         let control = Control::new(Arc::new(Notify::new()));
-        h.proxy.set_control(control.clone());
+        proxy.set_control(control.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
-        let now = h.now;
-        let proxy = &mut h.proxy;
+        let engine = &mut proxy;
         rt.block_on(async {
             let ask = async {
                 let s = control.stats().await.unwrap();
@@ -199,7 +249,7 @@ mod tests {
             let serve = async {
                 loop {
                     tokio::task::yield_now().await;
-                    proxy.handle_wake(now);
+                    engine.handle_control(now);
                 }
             };
             tokio::select! {
@@ -207,7 +257,7 @@ mod tests {
                 () = serve => {}
             }
         });
-        let (aors, bindings) = h.proxy.location_counts();
+        let (aors, bindings) = proxy.location_counts();
         assert_eq!(
             bindings, 0,
             "the binding is gone from the location service ({aors} AORs)"

@@ -232,8 +232,10 @@ fn silent_callee_gives_480_at_the_query_deadline() {
     // (The 407 of the first attempt is retransmitted meanwhile: it was never ACKed.)
     let out = h.advance(Duration::from_millis(1999));
     assert!(!status(&out).contains(&480));
+    assert_eq!(h.proxy.stats.traffic.query_timeouts, 0);
     let out = h.advance(Duration::from_millis(1));
     assert_eq!(status(&out), vec![480]);
+    assert_eq!(h.proxy.stats.traffic.query_timeouts, 1);
 }
 
 #[test]
