@@ -160,6 +160,8 @@ pub struct Proxy {
     sf: deposit::StoreForward,
     /// The media relay for permitted video calls (engine::relay), when configured.
     relay: Option<relay::RelayHook>,
+    /// REGISTERs whose 200 waits for the store worker (oldest first).
+    held: VecDeque<local::HeldRegister>,
     /// The operator's commands (engine::control), when an admin API runs.
     control: Option<crate::control::Control>,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
@@ -206,6 +208,7 @@ impl Proxy {
             contexts: HashMap::new(),
             heap: BinaryHeap::new(),
             out: VecDeque::new(),
+            held: VecDeque::new(),
             rng,
             control: None,
             epoch: (now, unix_now),
@@ -254,6 +257,9 @@ impl Proxy {
 
     pub fn handle_received(&mut self, now: Instant, rx: Received) {
         self.stats.received += 1;
+        if !self.held.is_empty() {
+            self.settle_writes(now);
+        }
         let flow = Flow {
             transport: rx.transport,
             local: rx.local,
@@ -641,6 +647,17 @@ impl Proxy {
         self.out.pop_front()
     }
 
+    /// Work finished outside the engine: the store worker settled writes.
+    pub fn handle_wake(&mut self, now: Instant) {
+        self.settle_writes(now);
+        self.handle_control(now);
+    }
+
+    /// REGISTERs waiting for their write, and location writes not yet settled.
+    pub fn writes_pending(&self) -> (usize, usize) {
+        (self.held.len(), self.location.pending())
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
@@ -658,6 +675,9 @@ impl sip_net::Engine for Proxy {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Proxy::poll_timeout(self)
+    }
+    fn handle_wake(&mut self, now: Instant) {
+        Proxy::handle_wake(self, now);
     }
 }
 
@@ -684,6 +704,8 @@ use validate::{Fault, Inspected};
 
 #[cfg(test)]
 mod auth_tests;
+#[cfg(test)]
+mod commit_tests;
 #[cfg(test)]
 mod deposit_tests;
 #[cfg(test)]

@@ -1,9 +1,16 @@
 //! The location service (RFC 3261 §10.3): address-of-record → bindings, held in memory
-//! for lookups and written through to a [`LocationStore`] so that bindings survive a
+//! for lookups and made durable in a [`LocationStore`] so that bindings survive a
 //! restart or a kill -9.
+//!
+//! Two ways to the store: written through before `replace` returns ([`Location::open`],
+//! engine tests and tools), or handed to a [`WriteBehind`] worker that commits them in
+//! groups off the engine's thread ([`Location::open_behind`], the running proxy). Behind,
+//! a change is *pending* until its group committed: the registrar already builds on it
+//! (a refresh right behind a REGISTER sees it), routing does not, and the engine holds
+//! the REGISTER's 200 until [`Location::poll_settled`] reports the commit.
 
-use std::collections::HashMap;
 use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +19,7 @@ use sip_core::message::SipUri;
 use sip_core::transport::Transport;
 
 use crate::engine::dialog::{PartyHash, party_hash};
-use crate::store::{LocationStore, StoreError};
+use crate::store::{LocationStore, StoreError, Write};
 
 /// One registered contact of an address-of-record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +56,76 @@ pub struct Location {
     /// against the bindings on lookup, so a collision never names a wrong AOR.
     by_addr: HashMap<u64, AddrAors>,
     addr_hasher: RandomState,
-    store: Box<dyn LocationStore>,
+    sink: Sink,
+}
+
+/// Where the location service's changes go.
+enum Sink {
+    /// Written before `replace` returns.
+    Through(Box<dyn LocationStore>),
+    Behind(Behind),
+}
+
+/// Changes queued to a [`WriteBehind`] worker and not yet settled, oldest first; the
+/// n-th has sequence number `first + n`.
+struct Behind {
+    worker: Box<dyn WriteBehind>,
+    first: u64,
+    queue: VecDeque<Pending>,
+    /// The newest pending bindings of an AOR: its sequence number (the registrar's view).
+    newest: HashMap<Arc<str>, u64>,
+}
+
+enum Pending {
+    Put(Arc<str>, Box<[Binding]>),
+    Purge,
+}
+
+/// A store worker that commits writes in groups, off the engine's thread.
+pub trait WriteBehind: Send {
+    /// Queues write number `seq` (numbers increase by one); `Err(QueueFull)` when the
+    /// worker is that far behind.
+    fn submit(&mut self, seq: u64, write: Write) -> Result<(), QueueFull>;
+    /// The next outcome, if one is ready. Outcomes come in order, each settling every
+    /// write up to `through` that an earlier outcome did not.
+    fn poll_done(&mut self) -> Option<Settled>;
+}
+
+/// The store worker's queue is full: the request that needed the write gets 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// The outcome of one group of writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub through: u64,
+    /// Committed; `false`: none of the group is stored.
+    pub ok: bool,
+}
+
+/// How a change was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Durable now.
+    Now,
+    /// Durable when an outcome settles this sequence number.
+    Pending(u64),
+}
+
+/// Why a change was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("storage: write queue full")]
+    Backlog,
+}
+
+impl Behind {
+    fn pending(&self, seq: u64) -> Option<&Pending> {
+        self.queue
+            .get(usize::try_from(seq.checked_sub(self.first)?).ok()?)
+    }
 }
 
 /// A Call-ID as the registrar keeps it: the first 64 bits of its SHA-256. The registrar
@@ -174,20 +250,36 @@ pub fn aor_key(uri: &SipUri<'_>) -> Option<String> {
 }
 
 impl Location {
-    /// Loads every stored binding.
-    pub fn open(store: Box<dyn LocationStore>) -> Result<Self, StoreError> {
+    /// Loads every stored binding; changes are written through to `store`.
+    pub fn open(mut store: Box<dyn LocationStore>) -> Result<Self, StoreError> {
+        let loaded = store.load_all()?;
+        Ok(Self::with(loaded, Sink::Through(store)))
+    }
+
+    /// Starts from `loaded` (the store's `load_all`); changes go to `worker`.
+    pub fn open_behind(loaded: Vec<(String, Vec<Binding>)>, worker: Box<dyn WriteBehind>) -> Self {
+        let behind = Behind {
+            worker,
+            first: 1,
+            queue: VecDeque::new(),
+            newest: HashMap::new(),
+        };
+        Self::with(loaded, Sink::Behind(behind))
+    }
+
+    fn with(loaded: Vec<(String, Vec<Binding>)>, sink: Sink) -> Self {
         let mut l = Self {
-            aors: HashMap::new(),
+            aors: HashMap::with_capacity(loaded.len()),
             by_addr: HashMap::new(),
             addr_hasher: RandomState::new(),
-            store,
+            sink,
         };
-        for (aor, bindings) in l.store.load_all()? {
+        for (aor, bindings) in loaded {
             let aor: Arc<str> = aor.into();
             l.index(&aor, &bindings);
             l.aors.insert(aor, bindings.into_boxed_slice());
         }
-        Ok(l)
+        l
     }
 
     /// The addresses a binding can be reached at: its Contact's host:port (an IP
@@ -286,24 +378,89 @@ impl Location {
         Some(live)
     }
 
-    /// All bindings of `aor`, expired ones included (the registrar's view).
+    /// All bindings of `aor`, expired ones included, pending changes applied (the
+    /// registrar's view).
     pub fn bindings(&self, aor: &str) -> &[Binding] {
+        if let Sink::Behind(b) = &self.sink
+            && let Some(seq) = b.newest.get(aor)
+            && let Some(Pending::Put(_, list)) = b.pending(*seq)
+        {
+            return list;
+        }
         self.aors.get(aor).map_or(&[], |b| b)
     }
 
-    /// Replaces the bindings of `aor`; written to the store before it is visible.
-    pub fn replace(&mut self, aor: &str, bindings: Vec<Binding>) -> Result<(), StoreError> {
-        self.store.put(aor, &bindings)?;
-        let key = match self.aors.remove_entry(aor) {
-            Some((key, old)) => {
-                self.unindex(aor, &old);
-                key
+    /// Replaces the bindings of `aor`. Visible to routing once stored: at once when
+    /// written through, after [`Location::poll_settled`] reports it when behind.
+    pub fn replace(&mut self, aor: &str, bindings: Vec<Binding>) -> Result<Stored, ReplaceError> {
+        let key = self
+            .aors
+            .get_key_value(aor)
+            .map_or_else(|| Arc::from(aor), |(k, _)| k.clone());
+        match &mut self.sink {
+            Sink::Through(store) => store.put(aor, &bindings)?,
+            Sink::Behind(b) => {
+                let list = bindings.into_boxed_slice();
+                let seq = b.first + b.queue.len() as u64;
+                let write = Write::Put {
+                    aor: key.clone(),
+                    bindings: list.clone(),
+                };
+                b.worker
+                    .submit(seq, write)
+                    .map_err(|QueueFull| ReplaceError::Backlog)?;
+                b.newest.insert(key.clone(), seq);
+                b.queue.push_back(Pending::Put(key, list));
+                return Ok(Stored::Pending(seq));
             }
-            None => Arc::from(aor),
-        };
+        }
+        self.commit(key, bindings.into_boxed_slice());
+        Ok(Stored::Now)
+    }
+
+    /// Makes stored bindings visible.
+    fn commit(&mut self, key: Arc<str>, bindings: Box<[Binding]>) {
+        if let Some(old) = self.aors.remove(&key) {
+            self.unindex(&key, &old);
+        }
         self.index(&key, &bindings);
-        self.aors.insert(key, bindings.into_boxed_slice());
-        Ok(())
+        self.aors.insert(key, bindings);
+    }
+
+    /// The next outcome of the write-behind worker, applied: committed changes become
+    /// visible, failed ones are dropped (the registrar's view falls back to what is
+    /// stored). `None` when nothing settled (or when writing through).
+    pub fn poll_settled(&mut self) -> Option<Settled> {
+        let Sink::Behind(b) = &mut self.sink else {
+            return None;
+        };
+        let settled = b.worker.poll_done()?;
+        let mut committed = Vec::new();
+        while b.first <= settled.through {
+            let Some(p) = b.queue.pop_front() else { break };
+            let seq = b.first;
+            b.first += 1;
+            if let Pending::Put(aor, list) = p {
+                if b.newest.get(&aor) == Some(&seq) {
+                    b.newest.remove(&aor);
+                }
+                if settled.ok {
+                    committed.push((aor, list));
+                }
+            }
+        }
+        for (aor, list) in committed {
+            self.commit(aor, list);
+        }
+        Some(settled)
+    }
+
+    /// Changes queued and not yet settled.
+    pub fn pending(&self) -> usize {
+        match &self.sink {
+            Sink::Through(_) => 0,
+            Sink::Behind(b) => b.queue.len(),
+        }
     }
 
     /// Drops expired bindings from memory and from the store.
@@ -334,7 +491,19 @@ impl Location {
                 self.unindex_addr(a, &aor);
             }
         }
-        self.store.purge_expired(unix_now)?;
+        match &mut self.sink {
+            Sink::Through(store) => store.purge_expired(unix_now)?,
+            // Nothing waits for this one: a failed purge is repeated by the next.
+            Sink::Behind(b) => {
+                let seq = b.first + b.queue.len() as u64;
+                if b.worker
+                    .submit(seq, Write::PurgeExpired { unix_now })
+                    .is_ok()
+                {
+                    b.queue.push_back(Pending::Purge);
+                }
+            }
+        }
         Ok(n)
     }
 

@@ -5,14 +5,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
+
 use clap::{Parser, Subcommand};
 use permit_proxy::auth::Auth;
+use permit_proxy::commit::{GroupCommit, GroupLimits};
 use permit_proxy::config::{Config, DEFAULT_DOMAIN, Overrides};
 use permit_proxy::engine::Proxy;
 use permit_proxy::location::Location;
 use permit_proxy::ops::{Ops, OpsError, Page};
 use permit_proxy::permits::{Aor, Permits};
-use permit_proxy::store::SqliteStore;
+use permit_proxy::store::{LocationStore, SqliteStore};
 use permit_proxy::users::{DomainError, SqliteUsers};
 use rand::RngCore;
 use sip_net::{NetConfig, Network};
@@ -348,19 +351,19 @@ fn start_uploads(cfg: &Config) -> Result<Option<(permit_proxy::upload::Tokens, u
 
 /// The admin API and `/metrics` when `[admin]` enables them: the same operations as
 /// the CLI, plus the engine's state through its control queue. Called last before
-/// the engine runs, so it reports ready at once; `true` when it runs.
+/// the engine runs, so it reports ready at once.
 async fn start_admin(
     cfg: &Config,
     proxy: &mut Proxy,
+    wake: &Arc<Notify>,
     net: Arc<sip_net::NetStats>,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     use permit_proxy::admin::{self, Admin};
     let (true, Some(token)) = (cfg.admin.enabled, cfg.admin.token.clone()) else {
-        return Ok(false);
+        return Ok(());
     };
     let ops = Ops::open(&cfg.data, &cfg.domain, cfg.durability).map_err(|e| e.to_string())?;
-    // No wake signal in the driver yet: the engine polls the queue (control::Polled).
-    let control = permit_proxy::control::Control::new(Arc::new(tokio::sync::Notify::new()));
+    let control = permit_proxy::control::Control::new(wake.clone());
     proxy.set_control(control.clone());
     let state = Admin::new(ops, token, Some(control), Some(net));
     let bound = admin::start(cfg.admin.listen, state.clone())
@@ -368,7 +371,7 @@ async fn start_admin(
         .map_err(|e| format!("admin listener {}: {e}", cfg.admin.listen))?;
     tracing::info!(addr = %bound, "admin API ready");
     state.set_ready(true);
-    Ok(true)
+    Ok(())
 }
 
 /// The media relay, when `[relay]` enables it: every port of the range bound now, the
@@ -391,6 +394,26 @@ fn start_relay(cfg: &Config, proxy: &mut Proxy, seed: u64) -> Result<(), String>
 
 // The start-up sequence reads best in one place; each step is a call or a match.
 #[allow(clippy::too_many_lines)]
+/// The location service on the embedded store, its writes in the store worker.
+fn open_location(cfg: &Config, wake: &Arc<Notify>) -> Result<Location, String> {
+    let mut store = SqliteStore::open(&cfg.data, cfg.durability).map_err(|e| e.to_string())?;
+    let loaded = store.load_all().map_err(|e| e.to_string())?;
+    let worker = GroupCommit::spawn(Box::new(store), GroupLimits::default(), wake.clone())
+        .map_err(|e| format!("store thread: {e}"))?;
+    Ok(Location::open_behind(loaded, Box::new(worker)))
+}
+
+/// The TLS listeners' certificate and peer checks, when configured.
+fn tls_settings(cfg: &Config) -> Result<Option<sip_net::TlsSettings>, String> {
+    let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+        return Ok(None);
+    };
+    let mut t = sip_net::load_tls(cert, key).map_err(|e| e.to_string())?;
+    t.verify_peer = cfg.tls.verify_peer;
+    t.ca.clone_from(&cfg.tls.ca);
+    Ok(Some(t))
+}
+
 fn run(cfg: &Config) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -403,14 +426,8 @@ fn run(cfg: &Config) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let store = match SqliteStore::open(&cfg.data, cfg.durability) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("permit-proxy: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let location = match Location::open(Box::new(store)) {
+        let wake = Arc::new(Notify::new());
+        let location = match open_location(cfg, &wake) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");
@@ -430,19 +447,12 @@ fn run(cfg: &Config) -> ExitCode {
         } else if user_count == 0 {
             tracing::warn!("no users: every REGISTER and call will be refused; add one with `permit-proxy user add`");
         }
-        let tls = match (&cfg.tls.cert, &cfg.tls.key) {
-            (Some(cert), Some(key)) => match sip_net::load_tls(cert, key) {
-                Ok(mut t) => {
-                    t.verify_peer = cfg.tls.verify_peer;
-                    t.ca.clone_from(&cfg.tls.ca);
-                    Some(t)
-                }
-                Err(e) => {
-                    eprintln!("permit-proxy: {e}");
-                    return ExitCode::FAILURE;
-                }
-            },
-            _ => None,
+        let tls = match tls_settings(cfg) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
         };
         let net_cfg = NetConfig { tls, ..NetConfig::default() };
         let net = match Network::bind(&cfg.listen, net_cfg).await {
@@ -492,19 +502,11 @@ fn run(cfg: &Config) -> ExitCode {
         }
         tracing::info!(domain = %cfg.domain, aors, bindings, users = user_count, auth = cfg.auth.enabled, "permit-proxy ready");
         let stats = net.sender.stats.clone();
-        let admin = match start_admin(cfg, &mut proxy, stats.clone()).await {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("permit-proxy: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        if admin {
-            let mut polled = permit_proxy::control::Polled { proxy: &mut proxy };
-            sip_net::run(&mut polled, net, shutdown()).await;
-        } else {
-            sip_net::run(&mut proxy, net, shutdown()).await;
+        if let Err(e) = start_admin(cfg, &mut proxy, &wake, stats.clone()).await {
+            eprintln!("permit-proxy: {e}");
+            return ExitCode::FAILURE;
         }
+        sip_net::run_woken(&mut proxy, net, shutdown(), Some(wake)).await;
         if let Some((relay, hook)) = proxy.relay_stats() {
             tracing::info!(?relay, ?hook, "media relay");
         }

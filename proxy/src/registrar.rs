@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use sip_core::message::{HeaderName, Message, NameAddr, trim};
 use sip_core::transport::Transport;
 
-use crate::location::{Binding, CallIdHash, Location};
+use crate::location::{Binding, CallIdHash, Location, ReplaceError, Stored};
 
 /// Registrar limits (seconds).
 #[derive(Debug, Clone)]
@@ -35,8 +35,9 @@ impl Default for RegistrarConfig {
 /// The registrar's decision, turned into a response by the engine.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Registered {
-    /// 200 OK listing every live binding with its remaining seconds.
-    Ok(Vec<(String, u64)>),
+    /// 200 OK listing every live binding with its remaining seconds, to be sent once
+    /// the change is stored (at once, or when the pending write settles).
+    Ok(Vec<(String, u64)>, Stored),
     /// An error status; `min_expires` goes into the 423's Min-Expires header.
     Reject {
         status: u16,
@@ -170,8 +171,10 @@ fn store(location: &mut Location, aor: &str, bindings: Vec<Binding>, unix_now: u
         .map(|b| (b.contact.to_string(), b.expires_at - unix_now))
         .collect();
     match location.replace(aor, bindings) {
-        Ok(()) => Registered::Ok(listed),
-        Err(e) => {
+        Ok(stored) => Registered::Ok(listed, stored),
+        // The store worker is behind: try again shortly (the engine adds Retry-After).
+        Err(ReplaceError::Backlog) => reject(503, "Storage Busy"),
+        Err(ReplaceError::Store(e)) => {
             tracing::error!(error = %e, "registration not stored");
             reject(500, "Storage Failure")
         }

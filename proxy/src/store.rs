@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Transaction, params};
 use sip_core::transport::Transport;
 
 use crate::location::{Binding, CallIdHash};
@@ -31,6 +32,30 @@ pub trait LocationStore: Send {
     fn put(&mut self, aor: &str, bindings: &[Binding]) -> Result<(), StoreError>;
     /// Deletes bindings that lapsed at or before `unix_now`.
     fn purge_expired(&mut self, unix_now: u64) -> Result<(), StoreError>;
+    /// Applies `writes` in order, all or none: one transaction for the whole group
+    /// (group commit; the write-behind worker calls it with what queued up while the
+    /// previous group committed).
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        for w in writes {
+            match w {
+                Write::Put { aor, bindings } => self.put(aor, bindings)?,
+                Write::PurgeExpired { unix_now } => self.purge_expired(*unix_now)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One durable change of the location service, as the write-behind worker applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// The bindings of `aor` become exactly `bindings`.
+    Put {
+        aor: Arc<str>,
+        bindings: Box<[Binding]>,
+    },
+    /// Bindings that lapsed at or before `unix_now` go.
+    PurgeExpired { unix_now: u64 },
 }
 
 /// The reference implementation and engine-test double.
@@ -169,28 +194,17 @@ impl LocationStore for SqliteStore {
 
     fn put(&mut self, aor: &str, bindings: &[Binding]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        tx.prepare_cached("INSERT OR IGNORE INTO aor (aor) VALUES (?1)")?
-            .execute([aor])?;
-        tx.prepare_cached("DELETE FROM binding WHERE aor = ?1")?
-            .execute([aor])?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO binding (aor, contact, expires_at, q, call_id, cseq, path, source, max_calls, load_query)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for b in bindings {
-                ins.execute(params![
-                    aor,
-                    b.contact,
-                    i64::try_from(b.expires_at).unwrap_or(i64::MAX),
-                    i64::from(b.q),
-                    b.call_id.to_text(),
-                    i64::from(b.cseq),
-                    b.path.join("\n"),
-                    source_to_text(b.source),
-                    b.max_calls.map(i64::from),
-                    i64::from(b.load_query),
-                ])?;
+        put_in(&tx, aor, bindings)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for w in writes {
+            match w {
+                Write::Put { aor, bindings } => put_in(&tx, aor, bindings)?,
+                Write::PurgeExpired { unix_now } => purge_in(&tx, *unix_now)?,
             }
         }
         tx.commit()?;
@@ -198,12 +212,45 @@ impl LocationStore for SqliteStore {
     }
 
     fn purge_expired(&mut self, unix_now: u64) -> Result<(), StoreError> {
-        let now = i64::try_from(unix_now).unwrap_or(i64::MAX);
-        self.conn
-            .prepare_cached("DELETE FROM binding WHERE expires_at <= ?1")?
-            .execute([now])?;
+        let tx = self.conn.transaction()?;
+        purge_in(&tx, unix_now)?;
+        tx.commit()?;
         Ok(())
     }
+}
+
+/// Replaces the bindings of `aor` inside `tx`.
+fn put_in(tx: &Transaction<'_>, aor: &str, bindings: &[Binding]) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT OR IGNORE INTO aor (aor) VALUES (?1)")?
+        .execute([aor])?;
+    tx.prepare_cached("DELETE FROM binding WHERE aor = ?1")?
+        .execute([aor])?;
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO binding (aor, contact, expires_at, q, call_id, cseq, path, source, max_calls, load_query)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for b in bindings {
+        ins.execute(params![
+            aor,
+            b.contact,
+            i64::try_from(b.expires_at).unwrap_or(i64::MAX),
+            i64::from(b.q),
+            b.call_id.to_text(),
+            i64::from(b.cseq),
+            b.path.join("\n"),
+            source_to_text(b.source),
+            b.max_calls.map(i64::from),
+            i64::from(b.load_query),
+        ])?;
+    }
+    Ok(())
+}
+
+fn purge_in(tx: &Transaction<'_>, unix_now: u64) -> Result<(), StoreError> {
+    let now = i64::try_from(unix_now).unwrap_or(i64::MAX);
+    tx.prepare_cached("DELETE FROM binding WHERE expires_at <= ?1")?
+        .execute([now])?;
+    Ok(())
 }
 
 #[cfg(test)]

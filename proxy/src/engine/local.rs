@@ -7,6 +7,7 @@ use sip_core::message::{HeaderName, Message, Method, ResponseBuilder, SipUri};
 
 use super::{Proxy, TxKey};
 use crate::auth::Role;
+use crate::location::Stored;
 use crate::location::aor_key;
 use crate::manage;
 use crate::permits::Aor;
@@ -131,22 +132,17 @@ impl Proxy {
             (flow.transport, flow.remote),
             unix,
         ) {
-            Registered::Ok(contacts) => {
-                let lines: Vec<(String, Vec<u8>)> = contacts
-                    .into_iter()
-                    .map(|(c, left)| {
-                        (
-                            "Contact".to_owned(),
-                            format!("<{c}>;expires={left}").into_bytes(),
-                        )
-                    })
-                    .collect();
-                let headers: Vec<(&str, &[u8])> = lines
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_slice()))
-                    .collect();
-                self.reply(now, &key, msg, 200, "OK", &headers);
-                self.after_register(now, &aor, msg);
+            Registered::Ok(contacts, Stored::Now) => {
+                self.answer_register(now, &key, msg, &aor, contacts);
+            }
+            Registered::Ok(contacts, Stored::Pending(seq)) => {
+                self.held.push_back(HeldRegister {
+                    seq,
+                    key,
+                    msg: msg.clone(),
+                    aor,
+                    contacts,
+                });
             }
             Registered::Reject {
                 status,
@@ -154,10 +150,69 @@ impl Proxy {
                 min_expires,
             } => {
                 let me = min_expires.map(|m| m.to_string());
-                let headers: Vec<(&str, &[u8])> =
+                let mut headers: Vec<(&str, &[u8])> =
                     me.iter().map(|m| ("Min-Expires", m.as_bytes())).collect();
+                // RFC 3261 §21.5.4: a 503 may say when to try again.
+                if status == 503 {
+                    headers.push(("Retry-After", b"1"));
+                }
                 self.reply(now, &key, msg, status, reason, &headers);
             }
         }
     }
+
+    /// The 200 of a REGISTER whose bindings are stored (§10.3 step 8: every current
+    /// binding with its remaining time).
+    fn answer_register(
+        &mut self,
+        now: Instant,
+        key: &TxKey,
+        msg: &Message,
+        aor: &str,
+        contacts: Vec<(String, u64)>,
+    ) {
+        let lines: Vec<(String, Vec<u8>)> = contacts
+            .into_iter()
+            .map(|(c, left)| {
+                (
+                    "Contact".to_owned(),
+                    format!("<{c}>;expires={left}").into_bytes(),
+                )
+            })
+            .collect();
+        let headers: Vec<(&str, &[u8])> = lines
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        self.reply(now, key, msg, 200, "OK", &headers);
+        self.after_register(now, aor, msg);
+    }
+
+    /// Answers the REGISTERs whose writes the store worker settled: 200 once
+    /// committed, 500 when the group failed (never a 200 for a binding not stored).
+    pub(super) fn settle_writes(&mut self, now: Instant) {
+        while let Some(settled) = self.location.poll_settled() {
+            while let Some(h) = self.held.front()
+                && h.seq <= settled.through
+            {
+                let Some(h) = self.held.pop_front() else {
+                    break;
+                };
+                if settled.ok {
+                    self.answer_register(now, &h.key, &h.msg, &h.aor, h.contacts);
+                } else {
+                    self.reply(now, &h.key, &h.msg, 500, "Storage Failure", &[]);
+                }
+            }
+        }
+    }
+}
+
+/// A REGISTER whose 200 waits for its bindings' write to commit.
+pub(super) struct HeldRegister {
+    seq: u64,
+    key: TxKey,
+    msg: Message,
+    aor: String,
+    contacts: Vec<(String, u64)>,
 }

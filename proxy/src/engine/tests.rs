@@ -47,12 +47,12 @@ pub(super) fn addr(s: &str) -> SocketAddr {
 
 pub(super) struct Harness {
     pub(super) proxy: Proxy,
-    now: Instant,
+    pub(super) now: Instant,
     cseq: u32,
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with_auth(
             AuthSettings {
                 enabled: false,
@@ -76,6 +76,17 @@ impl Harness {
         gate: GateSettings,
         permits: Permits,
     ) -> Self {
+        let location = Location::open(Box::new(MemoryStore::default())).unwrap();
+        Self::with_location(settings, users, gate, permits, location)
+    }
+
+    pub(super) fn with_location(
+        settings: AuthSettings,
+        users: MemoryUsers,
+        gate: GateSettings,
+        permits: Permits,
+        location: Location,
+    ) -> Self {
         let identity = Identity {
             domain: "localhost".into(),
             listeners: vec![
@@ -84,7 +95,6 @@ impl Harness {
                 (Transport::Tls, addr("127.0.0.1:5061")),
             ],
         };
-        let location = Location::open(Box::new(MemoryStore::default())).unwrap();
         let auth = Auth::new(settings, "localhost".into(), Box::new(users), [9; 32]);
         let now = Instant::now();
         Self {
@@ -143,7 +153,7 @@ impl Harness {
         out
     }
 
-    fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
+    pub(super) fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
         let mut out = Vec::new();
         while let Some(Transmit { dest, data, .. }) = self.proxy.poll_transmit() {
             out.push((
@@ -166,7 +176,12 @@ impl Harness {
         out
     }
 
-    fn register(&mut self, user: &str, contact: &str, expires: u32) -> Vec<(SocketAddr, Message)> {
+    pub(super) fn register(
+        &mut self,
+        user: &str,
+        contact: &str,
+        expires: u32,
+    ) -> Vec<(SocketAddr, Message)> {
         self.cseq += 1;
         let cseq = self.cseq;
         self.recv(
@@ -189,7 +204,7 @@ Content-Length: 0
     }
 }
 
-fn invite(to: &str, branch: &str, mf: u8) -> String {
+pub(super) fn invite(to: &str, branch: &str, mf: u8) -> String {
     format!(
         "INVITE sip:{to}@localhost SIP/2.0
 Via: SIP/2.0/UDP {ALICE};branch={branch}

@@ -5,7 +5,7 @@ use sip_core::message::Message;
 use sip_core::transport::Transport;
 
 use super::{Registered, RegistrarConfig, handle_register};
-use crate::location::Location;
+use crate::location::{Location, Stored};
 use crate::store::MemoryStore;
 
 const NOW: u64 = 1_800_000_000;
@@ -52,10 +52,13 @@ fn add_refresh_remove() {
     );
     assert_eq!(
         r,
-        Registered::Ok(vec![
-            ("sip:bob@127.0.0.1:5070".into(), 300),
-            ("sip:bob@h2".into(), 100)
-        ])
+        Registered::Ok(
+            vec![
+                ("sip:bob@127.0.0.1:5070".into(), 300),
+                ("sip:bob@h2".into(), 100)
+            ],
+            Stored::Now
+        )
     );
     let b = &l.bindings("bob@localhost")[0];
     assert_eq!(
@@ -74,12 +77,12 @@ fn add_refresh_remove() {
     );
     assert_eq!(
         r,
-        Registered::Ok(vec![("sip:bob@127.0.0.1:5070".into(), 600)])
+        Registered::Ok(vec![("sip:bob@127.0.0.1:5070".into(), 600)], Stored::Now)
     );
     // A query (no Contact) lists the bindings with their remaining time.
     assert_eq!(
         run(&mut l, &register(3, "", None), NOW + 110),
-        Registered::Ok(vec![("sip:bob@127.0.0.1:5070".into(), 500)])
+        Registered::Ok(vec![("sip:bob@127.0.0.1:5070".into(), 500)], Stored::Now)
     );
     // An older CSeq from the same Call-ID is refused.
     assert!(matches!(
@@ -110,7 +113,7 @@ fn wildcard_rules() {
     ));
     assert_eq!(
         run(&mut l, &register(4, "Contact: *\r\n", Some(0)), NOW),
-        Registered::Ok(vec![])
+        Registered::Ok(vec![], Stored::Now)
     );
     assert_eq!(l.lookup("bob@localhost", NOW).map(|b| b.len()), Some(0));
 }
@@ -136,7 +139,7 @@ fn too_brief_and_clamped() {
             &register(2, "Contact: <sip:bob@h1>\r\n", Some(999_999)),
             NOW
         ),
-        Registered::Ok(vec![("sip:bob@h1".into(), 7200)])
+        Registered::Ok(vec![("sip:bob@h1".into(), 7200)], Stored::Now)
     );
     assert!(matches!(
         run(

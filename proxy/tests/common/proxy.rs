@@ -50,8 +50,51 @@ impl Proxy {
         proxy
     }
 
+    /// [`Proxy::start`] with every file the proxy writes limited to `kib` KiB
+    /// (RLIMIT_FSIZE, with SIGXFSZ ignored so that a write past it fails with EFBIG as
+    /// on a full disk) and its log at `info`.
+    pub fn start_file_limited(
+        dir: &Path,
+        name: &str,
+        data: &Path,
+        ports: Ports,
+        flags: &[&str],
+        kib: u64,
+    ) -> Proxy {
+        let blocks = (kib * 2).to_string();
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                "ulimit -f \"$1\" && trap '' XFSZ && shift && exec \"$@\"",
+            ])
+            .args(["sh", &blocks])
+            .arg(proxy_program())
+            .env("PERMIT_LOG", "info");
+        let mut proxy = Proxy::spawn_command(command, dir, name, data, ports, flags);
+        if let Err(why) = proxy.wait_ready() {
+            panic!("permit-proxy did not start\n{why}");
+        }
+        proxy
+    }
+
     fn spawn(dir: &Path, name: &str, data: &Path, ports: Ports, flags: &[&str]) -> Proxy {
         let mut command = Command::new(proxy_program());
+        command.env(
+            "PERMIT_LOG",
+            std::env::var("PERMIT_LOG").unwrap_or_else(|_| "debug".into()),
+        );
+        Proxy::spawn_command(command, dir, name, data, ports, flags)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        dir: &Path,
+        name: &str,
+        data: &Path,
+        ports: Ports,
+        flags: &[&str],
+    ) -> Proxy {
         command
             .arg("run")
             .args(flags)
@@ -66,10 +109,6 @@ impl Proxy {
             .arg("--data")
             .arg(data)
             .args(["--domain", DOMAIN])
-            .env(
-                "PERMIT_LOG",
-                std::env::var("PERMIT_LOG").unwrap_or_else(|_| "debug".into()),
-            )
             .stdin(Stdio::null())
             .stdout(fs::File::create(dir.join(format!("{name}.stdout"))).unwrap())
             .stderr(fs::File::create(&log).unwrap())

@@ -1,6 +1,9 @@
 //! The driver loop: the only place where a sans-IO engine meets tokio (STYLE.md rule 1).
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::Notify;
 
 use sip_core::transport::{Received, Transmit};
 
@@ -12,13 +15,27 @@ pub trait Engine {
     fn handle_timeout(&mut self, now: Instant);
     fn poll_transmit(&mut self) -> Option<Transmit>;
     fn poll_timeout(&self) -> Option<Instant>;
+    /// Work done outside the loop is ready for the engine (a store worker committed a
+    /// group of writes, an operator's command is queued): the driver calls this when
+    /// the `wake` signal given to [`run_woken`] fires.
+    fn handle_wake(&mut self, _now: Instant) {}
 }
 
 /// Runs `engine` on `net` until `shutdown` resolves or the sockets close.
 pub async fn run<E: Engine>(
     engine: &mut E,
+    net: Network,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    run_woken(engine, net, shutdown, None).await;
+}
+
+/// [`run`], plus [`Engine::handle_wake`] whenever `wake` is notified.
+pub async fn run_woken<E: Engine>(
+    engine: &mut E,
     mut net: Network,
     shutdown: impl std::future::Future<Output = ()>,
+    wake: Option<Arc<Notify>>,
 ) {
     tokio::pin!(shutdown);
     loop {
@@ -32,9 +49,17 @@ pub async fn run<E: Engine>(
                 None => std::future::pending().await,
             }
         };
+        let woken = async {
+            match &wake {
+                Some(w) => w.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => return,
+            // Before new input: finished work releases answers that are waiting.
+            () = woken => engine.handle_wake(Instant::now()),
             msg = net.inbound.recv() => {
                 let Some(msg) = msg else { return };
                 let now = Instant::now();

@@ -42,7 +42,7 @@ use std::time::Duration;
 use sip_core::transport::{Received, Transmit, Transport};
 use tokio::sync::mpsc;
 
-pub use driver::{Engine, run};
+pub use driver::{Engine, run, run_woken};
 pub use tls::{TlsSettings, load_tls, self_signed};
 
 use stream::StreamSet;
