@@ -1,9 +1,9 @@
 //! Permit's registrar and stateful proxy.
 //!
 //! I/O contract: [`engine::Proxy`] is sans-IO (bytes and `now` in, [`Transmit`]s and the
-//! next wake-up out); its one side effect is the synchronous write-through of bindings
-//! to the [`store::LocationStore`] before a REGISTER is answered, so an answered
-//! registration is durable. The binary (`main.rs`) wires it to `sip-net`.
+//! next wake-up out); changed bindings go to a store worker that commits them in groups
+//! ([`commit`]), and a REGISTER is answered only after its group committed, so an
+//! answered registration is durable. The binary (`main.rs`) wires it to `sip-net`.
 //!
 //! [`Transmit`]: sip_core::transport::Transmit
 
