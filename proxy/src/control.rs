@@ -321,37 +321,6 @@ impl Control {
     }
 }
 
-/// How often [`Polled`] looks at the queue.
-pub const POLL: Duration = Duration::from_millis(50);
-
-/// The engine as the driver sees it when the driver has no wake signal for the
-/// queue: the engine's next deadline is at most [`POLL`] away, and the queue is
-/// drained at every deadline, so a command waits at most that long. (With a driver
-/// that wakes the engine on the queue's signal this is not needed.)
-pub struct Polled<'a> {
-    pub proxy: &'a mut crate::engine::Proxy,
-}
-
-impl sip_net::Engine for Polled<'_> {
-    fn handle_received(&mut self, now: std::time::Instant, msg: sip_core::transport::Received) {
-        self.proxy.handle_received(now, msg);
-    }
-
-    fn handle_timeout(&mut self, now: std::time::Instant) {
-        self.proxy.handle_control(now);
-        self.proxy.handle_timeout(now);
-    }
-
-    fn poll_transmit(&mut self) -> Option<sip_core::transport::Transmit> {
-        self.proxy.poll_transmit()
-    }
-
-    fn poll_timeout(&self) -> Option<std::time::Instant> {
-        let tick = std::time::Instant::now() + POLL;
-        Some(self.proxy.poll_timeout().map_or(tick, |t| t.min(tick)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

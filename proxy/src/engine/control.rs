@@ -53,8 +53,7 @@ impl Proxy {
 
     fn snapshot(&self) -> EngineSnapshot {
         let (aors, bindings) = self.location.counts();
-        // REGISTERs are answered after a synchronous write: none wait.
-        let (held_registers, pending_writes) = (0, 0);
+        let (held_registers, pending_writes) = self.writes_pending();
         let relay = self.relay_stats();
         EngineSnapshot {
             stats: self.stats.clone(),
