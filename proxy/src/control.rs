@@ -181,6 +181,19 @@ pub struct ItemInfo {
     pub expires_at: u64,
 }
 
+impl From<crate::mailbox::ItemMeta> for ItemInfo {
+    fn from(m: crate::mailbox::ItemMeta) -> Self {
+        Self {
+            id: m.id.to_string(),
+            sender: m.sender,
+            content_type: m.content_type,
+            size: m.size,
+            stored_at: m.stored_at,
+            expires_at: m.expires_at,
+        }
+    }
+}
+
 /// Why the engine did not do what a command asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {

@@ -375,14 +375,7 @@ impl Ops {
         Ok(items
             .list(owner.as_str(), unix_now, MAX_PAGE)?
             .into_iter()
-            .map(|m| ItemInfo {
-                id: m.id.to_string(),
-                sender: m.sender,
-                content_type: m.content_type,
-                size: m.size,
-                stored_at: m.stored_at,
-                expires_at: m.expires_at,
-            })
+            .map(ItemInfo::from)
             .collect())
     }
 

@@ -122,17 +122,7 @@ impl Proxy {
             .mailbox
             .list(owner.as_str(), unix, MAX_LISTED)
             .map_err(|e| ControlError::Store(e.to_string()))?;
-        Ok(list
-            .into_iter()
-            .map(|m| ItemInfo {
-                id: m.id.to_string(),
-                sender: m.sender,
-                content_type: m.content_type,
-                size: m.size,
-                stored_at: m.stored_at,
-                expires_at: m.expires_at,
-            })
-            .collect())
+        Ok(list.into_iter().map(ItemInfo::from).collect())
     }
 
     fn control_delete_item(&mut self, id: &str) -> Result<(), ControlError> {
