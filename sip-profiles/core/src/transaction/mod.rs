@@ -58,8 +58,12 @@
 //! A client transaction drops its request once a final response arrived (nothing
 //! retransmits it any more, §17.1.1.2, §17.1.2.2), so a completed transaction keeps
 //! only what absorbing retransmissions needs: its timers, the last response (server,
-//! §17.2.1, §17.2.2) or the ACK (INVITE client, §17.1.1.3).
+//! §17.2.1, §17.2.2) or the ACK (INVITE client, §17.1.1.3). A server transaction that
+//! only absorbs retransmissions (non-INVITE Completed, INVITE Confirmed) can be turned
+//! into an [`Absorbing`] value of a few bytes, the final response handed back to the
+//! caller to keep as it likes (`into_absorbing`).
 
+mod absorbing;
 mod client_invite;
 mod client_non_invite;
 mod error;
@@ -73,6 +77,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+pub use absorbing::{Absorbing, Retransmitted};
 pub use client_invite::ClientInvite;
 pub use client_non_invite::ClientNonInvite;
 pub use error::{Fault, TransactionError};
@@ -200,6 +205,11 @@ impl Outbox {
     fn terminate(&mut self, failure: Option<TransactionEvent>) {
         self.failure = failure;
         self.terminated = true;
+    }
+
+    /// Nothing waits for `poll_transmit` or `poll_event`.
+    fn is_drained(&self) -> bool {
+        self.first.is_none() && self.more.is_empty() && self.failure.is_none() && !self.terminated
     }
 
     fn poll_transmit(&mut self) -> Option<Bytes> {

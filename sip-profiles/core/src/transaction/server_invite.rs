@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::error::ResponseClass;
 use super::timer::{Retransmit, deadline, earliest, linger};
 use super::{
-    AckAction, Outbox, State, Timer, TimerConfig, TransactionError, TransactionEvent,
+    Absorbing, AckAction, Outbox, State, Timer, TimerConfig, TransactionError, TransactionEvent,
     impl_transaction,
 };
 
@@ -144,6 +144,24 @@ impl ServerInvite {
         };
         self.state = next;
         result
+    }
+
+    /// Confirmed, with everything sent and reported: the transaction from now on only
+    /// absorbs INVITE and ACK retransmissions until Timer I (§17.2.1), which
+    /// [`Absorbing`] does on its own. In any other state (Completed still retransmits
+    /// its final with Timer G and waits for the ACK; Accepted still sends the TU's 2xx,
+    /// RFC 6026 §7.1), or with a datagram or event not yet polled, the machine comes back
+    /// unchanged.
+    // The machine itself comes back on `Err`, moved, never copied: boxing it would
+    // allocate on a path the caller takes for every transaction not yet done.
+    #[allow(clippy::result_large_err)]
+    pub fn into_absorbing(self) -> Result<Absorbing, Self> {
+        match self.state {
+            Inner::Confirmed(Confirmed { timer_i }) if self.ctx.outbox.is_drained() => {
+                Ok(Absorbing::confirmed(timer_i))
+            }
+            state => Err(Self { state, ..self }),
+        }
     }
 
     /// The INVITE arrived again (§17.2.1). Proceeding: the latest provisional is re-sent

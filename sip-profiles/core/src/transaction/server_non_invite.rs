@@ -13,7 +13,8 @@ use bytes::Bytes;
 use super::error::ResponseClass;
 use super::timer::linger;
 use super::{
-    Outbox, State, Timer, TimerConfig, TransactionError, TransactionEvent, impl_transaction,
+    Absorbing, Outbox, State, Timer, TimerConfig, TransactionError, TransactionEvent,
+    impl_transaction,
 };
 
 /// A non-INVITE server transaction (§17.2.2).
@@ -112,6 +113,22 @@ impl ServerNonInvite {
         };
         self.state = next;
         result
+    }
+
+    /// Completed, with everything sent and reported: the transaction from now on only
+    /// re-sends its final on each request retransmission until Timer J (§17.2.2), which
+    /// [`Absorbing`] and the returned final response do on their own. In any other state,
+    /// or with a datagram or event not yet polled, the machine comes back unchanged.
+    // The machine itself comes back on `Err`, moved, never copied: boxing it would
+    // allocate on a path the caller takes for every transaction not yet done.
+    #[allow(clippy::result_large_err)]
+    pub fn into_absorbing(self) -> Result<(Absorbing, Bytes), Self> {
+        match self.state {
+            Inner::Completed(Completed { response, timer_j }) if self.ctx.outbox.is_drained() => {
+                Ok((Absorbing::completed(timer_j), response))
+            }
+            state => Err(Self { state, ..self }),
+        }
     }
 
     /// The request arrived again (§17.2.2). Trying: discarded. Proceeding: the latest
