@@ -12,7 +12,7 @@ use sip_net::Listen;
 use sip_core::digest::Algorithm;
 
 use crate::auth::AuthSettings;
-use crate::engine::ProxyConfig;
+use crate::engine::{OverloadSettings, ProxyConfig};
 use crate::gate::GateSettings;
 use crate::mailbox::StoreSettings;
 use crate::registrar::RegistrarConfig;
@@ -72,6 +72,40 @@ pub struct FileConfig {
     pub relay: crate::relay::config::RelayFile,
     #[serde(default)]
     pub admin: AdminFile,
+    #[serde(default)]
+    pub overload: OverloadFile,
+}
+
+/// `[overload]`: new INVITEs and REGISTERs get 503 with Retry-After while input waits
+/// too long before the engine gets it (engine::overload, docs/architecture.md
+/// "Overload").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadFile {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Over capacity once a datagram waited this long in the receive queue (default 40).
+    pub high_ms: Option<u64>,
+    /// Back under capacity once the wait is this short (default 10; at most `high_ms`).
+    pub low_ms: Option<u64>,
+    /// Retry-After of the 503, seconds (default 5, at least 1).
+    pub retry_after_s: Option<u64>,
+}
+
+impl OverloadFile {
+    fn settings(&self) -> OverloadSettings {
+        let d = OverloadSettings::default();
+        let high = self.high_ms.map_or(d.high, Duration::from_millis);
+        let low = self.low_ms.map_or(d.low, Duration::from_millis).min(high);
+        OverloadSettings {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            high,
+            low,
+            retry_after: self
+                .retry_after_s
+                .map_or(d.retry_after, |s| Duration::from_secs(s.max(1))),
+        }
+    }
 }
 
 /// `[admin]`: the admin HTTP API and `/metrics` (docs/operations.md "Admin API and
@@ -265,6 +299,8 @@ pub struct Config {
     pub relay: Option<crate::relay::config::RelayConfig>,
     /// `[admin]` (docs/operations.md "Admin API and metrics").
     pub admin: AdminSettings,
+    /// `[overload]` (engine::overload).
+    pub overload: OverloadSettings,
 }
 
 /// Where the TLS material is, if any.
@@ -414,6 +450,7 @@ impl Config {
             store,
             relay,
             admin,
+            overload: f.overload.settings(),
         })
     }
 
@@ -429,6 +466,7 @@ impl Config {
         cfg.timer_c = self.timer_c;
         cfg.gate = self.gate.clone();
         cfg.symmetric_responses = self.symmetric_responses;
+        cfg.overload = self.overload.clone();
         cfg
     }
 }
@@ -436,6 +474,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overload_on_by_default_and_marks_from_the_file() {
+        let d = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(d.overload, OverloadSettings::default());
+        assert!(d.proxy_config(&d.listen).overload.enabled);
+        let dir = std::env::temp_dir().join(format!("permit-cfg-ovl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.toml");
+        std::fs::write(
+            &file,
+            "[overload]\nenabled = false\nhigh_ms = 80\nlow_ms = 200\nretry_after_s = 0\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), Overrides::default()).unwrap();
+        let o = c.proxy_config(&c.listen).overload;
+        assert!(!o.enabled);
+        assert_eq!(o.high, Duration::from_millis(80));
+        // A low mark above the high one would never let the proxy leave overload.
+        assert_eq!(o.low, Duration::from_millis(80));
+        assert_eq!(o.retry_after, Duration::from_secs(1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn symmetric_responses_by_default_strict_on_request() {

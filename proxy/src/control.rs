@@ -159,6 +159,8 @@ pub struct EngineSnapshot {
     pub relay: Option<crate::relay::RelayStats>,
     pub relayed_calls: u64,
     pub unrelayed_calls: u64,
+    /// Over capacity or not, and the input wait last measured (engine::overload).
+    pub overload: crate::engine::OverloadState,
 }
 
 /// One binding as the admin API shows it.

@@ -49,6 +49,8 @@ pub struct ProxyConfig {
     /// The permit-token key ring (engine::permit); a random key from the engine's rng
     /// when `None`.
     pub token_keys: Option<KeyRing>,
+    /// When new INVITEs and REGISTERs are refused for load (engine::overload).
+    pub overload: OverloadSettings,
 }
 
 impl ProxyConfig {
@@ -64,6 +66,7 @@ impl ProxyConfig {
             route_keys: None,
             symmetric_responses: true,
             token_keys: None,
+            overload: OverloadSettings::default(),
         }
     }
 }
@@ -97,6 +100,10 @@ pub struct Stats {
     pub deposits: u64,
     pub delivered: u64,
     pub notifies: u64,
+    /// New INVITEs and REGISTERs answered 503 because the proxy was over capacity,
+    /// and the times it went over (engine::overload).
+    pub overload_refused: u64,
+    pub overload_episodes: u64,
     /// Requests by method, responses by status, session outcomes (`/metrics`).
     pub traffic: crate::control::Traffic,
 }
@@ -164,6 +171,8 @@ pub struct Proxy {
     held: VecDeque<local::HeldRegister>,
     /// The operator's commands (engine::control), when an admin API runs.
     control: Option<crate::control::Control>,
+    /// Over capacity or not, from the shell's measure of how long input waits.
+    overload: overload::Overload,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -211,6 +220,7 @@ impl Proxy {
             held: VecDeque::new(),
             rng,
             control: None,
+            overload: overload::Overload::default(),
             epoch: (now, unix_now),
             next_id: 0,
             stats: Stats::default(),
@@ -312,6 +322,7 @@ impl Proxy {
             kind: Kind::of(&method),
         };
         match method {
+            Method::Ack if Self::is_overload_ack(&msg) => return,
             Method::Ack => return self.handle_ack(now, &key, &msg, flow),
             Method::Cancel => return self.handle_cancel(now, key, &msg, flow),
             _ => {}
@@ -323,6 +334,11 @@ impl Proxy {
             };
             self.drain_server(now, &key);
             return;
+        }
+        // New work only, before any transaction, digest check or store write
+        // (engine::overload).
+        if self.refuses_for_load(&method, &msg) {
+            return self.refuse_for_load(&msg, flow);
         }
         let reliable = flow.transport.is_reliable();
         let tx = if method == Method::Invite {
@@ -679,6 +695,9 @@ impl sip_net::Engine for Proxy {
     fn handle_wake(&mut self, now: Instant) {
         Proxy::handle_wake(self, now);
     }
+    fn handle_load(&mut self, now: Instant, waited: Duration) {
+        Proxy::handle_load(self, now, waited);
+    }
 }
 
 mod admit;
@@ -688,6 +707,7 @@ pub mod dialog;
 mod forward;
 mod local;
 mod mwi;
+mod overload;
 mod permit;
 mod relay;
 mod target;
@@ -696,6 +716,7 @@ mod validate;
 
 use dialog::{Parties, Remembered, RouteKeys, SealError};
 use forward::{build_cancel_or_ack, own_routes};
+pub use overload::{OverloadSettings, OverloadState};
 use permit::Grant;
 use sip_core::permit::{KeyRing, ProxyKey};
 use target::Target;
@@ -714,6 +735,8 @@ mod direct_message_tests;
 mod gate_tests;
 #[cfg(test)]
 mod hole_tests;
+#[cfg(test)]
+mod overload_tests;
 #[cfg(test)]
 mod permit_tests;
 #[cfg(test)]

@@ -116,6 +116,7 @@ pub fn render(
 
 fn render_engine(x: &mut Exposition, e: &EngineSnapshot) {
     render_sip(x, e);
+    render_overload(x, e);
     render_state(x, e);
     if let Some(r) = &e.relay {
         render_relay(x, e, r);
@@ -214,6 +215,34 @@ fn render_sip(x: &mut Exposition, e: &EngineSnapshot) {
         "counter",
         "Requests answered 503 because their source was over its authentication failure budget.",
         e.limiter_refused,
+    );
+}
+
+/// Overload control (engine::overload): refusals, episodes, the state and its signal.
+fn render_overload(x: &mut Exposition, e: &EngineSnapshot) {
+    x.one(
+        "permit_overload_refusals_total",
+        "counter",
+        "New INVITEs and REGISTERs answered 503 with Retry-After because the proxy was over capacity.",
+        e.stats.overload_refused,
+    );
+    x.one(
+        "permit_overload_episodes_total",
+        "counter",
+        "Times the proxy went over capacity (input waited past the [overload] high mark).",
+        e.stats.overload_episodes,
+    );
+    x.one(
+        "permit_overloaded",
+        "gauge",
+        "1 while the proxy refuses new INVITEs and REGISTERs for load, else 0.",
+        u64::from(e.overload.over),
+    );
+    x.one(
+        "permit_input_wait_microseconds",
+        "gauge",
+        "How long the last UDP datagram read had waited in its socket's receive queue.",
+        u64::try_from(e.overload.waited.as_micros()).unwrap_or(u64::MAX),
     );
 }
 

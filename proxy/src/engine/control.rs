@@ -71,6 +71,7 @@ impl Proxy {
             relayed_calls: relay.as_ref().map_or(0, |(_, h)| h.relayed),
             unrelayed_calls: relay.as_ref().map_or(0, |(_, h)| h.unrelayed),
             relay: relay.map(|(r, _)| r),
+            overload: self.overload_state(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The driver loop: the only place where a sans-IO engine meets tokio (STYLE.md rule 1).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -19,6 +19,10 @@ pub trait Engine {
     /// group of writes, an operator's command is queued): the driver calls this when
     /// the `wake` signal given to [`run_woken`] fires.
     fn handle_wake(&mut self, _now: Instant) {}
+    /// How long the input about to be handled waited before the shell read it (see
+    /// [`crate::NetStats::input_wait`]); called before each `handle_received`. An engine
+    /// may refuse new work while this is long (overload control).
+    fn handle_load(&mut self, _now: Instant, _waited: Duration) {}
 }
 
 /// Runs `engine` on `net` until `shutdown` resolves or the sockets close.
@@ -63,9 +67,11 @@ pub async fn run_woken<E: Engine>(
             msg = net.inbound.recv() => {
                 let Some(msg) = msg else { return };
                 let now = Instant::now();
+                engine.handle_load(now, net.sender.stats.input_wait());
                 engine.handle_received(now, msg);
                 // Drain what is already queued before looking at timers again.
                 while let Ok(more) = net.inbound.try_recv() {
+                    engine.handle_load(now, net.sender.stats.input_wait());
                     engine.handle_received(now, more);
                     while let Some(t) = engine.poll_transmit() {
                         net.sender.send(t).await;

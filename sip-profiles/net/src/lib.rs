@@ -91,11 +91,22 @@ pub struct NetStats {
     pub send_errors: AtomicU64,
     /// TLS handshakes that failed or timed out, incoming and outgoing.
     pub handshake_errors: AtomicU64,
+    /// Microseconds the last UDP datagram read had waited in its socket's receive
+    /// queue (kernel receive timestamp to the read; [`NetStats::input_wait`]).
+    pub input_wait_us: AtomicU64,
 }
 
 impl NetStats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long the last UDP datagram read had waited in the kernel's receive queue.
+    /// The queue is first in, first out, so this is the age of the oldest input then
+    /// waiting: the queueing delay in front of the engine (overload control's signal).
+    /// Zero when the kernel gives no receive timestamps.
+    pub fn input_wait(&self) -> Duration {
+        Duration::from_micros(self.input_wait_us.load(Ordering::Relaxed))
     }
 }
 

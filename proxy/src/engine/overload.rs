@@ -1,0 +1,189 @@
+//! Overload control: when input waits too long before the engine gets it, new work is
+//! refused cheaply so that the work already admitted finishes (RFC 6357 §3, §5).
+//!
+//! The shell measures how long the input the engine is about to handle waited in the
+//! kernel's receive queue and passes that number in (`Proxy::handle_load`); the engine
+//! decides with two marks (hysteresis): over capacity from the moment the wait reaches
+//! `high` until it falls to `low` or under. While over, a new out-of-dialog INVITE and a
+//! REGISTER are answered 503 Service Unavailable with Retry-After (RFC 3261 §21.5.4,
+//! §20.33), statelessly, before digest verification and before any store write. What is
+//! never refused here: in-dialog requests (a To tag), ACK, CANCEL, responses, and
+//! retransmissions of requests whose server transaction exists (they finish work that
+//! was already admitted). docs/architecture.md "Overload" says why the wait, and not
+//! the length of the engine's queue, is the signal.
+
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use sip_core::message::{Message, Method, ResponseBuilder};
+
+use super::Proxy;
+use crate::route::{Flow, received_via};
+
+/// The To tag of our overload 503s starts with this, so that the ACK of such a 503 is
+/// recognised and absorbed without a transaction (RFC 3261 §17.1.1.3: a non-2xx ACK is
+/// hop-by-hop). Our transactions' tags are 8 hex digits, so they never start with it.
+const TAG_PREFIX: &str = "ovl-";
+
+/// `[overload]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverloadSettings {
+    /// Off: nothing is refused for load.
+    pub enabled: bool,
+    /// Over capacity once input waits this long before the engine gets it.
+    pub high: Duration,
+    /// Back under capacity once the wait is this short or shorter.
+    pub low: Duration,
+    /// The Retry-After of the 503 (RFC 3261 §20.33), whole seconds.
+    pub retry_after: Duration,
+}
+
+impl Default for OverloadSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            high: Duration::from_millis(40),
+            low: Duration::from_millis(10),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The detector: the last wait the shell reported and the state it put us in.
+#[derive(Debug, Default)]
+pub(super) struct Overload {
+    over: bool,
+    /// The wait last reported by the shell.
+    waited: Duration,
+}
+
+impl Overload {
+    /// A wait reported by the shell; returns whether the state changed.
+    fn handle_wait(&mut self, s: &OverloadSettings, waited: Duration) -> bool {
+        self.waited = waited;
+        let over = if self.over {
+            waited > s.low
+        } else {
+            s.enabled && waited >= s.high
+        };
+        let changed = over != self.over;
+        self.over = over;
+        changed
+    }
+}
+
+/// What `/metrics` reports of overload control.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OverloadState {
+    pub over: bool,
+    /// The last input wait the shell reported.
+    pub waited: Duration,
+}
+
+impl Proxy {
+    /// How long the input about to be handled waited before the engine got it (the
+    /// shell's measure, `sip_net::Engine::handle_load`).
+    pub fn handle_load(&mut self, _now: Instant, waited: Duration) {
+        if self.overload.handle_wait(&self.cfg.overload, waited) {
+            if self.overload.over {
+                self.stats.overload_episodes += 1;
+                tracing::warn!(
+                    waited_ms = waited.as_millis(),
+                    "over capacity: new INVITEs and REGISTERs get 503"
+                );
+            } else {
+                tracing::info!(waited_ms = waited.as_millis(), "back under capacity");
+            }
+        }
+    }
+
+    pub fn overload_state(&self) -> OverloadState {
+        OverloadState {
+            over: self.overload.over,
+            waited: self.overload.waited,
+        }
+    }
+
+    /// Whether `msg` is new work to refuse now: an out-of-dialog INVITE or a REGISTER
+    /// while over capacity. Called only for requests that match no server transaction.
+    pub(super) fn refuses_for_load(&self, method: &Method, msg: &Message) -> bool {
+        self.overload.over
+            && match method {
+                Method::Invite => msg.to_tag().is_none(),
+                Method::Register => true,
+                _ => false,
+            }
+    }
+
+    /// The 503 for new work while over capacity, sent without a transaction (as a
+    /// stateless proxy would, RFC 3261 §16.11): nothing is kept for it. A retransmission
+    /// of the request gets the same tag (it is derived from the request), and the ACK of
+    /// an INVITE's 503 is absorbed by [`Proxy::is_overload_ack`].
+    pub(super) fn refuse_for_load(&mut self, msg: &Message, flow: Flow) {
+        self.stats.overload_refused += 1;
+        let mut h = std::hash::DefaultHasher::new();
+        msg.header(sip_core::message::HeaderName::CallId)
+            .hash(&mut h);
+        msg.header(sip_core::message::HeaderName::From).hash(&mut h);
+        let tag = format!("{TAG_PREFIX}{:016x}", h.finish());
+        let retry = self.cfg.overload.retry_after.as_secs().max(1).to_string();
+        let mut b = ResponseBuilder::new(msg, 503, "Service Unavailable")
+            .to_tag(tag.as_bytes())
+            .header("Retry-After", retry.as_bytes());
+        let via = received_via(msg, flow.remote);
+        if let Some(v) = &via {
+            b = b.top_via(v.as_bytes());
+        }
+        let invite = msg.method() == Some(&Method::Invite);
+        self.stats.traffic.response(503, invite);
+        let dest = super::validate::reply_flow(msg, flow, self.cfg.symmetric_responses);
+        self.send(dest, b.to_vec().into());
+    }
+
+    /// The ACK of one of our overload 503s (its To tag is ours): nothing to do.
+    pub(super) fn is_overload_ack(msg: &Message) -> bool {
+        msg.to_tag()
+            .is_some_and(|t| t.starts_with(TAG_PREFIX.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn hysteresis_between_the_marks() {
+        let s = OverloadSettings {
+            high: ms(40),
+            low: ms(10),
+            ..OverloadSettings::default()
+        };
+        let mut o = Overload::default();
+        assert!(!o.handle_wait(&s, ms(39)));
+        assert!(!o.over);
+        assert!(o.handle_wait(&s, ms(40)));
+        assert!(o.over);
+        // Between the marks: the state stays what it was.
+        assert!(!o.handle_wait(&s, ms(20)));
+        assert!(o.over);
+        assert!(o.handle_wait(&s, ms(10)));
+        assert!(!o.over);
+        assert!(!o.handle_wait(&s, ms(20)));
+        assert!(!o.over);
+    }
+
+    #[test]
+    fn disabled_never_goes_over() {
+        let s = OverloadSettings {
+            enabled: false,
+            ..OverloadSettings::default()
+        };
+        let mut o = Overload::default();
+        assert!(!o.handle_wait(&s, Duration::from_secs(10)));
+        assert!(!o.over);
+    }
+}

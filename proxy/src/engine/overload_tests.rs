@@ -1,0 +1,216 @@
+//! Overload control on the virtual clock: over the high mark new INVITEs and REGISTERs
+//! get 503 with Retry-After, while in-dialog requests, CANCEL, ACK and retransmissions
+//! of transactions in progress are still handled; under the low mark everything passes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sip_core::message::{HeaderName, Message, Method};
+
+use super::tests::{Harness, addr, invite, status};
+
+const ALICE: &str = "127.0.0.1:5070";
+const BOB: &str = "127.0.0.1:5080";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The UAS's response to the forwarded request `req` (To tag `b1`).
+fn answer(req: &Message, code: u16, reason: &str) -> String {
+    let lines = |name, label: &str| {
+        req.headers(name)
+            .map(|v| format!("{label}: {}\n", String::from_utf8_lossy(v)))
+            .collect::<Vec<_>>()
+            .concat()
+    };
+    let (vias, rr) = (
+        lines(HeaderName::Via, "Via"),
+        lines(HeaderName::RecordRoute, "Record-Route"),
+    );
+    let h = |n| String::from_utf8_lossy(req.header(n).unwrap()).into_owned();
+    format!(
+        "SIP/2.0 {code} {reason}\n{vias}From: {}\nTo: {};tag=b1\nCall-ID: {}\nCSeq: {}\n{rr}Contact: <sip:bob@{BOB}>\nContent-Length: 0\n\n",
+        h(HeaderName::From),
+        h(HeaderName::To),
+        h(HeaderName::CallId),
+        h(HeaderName::CSeq),
+    )
+}
+
+/// The Retry-After header's value (RFC 3261 §20.33), read from the bytes.
+fn retry_after(m: &Message) -> Option<String> {
+    String::from_utf8_lossy(m.as_bytes())
+        .lines()
+        .find_map(|l| l.strip_prefix("Retry-After: ").map(str::to_owned))
+}
+
+fn cancel_of(invite: &str) -> String {
+    invite
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL")
+}
+
+fn requests(out: &[(SocketAddr, Message)]) -> Vec<(SocketAddr, Method)> {
+    out.iter()
+        .filter_map(|(d, m)| m.method().map(|x| (*d, x.clone())))
+        .collect()
+}
+
+/// Calls alice -> bob up to `code` from bob; returns the INVITE bob got.
+fn call(h: &mut Harness, branch: &str, code: u16) -> Message {
+    let out = h.recv(ALICE, &invite("bob", branch, 70));
+    assert_eq!(
+        status(&out),
+        vec![100],
+        "{branch}: only 100 Trying upstream"
+    );
+    let fwd = out[1].1.clone();
+    let reason = if code == 200 { "OK" } else { "Ringing" };
+    let out = h.recv(BOB, &answer(&fwd, code, reason));
+    assert_eq!(status(&out), vec![code]);
+    fwd
+}
+
+#[test]
+fn over_the_mark_new_invite_and_register_get_503_with_retry_after() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    h.proxy.handle_load(h.now, ms(40));
+    assert!(h.proxy.overload_state().over);
+
+    let live = h.proxy.live();
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKo1", 70));
+    assert_eq!(status(&out), vec![503], "no 100 Trying, no forwarding");
+    assert_eq!(out[0].0, addr(ALICE));
+    let resp = &out[0].1;
+    assert_eq!(retry_after(resp).as_deref(), Some("5"));
+    assert!(resp.to_tag().is_some());
+    assert_eq!(h.proxy.live(), live, "the 503 keeps no transaction");
+    // A retransmission gets the same answer, with the same tag.
+    let again = h.recv(ALICE, &invite("bob", "z9hG4bKo1", 70));
+    assert_eq!(status(&again), vec![503]);
+    assert_eq!(again[0].1.to_tag(), resp.to_tag());
+    // Its ACK (hop-by-hop, RFC 3261 §17.1.1.3) is absorbed: nothing sent, nothing
+    // counted as a forged dialog.
+    let tag = String::from_utf8_lossy(resp.to_tag().unwrap()).into_owned();
+    let ack = invite("bob", "z9hG4bKo1", 70)
+        .replace("INVITE sip", "ACK sip")
+        .replace("1 INVITE", "1 ACK")
+        .replace(
+            "To: <sip:bob@localhost>",
+            &format!("To: <sip:bob@localhost>;tag={tag}"),
+        );
+    assert!(h.recv(ALICE, &ack).is_empty());
+    assert_eq!(h.proxy.stats.forged_dialogs, 0);
+
+    // REGISTER: 503 before any store write; the binding is not added.
+    let before = h.proxy.location_counts();
+    let out = h.register("carol", "127.0.0.1:5090", 600);
+    assert_eq!(status(&out), vec![503]);
+    assert_eq!(retry_after(&out[0].1).as_deref(), Some("5"));
+    assert_eq!(h.proxy.location_counts(), before);
+    assert_eq!(h.proxy.stats.overload_refused, 3);
+    assert_eq!(h.proxy.stats.overload_episodes, 1);
+}
+
+#[test]
+fn over_the_mark_work_in_progress_is_still_handled() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    // An established call, a ringing call and an INVITE just sent to bob, all admitted
+    // before the proxy went over capacity.
+    let est = call(&mut h, "z9hG4bKe1", 200);
+    let ringing = call(&mut h, "z9hG4bKr1", 180);
+    let pending = h.recv(ALICE, &invite("bob", "z9hG4bKp1", 70));
+    assert_eq!(status(&pending), vec![100]);
+
+    h.proxy.handle_load(h.now, ms(500));
+
+    // In-dialog BYE along the recorded route: forwarded to alice.
+    let route: Vec<String> = est
+        .list(HeaderName::RecordRoute)
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    let bye = format!(
+        "BYE sip:alice@{ALICE} SIP/2.0
+Via: SIP/2.0/UDP {BOB};branch=z9hG4bKbye1
+Route: {}
+From: <sip:bob@localhost>;tag=b1
+To: <sip:alice@localhost>;tag=a1
+Call-ID: call-z9hG4bKe1
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+",
+        route.join(", ")
+    );
+    let out = h.recv(BOB, &bye);
+    assert_eq!(requests(&out), vec![(addr(ALICE), Method::Bye)]);
+
+    // CANCEL of the ringing call: 200 to alice and the CANCEL to bob.
+    let out = h.recv(ALICE, &cancel_of(&invite("bob", "z9hG4bKr1", 70)));
+    assert_eq!(status(&out), vec![200]);
+    assert_eq!(requests(&out), vec![(addr(BOB), Method::Cancel)]);
+    let out = h.recv(BOB, &answer(&ringing, 487, "Request Terminated"));
+    assert_eq!(status(&out), vec![487]);
+
+    // The retransmitted INVITE of the transaction in progress: its server transaction
+    // answers (the last provisional again), no 503.
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKp1", 70));
+    assert_eq!(status(&out), vec![100]);
+    // Bob's answer to it still reaches alice.
+    let out = h.recv(BOB, &answer(&pending[1].1, 200, "OK"));
+    assert_eq!(status(&out), vec![200]);
+
+    // Only a new INVITE is refused.
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKn1", 70));
+    assert_eq!(status(&out), vec![503]);
+    assert_eq!(h.proxy.stats.overload_refused, 1);
+}
+
+#[test]
+fn under_the_mark_everything_passes_and_hysteresis_holds() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    // Under the high mark: not over.
+    h.proxy.handle_load(h.now, ms(39));
+    call(&mut h, "z9hG4bKu1", 180);
+    assert_eq!(
+        status(&h.register("carol", "127.0.0.1:5090", 600)),
+        vec![200]
+    );
+
+    h.proxy.handle_load(h.now, ms(45));
+    assert_eq!(
+        status(&h.recv(ALICE, &invite("bob", "z9hG4bKu2", 70))),
+        vec![503]
+    );
+    // Between the marks the proxy stays over capacity.
+    h.advance(Duration::from_secs(1));
+    h.proxy.handle_load(h.now, ms(20));
+    assert_eq!(
+        status(&h.recv(ALICE, &invite("bob", "z9hG4bKu3", 70))),
+        vec![503]
+    );
+    // At the low mark it is back: calls and REGISTERs pass again.
+    h.proxy.handle_load(h.now, ms(10));
+    assert!(!h.proxy.overload_state().over);
+    call(&mut h, "z9hG4bKu4", 180);
+    assert_eq!(
+        status(&h.register("dave", "127.0.0.1:5091", 600)),
+        vec![200]
+    );
+    assert_eq!(h.proxy.stats.overload_refused, 2);
+}
+
+#[test]
+fn disabled_refuses_nothing() {
+    let mut h = Harness::new();
+    h.proxy.cfg.overload.enabled = false;
+    h.register("bob", BOB, 600);
+    h.proxy.handle_load(h.now, Duration::from_secs(3));
+    call(&mut h, "z9hG4bKd1", 180);
+    assert_eq!(h.proxy.stats.overload_refused, 0);
+}
