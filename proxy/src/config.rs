@@ -44,6 +44,38 @@ pub enum ConfigError {
     Relay(#[from] crate::relay::config::RelayConfigError),
     #[error("[admin] enabled needs a token (at least 16 characters)")]
     AdminWithoutToken,
+    #[error("[store] backend = \"postgres\" needs url = \"postgres://…\"")]
+    PostgresWithoutUrl,
+}
+
+/// `[store] backend`: where the proxy's tables live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    /// The embedded SQLite files in the data directory (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database that several proxy nodes may share (crate::pg).
+    Postgres,
+}
+
+/// The resolved storage backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    /// Its URL's `Debug` hides the password.
+    Postgres(crate::pg::PgUrl),
+}
+
+impl StoreFile {
+    /// The backend `[store] backend` and `url` name.
+    fn backend(&self) -> Result<Backend, ConfigError> {
+        match (self.backend.unwrap_or_default(), &self.url) {
+            (BackendName::Sqlite, _) => Ok(Backend::Sqlite),
+            (BackendName::Postgres, Some(url)) => Ok(Backend::Postgres(url.clone())),
+            (BackendName::Postgres, None) => Err(ConfigError::PostgresWithoutUrl),
+        }
+    }
 }
 
 /// The file format (every key optional).
@@ -205,6 +237,10 @@ pub struct StoreFile {
     pub http_base: Option<String>,
     /// How long an announced upload may take, seconds (default 86400).
     pub upload_window_s: Option<u64>,
+    /// "sqlite" (default) or "postgres" (docs/operations.md "PostgreSQL").
+    pub backend: Option<BackendName>,
+    /// The PostgreSQL URL, `postgres://user:password@host:port/db` (never logged).
+    pub url: Option<crate::pg::PgUrl>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +321,8 @@ pub struct Config {
     pub data: PathBuf,
     pub listen: Vec<Listen>,
     pub durability: Durability,
+    /// `[store] backend` and `url`: the embedded SQLite files or PostgreSQL.
+    pub backend: Backend,
     pub registrar: RegistrarConfig,
     pub timers: TimerConfig,
     pub timer_c: Duration,
@@ -430,6 +468,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("permit-data")),
             listen,
             durability: f.durability.unwrap_or(Durability::Normal),
+            backend: f.store.backend()?,
             registrar: RegistrarConfig {
                 min_expires: f.registrar.min_expires.unwrap_or(r.min_expires),
                 max_expires: f.registrar.max_expires.unwrap_or(r.max_expires),

@@ -256,6 +256,13 @@ pub enum Command {
         id: String,
         reply: Reply<()>,
     },
+    /// Bindings another node committed to the shared store (PostgreSQL backend,
+    /// `pg::listen`): each AOR's list as stored, to be made visible as it is, without
+    /// writing it back.
+    RemoteBindings(Vec<(String, Vec<crate::location::Binding>)>),
+    /// Another node changed permit lists: the engine refreshes its table now rather
+    /// than at its next lookup.
+    ReloadPermits,
 }
 
 /// The queue and the signal that wakes the engine's driver
@@ -283,14 +290,14 @@ impl Control {
             .pop_front()
     }
 
-    fn push(&self, cmd: Command) -> Result<(), ControlError> {
+    fn push(&self, cmd: Command) -> Result<(), (ControlError, Command)> {
         {
             let mut q = self
                 .queue
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if q.len() >= MAX_QUEUED {
-                return Err(ControlError::Busy);
+                return Err((ControlError::Busy, cmd));
             }
             q.push_back(cmd);
         }
@@ -302,12 +309,30 @@ impl Control {
     /// answer, at most [`ANSWER_WITHIN`].
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ControlError> {
         let (tx, rx) = oneshot::channel();
-        self.push(make(tx))?;
+        self.push(make(tx)).map_err(|(e, _)| e)?;
         match tokio::time::timeout(ANSWER_WITHIN, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(ControlError::Stopped),
             Err(_) => Err(ControlError::Busy),
         }
+    }
+
+    /// Queues bindings other nodes stored; the batch comes back when the queue is full.
+    #[allow(clippy::type_complexity)] // the batch handed back as it was given
+    pub fn remote_bindings(
+        &self,
+        batch: Vec<(String, Vec<crate::location::Binding>)>,
+    ) -> Result<(), (ControlError, Vec<(String, Vec<crate::location::Binding>)>)> {
+        self.push(Command::RemoteBindings(batch))
+            .map_err(|(e, cmd)| match cmd {
+                Command::RemoteBindings(b) => (e, b),
+                _ => (e, Vec::new()),
+            })
+    }
+
+    /// Queues a refresh of the permit table (no answer awaited).
+    pub fn reload_permits(&self) -> Result<(), ControlError> {
+        self.push(Command::ReloadPermits).map_err(|(e, _)| e)
     }
 
     pub async fn stats(&self) -> Result<EngineSnapshot, ControlError> {
@@ -371,7 +396,10 @@ mod tests {
             kept.push(rx);
         }
         let (tx, _rx) = oneshot::channel();
-        assert_eq!(c.push(Command::Stats(tx)), Err(ControlError::Busy));
+        assert!(matches!(
+            c.push(Command::Stats(tx)),
+            Err((ControlError::Busy, Command::Stats(_)))
+        ));
         // A command whose reply channel is dropped unanswered reads as a stopped engine.
         drop(c.pop());
         assert!(kept.remove(0).await.is_err());

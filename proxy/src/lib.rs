@@ -21,6 +21,7 @@ pub mod mailbox;
 pub mod manage;
 pub mod ops;
 pub mod permits;
+pub mod pg;
 pub mod registrar;
 pub mod relay;
 pub mod route;

@@ -418,6 +418,18 @@ impl Location {
         Ok(Stored::Now)
     }
 
+    /// Makes bindings that another node stored visible as they are, writing nothing
+    /// (PostgreSQL backend: read after that node committed them). A change of this
+    /// node's own still pending for the AOR stays the registrar's view and is made
+    /// visible over this one when it settles.
+    pub fn apply_stored(&mut self, aor: &str, bindings: Vec<Binding>) {
+        let key = self
+            .aors
+            .get_key_value(aor)
+            .map_or_else(|| Arc::from(aor), |(k, _)| k.clone());
+        self.commit(key, bindings.into_boxed_slice());
+    }
+
     /// Makes stored bindings visible.
     fn commit(&mut self, key: Arc<str>, bindings: Box<[Binding]>) {
         if let Some(old) = self.aors.remove(&key) {

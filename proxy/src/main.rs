@@ -8,13 +8,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use clap::{Parser, Subcommand};
-use permit_proxy::auth::Auth;
+use permit_proxy::auth::{Auth, UserDirectory};
 use permit_proxy::commit::{GroupCommit, GroupLimits};
-use permit_proxy::config::{Config, DEFAULT_DOMAIN, Overrides};
+use permit_proxy::config::{Backend, Config, DEFAULT_DOMAIN, Overrides};
 use permit_proxy::engine::Proxy;
 use permit_proxy::location::Location;
 use permit_proxy::ops::{Ops, OpsError, Page};
 use permit_proxy::permits::{Aor, Permits};
+use permit_proxy::pg;
 use permit_proxy::store::{LocationStore, SqliteStore};
 use permit_proxy::users::{DomainError, SqliteUsers};
 use rand::RngCore;
@@ -187,9 +188,12 @@ fn main() -> ExitCode {
 /// users could never authenticate.
 fn settle_domain(cfg: &mut Config) -> Result<(), ExitCode> {
     let asked = cfg.domain_given.then_some(cfg.domain.as_str());
-    let claimed = SqliteUsers::open(&cfg.data)
-        .map_err(DomainError::Store)
-        .and_then(|mut users| users.claim_domain(asked, DEFAULT_DOMAIN));
+    let claimed = match &cfg.backend {
+        Backend::Sqlite => SqliteUsers::open(&cfg.data)
+            .map_err(DomainError::Store)
+            .and_then(|mut users| users.claim_domain(asked, DEFAULT_DOMAIN)),
+        Backend::Postgres(url) => pg_domain(url, asked),
+    };
     match claimed {
         Ok(domain) => {
             cfg.domain = domain;
@@ -206,6 +210,26 @@ fn settle_domain(cfg: &mut Config) -> Result<(), ExitCode> {
     }
 }
 
+/// Migrates the PostgreSQL schema (one transaction; nodes starting together apply
+/// each migration once) and settles the served domain there.
+fn pg_domain(url: &pg::PgUrl, asked: Option<&str>) -> Result<String, DomainError> {
+    let store = |e: pg::PgError| DomainError::Store(e.into());
+    let db = pg::Db::open(url, "permit-pg-migrate").map_err(store)?;
+    let version = db.migrate().map_err(store)?;
+    tracing::info!(url = %url, version, "postgres schema ready");
+    drop(db);
+    let mut users = pg::PgUsers::open(url, pg::NodeId::random(), Arc::default()).map_err(store)?;
+    users.claim_domain(asked, DEFAULT_DOMAIN)
+}
+
+/// The operator's operations on the configured backend.
+fn open_ops(cfg: &Config) -> Result<Ops, OpsError> {
+    match &cfg.backend {
+        Backend::Sqlite => Ops::open(&cfg.data, &cfg.domain, cfg.durability),
+        Backend::Postgres(url) => Ops::open_postgres(url, &cfg.data, &cfg.domain, cfg.durability),
+    }
+}
+
 /// The password from the flag, or the first line of stdin.
 fn password(flag: Option<String>) -> Result<String, OpsError> {
     if let Some(p) = flag {
@@ -219,7 +243,7 @@ fn password(flag: Option<String>) -> Result<String, OpsError> {
 }
 
 fn permit(cfg: &Config, cmd: PermitCommand) -> Result<(), OpsError> {
-    let mut ops = Ops::open(&cfg.data, &cfg.domain, cfg.durability)?;
+    let mut ops = open_ops(cfg)?;
     match cmd {
         PermitCommand::Add { callee, caller } => {
             let w = ops.add_permit(&callee, &caller)?;
@@ -262,7 +286,7 @@ fn permit(cfg: &Config, cmd: PermitCommand) -> Result<(), OpsError> {
 }
 
 fn user(cfg: &Config, cmd: UserCommand) -> Result<(), OpsError> {
-    let mut ops = Ops::open(&cfg.data, &cfg.domain, cfg.durability)?;
+    let mut ops = open_ops(cfg)?;
     match cmd {
         UserCommand::Add { name, password: pw } => {
             let aor = ops.add_user(&name, || password(pw))?;
@@ -307,9 +331,16 @@ fn engine_keys(
     .map_err(|e| format!("route key: {e}"))?;
     let tokens = permit_proxy::keys::token_ring(&cfg.data, |k| rand::rng().fill_bytes(k))
         .map_err(|e| format!("token key: {e}"))?;
-    let items = permit_proxy::mailbox::SqliteItems::open(&cfg.data, cfg.store.max_file_bytes)
-        .map_err(|e| e.to_string())?;
-    let mut mailbox = permit_proxy::mailbox::Mailbox::new(Box::new(items), cfg.store.quotas);
+    let items: Box<dyn permit_proxy::mailbox::StoredItems> = match &cfg.backend {
+        Backend::Sqlite => Box::new(
+            permit_proxy::mailbox::SqliteItems::open(&cfg.data, cfg.store.max_file_bytes)
+                .map_err(|e| e.to_string())?,
+        ),
+        Backend::Postgres(url) => {
+            Box::new(pg::PgItems::open(url, &cfg.data).map_err(|e| e.to_string())?)
+        }
+    };
+    let mut mailbox = permit_proxy::mailbox::Mailbox::new(items, cfg.store.quotas);
     mailbox.uploads = start_uploads(cfg)?;
     Ok((
         permit_proxy::engine::dialog::RouteKeys::new(1, route),
@@ -354,17 +385,14 @@ fn start_uploads(cfg: &Config) -> Result<Option<(permit_proxy::upload::Tokens, u
 /// the engine runs, so it reports ready at once.
 async fn start_admin(
     cfg: &Config,
-    proxy: &mut Proxy,
-    wake: &Arc<Notify>,
+    control: permit_proxy::control::Control,
     net: Arc<sip_net::NetStats>,
 ) -> Result<(), String> {
     use permit_proxy::admin::{self, Admin};
     let (true, Some(token)) = (cfg.admin.enabled, cfg.admin.token.clone()) else {
         return Ok(());
     };
-    let ops = Ops::open(&cfg.data, &cfg.domain, cfg.durability).map_err(|e| e.to_string())?;
-    let control = permit_proxy::control::Control::new(wake.clone());
-    proxy.set_control(control.clone());
+    let ops = open_ops(cfg).map_err(|e| e.to_string())?;
     let state = Admin::new(ops, token, Some(control), Some(net));
     let bound = admin::start(cfg.admin.listen, state.clone())
         .await
@@ -395,12 +423,81 @@ fn start_relay(cfg: &Config, proxy: &mut Proxy, seed: u64) -> Result<(), String>
 // The start-up sequence reads best in one place; each step is a call or a match.
 #[allow(clippy::too_many_lines)]
 /// The location service on the embedded store, its writes in the store worker.
-fn open_location(cfg: &Config, wake: &Arc<Notify>) -> Result<Location, String> {
-    let mut store = SqliteStore::open(&cfg.data, cfg.durability).map_err(|e| e.to_string())?;
+fn open_location(cfg: &Config, wake: &Arc<Notify>, node: &pg::NodeId) -> Result<Location, String> {
+    let mut store: Box<dyn LocationStore> = match &cfg.backend {
+        Backend::Sqlite => {
+            Box::new(SqliteStore::open(&cfg.data, cfg.durability).map_err(|e| e.to_string())?)
+        }
+        Backend::Postgres(url) => {
+            Box::new(pg::PgLocationStore::open(url, node.clone()).map_err(|e| e.to_string())?)
+        }
+    };
     let loaded = store.load_all().map_err(|e| e.to_string())?;
-    let worker = GroupCommit::spawn(Box::new(store), GroupLimits::default(), wake.clone())
+    let worker = GroupCommit::spawn(store, GroupLimits::default(), wake.clone())
         .map_err(|e| format!("store thread: {e}"))?;
     Ok(Location::open_behind(loaded, Box::new(worker)))
+}
+
+/// The engine's control queue: the operator's commands and, with PostgreSQL, what
+/// other nodes change (the LISTEN task, started here).
+fn start_control(
+    cfg: &Config,
+    proxy: &mut Proxy,
+    wake: &Arc<Notify>,
+    (node, heard): (pg::NodeId, pg::listen::Heard),
+    started_unix: u64,
+) -> permit_proxy::control::Control {
+    let control = permit_proxy::control::Control::new(wake.clone());
+    proxy.set_control(control.clone());
+    if let Backend::Postgres(url) = &cfg.backend {
+        pg::listen::spawn(pg::listen::Listener {
+            url: url.clone(),
+            node,
+            heard,
+            control: control.clone(),
+            since_unix: i64::try_from(started_unix).unwrap_or(0),
+        });
+    }
+    control
+}
+
+/// The credential store of the configured backend and its user count.
+fn open_users(
+    cfg: &Config,
+    node: &pg::NodeId,
+    heard: &pg::listen::Heard,
+) -> Result<(Box<dyn UserDirectory>, usize), String> {
+    Ok(match &cfg.backend {
+        Backend::Sqlite => {
+            let u = SqliteUsers::open(&cfg.data).map_err(|e| e.to_string())?;
+            let n = u.count().unwrap_or(0);
+            (Box::new(u), n)
+        }
+        Backend::Postgres(url) => {
+            let u = pg::PgUsers::open(url, node.clone(), heard.users.clone())
+                .map_err(|e| e.to_string())?;
+            let n = u.count().unwrap_or(0);
+            (Box::new(u), n)
+        }
+    })
+}
+
+/// The permit table, loaded from the configured backend.
+fn open_permits(
+    cfg: &Config,
+    node: &pg::NodeId,
+    heard: &pg::listen::Heard,
+) -> Result<Permits, String> {
+    match &cfg.backend {
+        Backend::Sqlite => Permits::open(&cfg.data, cfg.durability).map_err(|e| e.to_string()),
+        Backend::Postgres(url) => {
+            use rand::SeedableRng;
+            let store = pg::PgPermitStore::open(url, node.clone(), heard.permits.clone())
+                .map_err(|e| e.to_string())?;
+            Permits::with_store(Box::new(store), rand::rngs::StdRng::from_os_rng())
+                .map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// The TLS listeners' certificate and peer checks, when configured.
@@ -427,21 +524,22 @@ fn run(cfg: &Config) -> ExitCode {
     };
     rt.block_on(async {
         let wake = Arc::new(Notify::new());
-        let location = match open_location(cfg, &wake) {
+        let (node, heard) = (pg::NodeId::random(), pg::listen::Heard::default());
+        let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let location = match open_location(cfg, &wake, &node) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let users = match SqliteUsers::open(&cfg.data) {
+        let (users, user_count) = match open_users(cfg, &node, &heard) {
             Ok(u) => u,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let user_count = users.count().unwrap_or(0);
         if !cfg.auth.enabled {
             tracing::warn!("authentication is OFF: anyone may register any address-of-record");
         } else if user_count == 0 {
@@ -466,8 +564,8 @@ fn run(cfg: &Config) -> ExitCode {
         let seed = u64::from(std::process::id()) ^ unix.rotate_left(17);
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
-        let auth = Auth::new(cfg.auth.clone(), cfg.domain.clone(), Box::new(users), secret);
-        let permits = match Permits::open(&cfg.data, cfg.durability) {
+        let auth = Auth::new(cfg.auth.clone(), cfg.domain.clone(), users, secret);
+        let permits = match open_permits(cfg, &node, &heard) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");
@@ -502,7 +600,8 @@ fn run(cfg: &Config) -> ExitCode {
         }
         tracing::info!(domain = %cfg.domain, aors, bindings, users = user_count, auth = cfg.auth.enabled, "permit-proxy ready");
         let stats = net.sender.stats.clone();
-        if let Err(e) = start_admin(cfg, &mut proxy, &wake, stats.clone()).await {
+        let control = start_control(cfg, &mut proxy, &wake, (node, heard), started_unix);
+        if let Err(e) = start_admin(cfg, control, stats.clone()).await {
             eprintln!("permit-proxy: {e}");
             return ExitCode::FAILURE;
         }

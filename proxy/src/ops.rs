@@ -16,6 +16,7 @@ use crate::permits::{
     Aor, ETag, Imported, PermitEntry, PermitError, PermitStore, Permits, SqlitePermitStore,
     StoredList, Written,
 };
+use crate::pg::{AnyUsers, PgUrl};
 use crate::store::{Durability, LocationStore, SqliteStore, StoreError};
 use crate::users::{SqliteUsers, UserRecord};
 
@@ -136,7 +137,9 @@ pub struct Ops {
     data: PathBuf,
     domain: String,
     durability: Durability,
-    users: SqliteUsers,
+    users: AnyUsers,
+    /// The PostgreSQL backend's URL when the tables live there.
+    pg: Option<PgUrl>,
     permits: Permits,
 }
 
@@ -148,8 +151,30 @@ impl Ops {
             data: data.to_path_buf(),
             domain: domain.to_owned(),
             durability,
-            users: SqliteUsers::open(data)?,
+            users: AnyUsers::Sqlite(SqliteUsers::open(data)?),
+            pg: None,
             permits: Permits::open_admin(data, durability)?,
+        })
+    }
+
+    /// The operations on the PostgreSQL backend at `url` (users and permits there;
+    /// `data` still names this node's data directory).
+    pub fn open_postgres(
+        url: &PgUrl,
+        data: &Path,
+        domain: &str,
+        durability: Durability,
+    ) -> Result<Self, OpsError> {
+        let node = crate::pg::NodeId::random();
+        let users = crate::pg::PgUsers::open(url, node.clone(), std::sync::Arc::default())?;
+        let permits = crate::pg::PgPermitStore::open(url, node, std::sync::Arc::default())?;
+        Ok(Self {
+            data: data.to_path_buf(),
+            domain: domain.to_owned(),
+            durability,
+            users: AnyUsers::Postgres(users),
+            pg: Some(url.clone()),
+            permits: Permits::admin_with_store(Box::new(permits)),
         })
     }
 
@@ -385,6 +410,15 @@ impl Ops {
         &self,
         sink: &mut dyn FnMut(StoredList) -> Result<(), PermitError>,
     ) -> Result<(), OpsError> {
+        if let Some(url) = &self.pg {
+            let mut store = crate::pg::PgPermitStore::open(
+                url,
+                crate::pg::NodeId::random(),
+                std::sync::Arc::default(),
+            )?;
+            store.load_all(sink)?;
+            return Ok(());
+        }
         let mut store = SqlitePermitStore::open(&self.data, self.durability)?;
         store.load_all(sink)?;
         Ok(())

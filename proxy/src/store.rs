@@ -17,6 +17,8 @@ use crate::location::{Binding, CallIdHash};
 pub enum StoreError {
     #[error("storage: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("storage: {0}")]
+    Postgres(#[from] crate::pg::PgError),
     #[error("storage: cannot create {path}: {source}")]
     Dir {
         path: String,
@@ -146,11 +148,11 @@ impl SqliteStore {
     }
 }
 
-fn source_to_text(s: Option<(Transport, SocketAddr)>) -> Option<String> {
+pub(crate) fn source_to_text(s: Option<(Transport, SocketAddr)>) -> Option<String> {
     s.map(|(t, a)| format!("{} {a}", t.via_token()))
 }
 
-fn source_from_text(s: Option<String>) -> Option<(Transport, SocketAddr)> {
+pub(crate) fn source_from_text(s: Option<String>) -> Option<(Transport, SocketAddr)> {
     let s = s?;
     let (t, a) = s.split_once(' ')?;
     Some((Transport::from_token(t.as_bytes())?, a.parse().ok()?))

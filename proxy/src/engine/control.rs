@@ -47,6 +47,12 @@ impl Proxy {
                 Command::DeleteItem { id, reply } => {
                     let _ = reply.send(self.control_delete_item(&id));
                 }
+                Command::RemoteBindings(batch) => {
+                    for (aor, bindings) in batch {
+                        self.location.apply_stored(&aor, bindings);
+                    }
+                }
+                Command::ReloadPermits => self.permits.refresh(),
             }
         }
     }

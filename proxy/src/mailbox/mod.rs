@@ -191,6 +191,8 @@ pub enum MailboxError {
     Full,
     #[error("mailbox storage: {0}")]
     Sqlite(rusqlite::Error),
+    #[error("mailbox storage: {0}")]
+    Postgres(crate::pg::PgError),
     #[error("mailbox storage: cannot create {path}: {source}")]
     Dir {
         path: String,

@@ -86,6 +86,16 @@ impl Permits {
         })
     }
 
+    /// Administration mode on any store (the PostgreSQL one for the CLI and the admin
+    /// API): no table in memory, reads go to the store.
+    pub fn admin_with_store(store: Box<dyn PermitStore>) -> Self {
+        Self {
+            store,
+            table: None,
+            rng: StdRng::from_os_rng(),
+        }
+    }
+
     /// Loads every list of `store` into memory; `rng` draws the entity-tags.
     pub fn with_store(mut store: Box<dyn PermitStore>, rng: StdRng) -> Result<Self, PermitError> {
         let table = load_table(store.as_mut())?;

@@ -7,6 +7,7 @@
 // Each test crate compiles this module and uses only a part of it.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod proxy;
 pub mod sipp;
 
