@@ -15,11 +15,13 @@
 //!   response context.
 //! - `call`: INVITE → 100 → 180 → 200 → ACK → BYE → 200. Alive per call: the INVITE
 //!   transactions in Accepted (Timer L and M, 32 s, RFC 6026 §7.1/§7.2) with their
-//!   context, the BYE server transaction in Completed (Timer J, 32 s over UDP) and the
-//!   BYE client transaction in Completed (Timer K, 5 s).
+//!   context, the BYE server transaction in Completed (Timer J, 32 s over UDP; kept
+//!   compact, `engine::absorb`) and the BYE client transaction in Completed (Timer K,
+//!   5 s).
 //! - `register`: a REGISTER refresh answered 200 (1,000 AORs registered before the
 //!   measurement, so no binding is added). Alive per REGISTER: its server transaction in
-//!   Completed (Timer J, 32 s over UDP, RFC 3261 §17.2.2).
+//!   Completed (Timer J, 32 s over UDP, RFC 3261 §17.2.2), kept compact: the key, the
+//!   reply flow and the 200 in one allocation, a table slot and an expiry-queue entry.
 //!
 //! After the measurement every phase advances the clock by 64 s and checks that the
 //! engine holds no transaction any more. Calls are sequential, so the transient

@@ -145,6 +145,8 @@ enum Wake {
     /// A sequential-forking branch (context, branch number) without any answer.
     Branch(u64, u32),
     Purge,
+    /// Absorbing server transactions due (engine::absorb).
+    Absorbing,
 }
 
 /// The proxy engine.
@@ -152,6 +154,8 @@ pub struct Proxy {
     cfg: ProxyConfig,
     location: Location,
     server: HashMap<TxKey, ServerEntry>,
+    /// Server transactions that only absorb retransmissions, compact (engine::absorb).
+    absorbing: absorb::AbsorbTable,
     client: HashMap<TxKey, ClientEntry>,
     contexts: HashMap<u64, Context>,
     heap: BinaryHeap<Reverse<(Instant, Wake)>>,
@@ -213,6 +217,7 @@ impl Proxy {
             sf: deposit::StoreForward::default(),
             relay: None,
             server: HashMap::new(),
+            absorbing: absorb::AbsorbTable::default(),
             client: HashMap::new(),
             contexts: HashMap::new(),
             heap: BinaryHeap::new(),
@@ -247,7 +252,11 @@ impl Proxy {
 
     /// Transactions and contexts alive (for tests and metrics).
     pub fn live(&self) -> (usize, usize, usize) {
-        (self.server.len(), self.client.len(), self.contexts.len())
+        (
+            self.server.len() + self.absorbing.len(),
+            self.client.len(),
+            self.contexts.len(),
+        )
     }
 
     /// The permit-token key ring (tests verify issued tokens with it).
@@ -333,6 +342,9 @@ impl Proxy {
                 ServerTx::NonInvite(t) => t.handle_request_retransmission(now),
             };
             self.drain_server(now, &key);
+            return;
+        }
+        if self.absorb_request(&key) {
             return;
         }
         // New work only, before any transaction, digest check or store write
@@ -643,6 +655,7 @@ impl Proxy {
                         self.reply(now, &server, &req, 480, "Temporarily Unavailable", &[]);
                     }
                 }
+                Wake::Absorbing => self.handle_absorbing_timeout(now, at),
                 Wake::Purge => {
                     self.dialogs.expire(now, self.cfg.gate.dialog_max_age);
                     self.remembered.expire(now, self.cfg.gate.dialog_max_age);
@@ -700,6 +713,7 @@ impl sip_net::Engine for Proxy {
     }
 }
 
+mod absorb;
 mod admit;
 mod control;
 mod deposit;

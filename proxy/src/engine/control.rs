@@ -63,7 +63,7 @@ impl Proxy {
         let relay = self.relay_stats();
         EngineSnapshot {
             stats: self.stats.clone(),
-            server_transactions: self.server.len(),
+            server_transactions: self.server.len() + self.absorbing.len(),
             client_transactions: self.client.len(),
             contexts: self.contexts.len(),
             aors,

@@ -153,6 +153,9 @@ impl Proxy {
             self.drain_server(now, key);
             return;
         }
+        if self.absorb_ack(key) {
+            return;
+        }
         // ACK for a 2xx is its own transaction-less request (§13.2.2.4): forward statelessly.
         let _ = flow;
         let Some(uri) = msg.request_uri().and_then(SipUri::parse) else {
@@ -235,7 +238,7 @@ impl Proxy {
             kind: Kind::Invite,
         };
         let ctx_id = self.server.get(&invite_key).and_then(|e| e.ctx);
-        if !self.server.contains_key(&invite_key) {
+        if !self.server.contains_key(&invite_key) && !self.absorbs(&invite_key) {
             return self.reply_stateless(msg, flow, 481, "Call/Transaction Does Not Exist");
         }
         if let Some(entry) = self.server.get_mut(&key) {
@@ -243,6 +246,9 @@ impl Proxy {
                 let _ = t.handle_request_retransmission(now);
             }
             return self.drain_server(now, &key);
+        }
+        if self.absorb_request(&key) {
+            return;
         }
         let tx = ServerTx::NonInvite(ServerNonInvite::new(
             now,

@@ -244,6 +244,9 @@ impl Proxy {
             return;
         }
         self.shrink_context(key);
+        if self.absorb_server(now, key) {
+            return;
+        }
         // One live heap entry per transaction: a later wake-up is found when the
         // earlier entry fires (see `handle_timeout`), so the heap stays bounded. The
         // entry holds the map's own key, never a slice of a received message.

@@ -1,0 +1,424 @@
+//! Server transactions that only absorb retransmissions (RFC 3261 §17.2.2 Completed,
+//! §17.2.1 Confirmed), kept compact.
+//!
+//! A registrar answering 30,000 REGISTER/s holds about a million non-INVITE server
+//! transactions in Completed (Timer J, 32 s over UDP). All such a transaction still does
+//! is send its final response again when the request is retransmitted, so the engine
+//! keeps, per transaction, one allocation of exact size holding the key, the reply flow
+//! and the final response, beside the [`Absorbing`] state (the deadline); the table is
+//! keyed by a keyed 64-bit hash of the key, the full key being compared on every match.
+//! Deadlines of one timer grow with the order of insertion (the engine's `now` never
+//! goes back and every transaction of a lane lingers the same time), so expiry walks a
+//! queue per timer instead of the engine's heap, with one heap entry for the table.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sip_core::transaction::{Absorbing, AckAction, Retransmitted, Timer};
+use sip_core::transport::{Transmit, Transport};
+
+use super::tx::{Kind, TxKey};
+use super::{Proxy, Wake};
+use crate::route::Flow;
+
+/// One absorbing transaction: `buf` is the kind, the branch key, the reply flow
+/// (`encode_flow`) and the final response, in that order.
+#[derive(Debug)]
+struct Absorbed {
+    buf: Box<[u8]>,
+    key_len: u32,
+    flow_len: u8,
+    tx: Absorbing,
+}
+
+impl Absorbed {
+    fn is(&self, key: &TxKey) -> bool {
+        let k = &self.buf[..self.key_len as usize];
+        k.first() == Some(&kind_byte(key.kind)) && k[1..] == key.branch[..]
+    }
+
+    fn reply(&self) -> Option<Flow> {
+        let at = self.key_len as usize;
+        decode_flow(&self.buf[at..at + usize::from(self.flow_len)])
+    }
+
+    fn response(&self) -> &[u8] {
+        &self.buf[self.key_len as usize + usize::from(self.flow_len)..]
+    }
+}
+
+/// The absorbing server transactions of an engine.
+#[derive(Debug, Default)]
+pub(super) struct AbsorbTable {
+    entries: HashMap<u64, Absorbed>,
+    /// The key of the fingerprint hash (random per engine, so peers cannot aim
+    /// collisions at it).
+    hasher: std::hash::RandomState,
+    /// (deadline, fingerprint) in insertion order: Timer J (Completed), Timer I
+    /// (Confirmed).
+    lanes: [VecDeque<(Instant, u64)>; 2],
+    /// The instant of the table's live entry in the engine's timer heap.
+    scheduled: Option<Instant>,
+}
+
+impl AbsorbTable {
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn fingerprint(&self, key: &TxKey) -> u64 {
+        self.hasher.hash_one((kind_byte(key.kind), &key.branch[..]))
+    }
+
+    fn get(&self, key: &TxKey) -> Option<&Absorbed> {
+        self.entries
+            .get(&self.fingerprint(key))
+            .filter(|a| a.is(key))
+    }
+
+    /// Keeps `tx` with its reply flow and final response; returns the instant at which
+    /// the table's heap entry must be pushed, if it must. Two keys of one fingerprint
+    /// (a 64-bit keyed hash) are not told apart here: the later replaces the earlier,
+    /// which then stops absorbing before its timer.
+    fn insert(
+        &mut self,
+        key: &TxKey,
+        tx: Absorbing,
+        reply: Flow,
+        response: &[u8],
+    ) -> Option<Instant> {
+        let mut buf = Vec::with_capacity(1 + key.branch.len() + 2 * 28 + 1 + response.len());
+        buf.push(kind_byte(key.kind));
+        buf.extend_from_slice(&key.branch);
+        let key_len = u32::try_from(buf.len()).ok()?;
+        encode_flow(&mut buf, reply);
+        let flow_len = u8::try_from(buf.len() - key_len as usize).ok()?;
+        buf.extend_from_slice(response);
+        let fp = self.fingerprint(key);
+        let until = tx.poll_timeout();
+        let lane = usize::from(tx.timer() == Timer::I);
+        self.entries.insert(
+            fp,
+            Absorbed {
+                buf: buf.into_boxed_slice(),
+                key_len,
+                flow_len,
+                tx,
+            },
+        );
+        self.lanes[lane].push_back((until, fp));
+        if self.scheduled.is_some_and(|s| s <= until) {
+            return None;
+        }
+        self.scheduled = Some(until);
+        Some(until)
+    }
+
+    /// Frees every transaction whose timer is due at `now`; returns the next deadline.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        for lane in &mut self.lanes {
+            while let Some(&(until, fp)) = lane.front() {
+                if until > now {
+                    break;
+                }
+                lane.pop_front();
+                // A fingerprint taken over by a later transaction keeps that one.
+                if self.entries.get(&fp).is_some_and(|a| a.tx.is_over(now)) {
+                    self.entries.remove(&fp);
+                }
+            }
+            if lane.is_empty() && lane.capacity() > 64 {
+                *lane = VecDeque::new();
+            }
+        }
+        if self.entries.is_empty() && self.entries.capacity() > 64 {
+            self.entries = HashMap::default();
+        }
+        self.lanes
+            .iter()
+            .filter_map(|l| l.front().map(|f| f.0))
+            .min()
+    }
+}
+
+fn kind_byte(kind: Kind) -> u8 {
+    match kind {
+        Kind::Invite => 0,
+        Kind::Cancel => 1,
+        Kind::Other => 2,
+    }
+}
+
+fn encode_addr(buf: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(a) => {
+            buf.push(4);
+            buf.extend_from_slice(&a.ip().octets());
+            buf.extend_from_slice(&a.port().to_be_bytes());
+        }
+        SocketAddr::V6(a) => {
+            buf.push(6);
+            buf.extend_from_slice(&a.ip().octets());
+            buf.extend_from_slice(&a.port().to_be_bytes());
+            buf.extend_from_slice(&a.flowinfo().to_be_bytes());
+            buf.extend_from_slice(&a.scope_id().to_be_bytes());
+        }
+    }
+}
+
+fn decode_addr(b: &[u8]) -> Option<(SocketAddr, &[u8])> {
+    let (&family, rest) = b.split_first()?;
+    let port = |p: &[u8]| u16::from_be_bytes([p[0], p[1]]);
+    let u32_at = |p: &[u8]| u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+    match family {
+        4 if rest.len() >= 6 => {
+            let ip = Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
+            Some((
+                SocketAddr::new(IpAddr::V4(ip), port(&rest[4..])),
+                &rest[6..],
+            ))
+        }
+        6 if rest.len() >= 26 => {
+            let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&rest[..16]).ok()?);
+            let a = SocketAddrV6::new(
+                ip,
+                port(&rest[16..]),
+                u32_at(&rest[18..]),
+                u32_at(&rest[22..]),
+            );
+            Some((SocketAddr::V6(a), &rest[26..]))
+        }
+        _ => None,
+    }
+}
+
+fn encode_flow(buf: &mut Vec<u8>, f: Flow) {
+    buf.push(match f.transport {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+        Transport::Tls => 2,
+    });
+    encode_addr(buf, f.local);
+    encode_addr(buf, f.remote);
+}
+
+fn decode_flow(b: &[u8]) -> Option<Flow> {
+    let (&t, rest) = b.split_first()?;
+    let transport = match t {
+        0 => Transport::Udp,
+        1 => Transport::Tcp,
+        2 => Transport::Tls,
+        _ => return None,
+    };
+    let (local, rest) = decode_addr(rest)?;
+    let (remote, _) = decode_addr(rest)?;
+    Some(Flow {
+        transport,
+        local,
+        remote,
+    })
+}
+
+impl Proxy {
+    /// A request that matches an absorbing transaction: the final is sent again
+    /// (§17.2.2) or the request dropped (§17.2.1 Confirmed). `false` if none matches.
+    pub(super) fn absorb_request(&mut self, key: &TxKey) -> bool {
+        let Some(a) = self.absorbing.get(key) else {
+            return false;
+        };
+        if a.tx.handle_request_retransmission() == Retransmitted::ResendFinal
+            && let Some(flow) = a.reply()
+        {
+            self.out.push_back(Transmit {
+                transport: flow.transport,
+                local: flow.local,
+                dest: flow.remote,
+                data: Bytes::copy_from_slice(a.response()),
+            });
+        }
+        true
+    }
+
+    /// An ACK that matches an absorbing INVITE transaction (Confirmed, §17.2.1): absorbed.
+    pub(super) fn absorb_ack(&self, key: &TxKey) -> bool {
+        self.absorbing
+            .get(key)
+            .is_some_and(|a| a.tx.handle_ack() == Ok(AckAction::Absorb))
+    }
+
+    /// Whether `key` names an absorbing transaction (a CANCEL's INVITE, §9.2).
+    pub(super) fn absorbs(&self, key: &TxKey) -> bool {
+        self.absorbing.get(key).is_some()
+    }
+
+    /// Moves a server transaction that only absorbs retransmissions from the full table
+    /// to the absorbing one. Kept in full: one with a response context (its branch still
+    /// waits for a final), one still retransmitting or waiting for an ACK (INVITE
+    /// Completed), one in Accepted (the TU's 2xx still go through it, RFC 6026 §7.1).
+    /// `true` if it moved.
+    pub(super) fn absorb_server(&mut self, now: Instant, key: &TxKey) -> bool {
+        use super::tx::ServerTx;
+        use sip_core::transaction::State;
+        let movable = self.server.get(key).is_some_and(|e| {
+            e.ctx.is_none()
+                && match &e.tx {
+                    ServerTx::NonInvite(t) => t.state() == State::Completed,
+                    ServerTx::Invite(t) => t.state() == State::Confirmed,
+                }
+        });
+        if !movable {
+            return false;
+        }
+        let Some((stored, entry)) = self.server.remove_entry(key) else {
+            return false;
+        };
+        let absorbed = match entry.tx {
+            ServerTx::NonInvite(t) => t.into_absorbing().map_err(ServerTx::NonInvite),
+            ServerTx::Invite(t) => t
+                .into_absorbing()
+                .map_err(ServerTx::Invite)
+                .map(|a| (a, Bytes::new())),
+        };
+        let (tx, response) = match absorbed {
+            Ok(a) => a,
+            Err(tx) => {
+                self.server
+                    .insert(stored, super::tx::ServerEntry { tx, ..entry });
+                return false;
+            }
+        };
+        if let Some(at) = self.absorbing.insert(&stored, tx, entry.reply, &response) {
+            self.heap.push(Reverse((at.max(now), Wake::Absorbing)));
+        }
+        true
+    }
+
+    /// The table's heap entry at `at` fired: free what is due, re-arm for the rest.
+    pub(super) fn handle_absorbing_timeout(&mut self, now: Instant, at: Instant) {
+        if self.absorbing.scheduled != Some(at) {
+            return;
+        }
+        self.absorbing.scheduled = None;
+        if let Some(next) = self.absorbing.expire(now) {
+            self.absorbing.scheduled = Some(next);
+            self.heap.push(Reverse((next.max(now), Wake::Absorbing)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sip_core::message::HeaderName;
+
+    use super::super::tests::{Harness, invite, status};
+    use super::{Flow, decode_flow, encode_flow};
+    use sip_core::transport::Transport;
+
+    const ALICE: &str = "127.0.0.1:5070";
+
+    #[test]
+    fn flows_round_trip() {
+        for (t, local, remote) in [
+            (Transport::Udp, "192.0.2.1:5060", "198.51.100.7:40123"),
+            (Transport::Tls, "[2001:db8::1]:5061", "[fe80::2%3]:50000"),
+            (Transport::Tcp, "192.0.2.1:5060", "[2001:db8::9]:1"),
+        ] {
+            let f = Flow {
+                transport: t,
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+            };
+            let mut buf = vec![7];
+            encode_flow(&mut buf, f);
+            assert_eq!(decode_flow(&buf[1..]), Some(f));
+        }
+        assert_eq!(decode_flow(&[0, 4, 1, 2]), None, "truncated");
+        assert_eq!(decode_flow(&[9]), None, "unknown transport");
+    }
+
+    /// An answered REGISTER is kept in the compact table: a retransmission gets the
+    /// very same 200 (RFC 3261 §17.2.2) until Timer J (64*T1 = 32 s), which frees it.
+    #[test]
+    fn an_answered_register_absorbs_until_timer_j() {
+        let mut h = Harness::new();
+        let reg = "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKabs1
+From: <sip:alice@localhost>;tag=r1
+To: <sip:alice@localhost>
+Call-ID: reg-abs
+CSeq: 1 REGISTER
+Contact: <sip:alice@127.0.0.1:5070>
+Expires: 600
+Max-Forwards: 70
+Content-Length: 0
+
+";
+        let first = h.recv(ALICE, reg);
+        assert_eq!(status(&first), vec![200]);
+        assert_eq!(h.proxy.absorbing.len(), 1, "moved to the compact table");
+        assert_eq!(h.proxy.live(), (1, 0, 0));
+        h.advance(Duration::from_millis(31_999));
+        let again = h.recv(ALICE, reg);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, first[0].0);
+        assert_eq!(again[0].1.as_bytes(), first[0].1.as_bytes(), "the same 200");
+        assert_eq!(h.proxy.stats.registrations, 1, "not registered twice");
+        h.advance(Duration::from_millis(1));
+        assert_eq!(h.proxy.live(), (0, 0, 0), "freed at Timer J");
+        assert_eq!(h.proxy.timers_pending(), 1, "only the purge timer is left");
+    }
+
+    /// An INVITE answered 404 here is kept in full until its ACK (Timer G still
+    /// retransmits the 404), then in the compact table in Confirmed: further ACKs and
+    /// INVITEs are absorbed and a CANCEL still finds the INVITE (200, RFC 3261 §9.2)
+    /// until Timer I (T4 = 5 s); then the CANCEL finds nothing (481).
+    #[test]
+    fn a_confirmed_invite_absorbs_until_timer_i() {
+        let mut h = Harness::new();
+        let out = h.recv(ALICE, &invite("nobody", "z9hG4bKabs2", 70));
+        let last = out.last().expect("a final").1.clone();
+        let code = last.status().unwrap();
+        assert!(code >= 300, "refused: {code}");
+        assert_eq!(h.proxy.absorbing.len(), 0, "Completed waits for the ACK");
+        let to = String::from_utf8_lossy(last.header(HeaderName::To).unwrap()).into_owned();
+        let req = |method: &str| {
+            format!(
+                "{method} sip:nobody@localhost SIP/2.0
+Via: SIP/2.0/UDP {ALICE};branch=z9hG4bKabs2
+From: <sip:alice@localhost>;tag=a1
+To: {to}
+Call-ID: call-z9hG4bKabs2
+CSeq: 1 {method}
+Max-Forwards: 70
+Content-Length: 0
+
+"
+            )
+        };
+        assert!(h.recv(ALICE, &req("ACK")).is_empty());
+        assert_eq!(h.proxy.absorbing.len(), 1, "Confirmed is compact");
+        assert!(h.recv(ALICE, &req("ACK")).is_empty(), "ACK absorbed");
+        assert!(
+            h.recv(ALICE, &invite("nobody", "z9hG4bKabs2", 70))
+                .is_empty(),
+            "INVITE absorbed"
+        );
+        h.advance(Duration::from_millis(4_999));
+        let cancel = req("CANCEL").replace(&format!("To: {to}"), "To: <sip:nobody@localhost>");
+        assert_eq!(status(&h.recv(ALICE, &cancel)), vec![200]);
+        assert_eq!(h.proxy.live(), (2, 0, 0), "the INVITE and the CANCEL");
+        h.advance(Duration::from_millis(1));
+        assert_eq!(h.proxy.live(), (1, 0, 0), "the INVITE freed at Timer I");
+        assert_eq!(
+            status(&h.recv(ALICE, &cancel)),
+            vec![481],
+            "the CANCEL again: its INVITE is gone"
+        );
+    }
+}
