@@ -216,7 +216,8 @@ fn pg_domain(url: &pg::PgUrl, asked: Option<&str>) -> Result<String, DomainError
     let store = |e: pg::PgError| DomainError::Store(e.into());
     let db = pg::Db::open(url, "permit-pg-migrate").map_err(store)?;
     let version = db.migrate().map_err(store)?;
-    tracing::info!(url = %url, version, "postgres schema ready");
+    tracing::debug!(url = %url, "postgres schema migrated");
+    tracing::info!(version, "postgres schema ready");
     drop(db);
     let mut users = pg::PgUsers::open(url, pg::NodeId::random(), Arc::default()).map_err(store)?;
     users.claim_domain(asked, DEFAULT_DOMAIN)

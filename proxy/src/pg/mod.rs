@@ -202,13 +202,24 @@ pub struct Db {
 impl Db {
     /// Connects (once now, so a wrong URL or an absent server is reported at start)
     /// and starts the connection's thread, named `name`.
+    ///
+    /// The connection is made on the new thread: the blocking client runs a runtime
+    /// of its own, which may not start on a thread that drives the proxy's.
     pub fn open(url: &PgUrl, name: &str) -> Result<Self, PgError> {
         let config = url.config()?;
-        let client = connect(&config)?;
         let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
+                let client = match connect(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
                 let mut conn = Conn {
                     config,
                     client: Some(client),
@@ -218,10 +229,13 @@ impl Db {
                 }
             })
             .map_err(|_| PgError::Gone)?;
-        Ok(Self {
+        let started = ready.recv().map_err(|_| PgError::Gone);
+        let db = Self {
             jobs: Some(jobs),
             thread: Some(thread),
-        })
+        };
+        started??;
+        Ok(db)
     }
 
     /// Runs `f` on the connection (reconnecting first if it was lost) and returns its
