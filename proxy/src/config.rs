@@ -510,6 +510,330 @@ impl Config {
     }
 }
 
+/// The value a key takes when the file leaves it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDefault {
+    /// This TOML value; a test checks that writing it changes nothing.
+    Is(&'static str),
+    /// Not set, so the feature it configures is off or unused; `example` is a valid
+    /// value.
+    Unset { example: &'static str },
+    /// Worked out at start as `text` says; `example` is a valid value.
+    Derived {
+        text: &'static str,
+        example: &'static str,
+    },
+}
+
+/// One key of the configuration file: the reference in docs/operations.md is printed
+/// from [`REFERENCE`] (`permit-proxy config reference`), and tests check the table
+/// against [`FileConfig`]'s fields and the defaults [`Config::load`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// `section.key`, or `key` for the top level.
+    pub key: &'static str,
+    pub default: KeyDefault,
+    pub meaning: &'static str,
+}
+
+const fn key(key: &'static str, default: KeyDefault, meaning: &'static str) -> KeyDoc {
+    KeyDoc {
+        key,
+        default,
+        meaning,
+    }
+}
+
+use KeyDefault::{Derived, Is, Unset};
+
+/// Every key of the configuration file, in the order of docs/operations.md.
+pub const REFERENCE: &[KeyDoc] = &[
+    key(
+        "domain",
+        Derived {
+            text: "the data directory's stored domain, else `\"localhost\"`",
+            example: "\"example.org\"",
+        },
+        "The SIP domain served by the registrar, also the digest realm (`--domain`). A data directory that serves another domain refuses to start.",
+    ),
+    key(
+        "data",
+        Is("\"permit-data\""),
+        "Data directory: `permit.sqlite` (bindings, users, lists), `mailbox.sqlite`, `uploads/`, `upload.key` (`--data`). Relative to the working directory.",
+    ),
+    key(
+        "listen",
+        Is("[\"udp:127.0.0.1:5060\", \"tcp:127.0.0.1:5060\"]"),
+        "SIP listeners, `udp:`, `tcp:` or `tls:` then IP:PORT (`--listen`, repeatable; the flags replace the whole list).",
+    ),
+    key(
+        "durability",
+        Is("\"normal\""),
+        "How the embedded store syncs a commit: `\"normal\"` survives kill -9 (WAL, `synchronous=NORMAL`), `\"full\"` also a power loss (an fsync per commit).",
+    ),
+    key(
+        "registrar.min_expires",
+        Is("60"),
+        "Seconds. A shorter non-zero Expires gets 423 with Min-Expires (RFC 3261 §10.3 step 7).",
+    ),
+    key(
+        "registrar.max_expires",
+        Is("7200"),
+        "Seconds. A longer Expires is shortened to this.",
+    ),
+    key(
+        "registrar.default_expires",
+        Is("3600"),
+        "Seconds, for a Contact without an expiry.",
+    ),
+    key(
+        "registrar.max_contacts",
+        Is("16"),
+        "Bindings per AOR; a REGISTER that would leave more gets 403.",
+    ),
+    key(
+        "timers.t1_ms",
+        Is("500"),
+        "RFC 3261 T1 (round-trip estimate), milliseconds; Timers B, F, H, J are 64×T1.",
+    ),
+    key(
+        "timers.t2_ms",
+        Is("4000"),
+        "RFC 3261 T2 (largest retransmission interval of non-INVITE requests and INVITE responses), milliseconds.",
+    ),
+    key(
+        "timers.t4_ms",
+        Is("5000"),
+        "RFC 3261 T4 (longest time a message stays in the network; Timers I and K), milliseconds.",
+    ),
+    key(
+        "timers.timer_c_s",
+        Is("180"),
+        "Timer C (RFC 3261 §16.6 item 11), seconds: an INVITE branch without a final response this long after its last provisional is cancelled.",
+    ),
+    key(
+        "auth.enabled",
+        Is("true"),
+        "Digest authentication of REGISTER and out-of-dialog requests; `false` (or `--no-auth`) for labs and load tests only, and it turns the gate off too.",
+    ),
+    key(
+        "auth.algorithms",
+        Is("[\"MD5\", \"SHA-256\"]"),
+        "Digest algorithms offered, one challenge each, in this order (RFC 8760; `--digest-algorithms`).",
+    ),
+    key(
+        "auth.nonce_ttl_s",
+        Is("300"),
+        "Seconds a nonce is accepted; an older one gets a new challenge with `stale=true`.",
+    ),
+    key(
+        "tls.cert",
+        Unset {
+            example: "\"/etc/permit/tls/cert.pem\"",
+        },
+        "PEM certificate chain for `tls:` listeners (`--tls-cert`); a `tls:` listener without it is an error.",
+    ),
+    key(
+        "tls.key",
+        Unset {
+            example: "\"/etc/permit/tls/key.pem\"",
+        },
+        "PEM private key for `tls:` listeners (`--tls-key`).",
+    ),
+    key(
+        "tls.ca",
+        Unset {
+            example: "\"/etc/permit/tls/ca.pem\"",
+        },
+        "PEM CA bundle to verify the peers the proxy connects to over TLS; when unset, the last certificate of `cert`'s chain is the only trust anchor (none without `cert`: outgoing TLS fails, warned at start).",
+    ),
+    key(
+        "tls.verify_peer",
+        Is("true"),
+        "Verify the certificates of peers the proxy connects to.",
+    ),
+    key(
+        "gate.enabled",
+        Is("true"),
+        "Permitted-terminal lists decide who reaches whom (`--no-gate` or `false`: every authenticated caller reaches every callee). Needs `auth.enabled`.",
+    ),
+    key(
+        "gate.load_query",
+        Is("true"),
+        "Ask the callee with OPTIONS before routing a permitted INVITE (docs/profile.md \"Load query and call limit\").",
+    ),
+    key(
+        "gate.query_timeout_ms",
+        Is("2000"),
+        "Milliseconds to wait for the load query's answer; then 480 (or the item is stored).",
+    ),
+    key(
+        "gate.token_ttl_s",
+        Is("60"),
+        "Lifetime of a permit token, seconds (at least 1).",
+    ),
+    key(
+        "gate.insecure_keys",
+        Is("false"),
+        "Send session secrets on hops that are not TLS. Labs only: warned at start and on every call.",
+    ),
+    key(
+        "gate.force_direct",
+        Is("false"),
+        "Answer every permitted INVITE in direct mode (302 with the token), not only those that ask for it.",
+    ),
+    key(
+        "proxy.symmetric_responses",
+        Is("true"),
+        "Answer the request's source address and flow (RFC 3581 §4); `false`: the top Via, as RFC 3261 §18.2.2 says.",
+    ),
+    key(
+        "store.enabled",
+        Is("true"),
+        "Store-and-forward of deposits for busy or offline callees; `false` ignores `Request-Disposition: queue`.",
+    ),
+    key(
+        "store.max_item_bytes",
+        Is("60000"),
+        "Largest deposit body, bytes; larger gets 413.",
+    ),
+    key(
+        "store.callee_max_items",
+        Is("100"),
+        "Items and uploads waiting for one callee; beyond: 486 Mailbox Full.",
+    ),
+    key(
+        "store.callee_max_bytes",
+        Is("209715200"),
+        "Bytes waiting for one callee (200 MiB).",
+    ),
+    key(
+        "store.caller_max_items",
+        Is("50"),
+        "Items one caller may have waiting, all callees; beyond: 507.",
+    ),
+    key(
+        "store.caller_max_bytes",
+        Is("104857600"),
+        "Bytes one caller may have waiting (100 MiB).",
+    ),
+    key(
+        "store.expiry_s",
+        Is("604800"),
+        "Lifetime of a stored item, seconds (7 days; at least 1).",
+    ),
+    key(
+        "store.max_file_bytes",
+        Is("1073741824"),
+        "Cap of `mailbox.sqlite`, bytes (1 GiB; 0: none); past it deposits get 507 with Retry-After.",
+    ),
+    key(
+        "store.max_upload_bytes",
+        Is("52428800"),
+        "Largest announced HTTP upload, bytes (50 MiB); larger announcements get 413.",
+    ),
+    key(
+        "store.http_listen",
+        Unset {
+            example: "\"127.0.0.1:8080\"",
+        },
+        "Address of the HTTP listener for large uploads and downloads; no listener when unset.",
+    ),
+    key(
+        "store.http_base",
+        Derived {
+            text: "`http://` and the bound `http_listen` address",
+            example: "\"http://sip.example.org:8080\"",
+        },
+        "The listener's base URL as callers reach it (put TLS in front of it outside a lab).",
+    ),
+    key(
+        "store.upload_window_s",
+        Is("86400"),
+        "Seconds within which an announced upload must be complete (at least 1).",
+    ),
+    key(
+        "store.backend",
+        Is("\"sqlite\""),
+        "Where every table lives: `\"sqlite\"`, the files in the data directory, or `\"postgres\"`, shared by several nodes (needs `url`).",
+    ),
+    key(
+        "store.url",
+        Unset {
+            example: "\"postgres://permit:secret@127.0.0.1:5432/permit\"",
+        },
+        "PostgreSQL URL for `backend = \"postgres\"`; its password is never logged.",
+    ),
+    key(
+        "relay.enabled",
+        Is("false"),
+        "Relay the media of permitted video calls (docs/profile.md \"Media relay\").",
+    ),
+    key(
+        "relay.ports",
+        Is("\"40000-40999\""),
+        "UDP port range, inclusive, all bound at start: one pair of ports per relayed media section.",
+    ),
+    key(
+        "relay.address",
+        Derived {
+            text: "the first listener's IP",
+            example: "\"198.51.100.1\"",
+        },
+        "IP the relay binds and advertises: the one the phones reach (not `0.0.0.0`).",
+    ),
+    key(
+        "relay.inactivity_s",
+        Is("60"),
+        "A relayed call with no packet and no latch this long is freed, seconds (at least 1).",
+    ),
+    key(
+        "relay.audio",
+        Is("false"),
+        "Relay the audio sections of video calls too.",
+    ),
+    key(
+        "admin.enabled",
+        Is("false"),
+        "The admin HTTP API and `/metrics`.",
+    ),
+    key(
+        "admin.listen",
+        Is("\"127.0.0.1:8089\""),
+        "Address of the admin API; another than loopback is logged as a warning.",
+    ),
+    key(
+        "admin.token",
+        Unset {
+            example: "\"a-long-random-string-of-24+\"",
+        },
+        "Bearer token of every admin request but `/healthz` and `/readyz`; required (16 characters or more) when `enabled`. Never logged.",
+    ),
+    key(
+        "overload.enabled",
+        Is("true"),
+        "Refuse new INVITEs and REGISTERs with 503 and Retry-After while the proxy is over capacity (measured as how long datagrams wait in the socket queue).",
+    ),
+    key(
+        "overload.high_ms",
+        Is("40"),
+        "Over capacity once a datagram waited this long, milliseconds.",
+    ),
+    key(
+        "overload.low_ms",
+        Is("10"),
+        "Back under capacity once the wait is this short, milliseconds (at most `high_ms`).",
+    ),
+    key(
+        "overload.retry_after_s",
+        Is("5"),
+        "Retry-After of those 503s, seconds (at least 1).",
+    ),
+];
+
+mod reference;
+pub use reference::{full_example, reference_markdown};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,22 @@ enum Command {
     /// Manage permitted-terminal lists (who may reach a callee).
     #[command(subcommand)]
     Permit(PermitCommand),
+    /// The configuration file: its reference, or a check of one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every key of the configuration file with its default and meaning
+    /// (Markdown; the reference in docs/operations.md).
+    Reference,
+    /// Print a configuration file that sets every key: its default, or an example
+    /// where it has none.
+    Example,
+    /// Load the file given with --config (and the flags) as `run` would, and report
+    /// the first error (exit code 2) or `configuration ok`.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +143,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    match cli.command {
+        Command::Config(ConfigCommand::Reference) => {
+            print!("{}", permit_proxy::config::reference_markdown());
+            return ExitCode::SUCCESS;
+        }
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", permit_proxy::config::full_example());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let overrides = Overrides {
         domain: cli.domain,
         data: cli.data,
@@ -153,6 +180,10 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run => run(&cfg),
+        Command::Config(_) => {
+            println!("configuration ok");
+            ExitCode::SUCCESS
+        }
         Command::Cert(CertCommand::SelfSigned { out, names }) => {
             match sip_net::self_signed(&out, &names) {
                 Ok((cert, key)) => {
