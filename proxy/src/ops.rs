@@ -138,8 +138,9 @@ pub struct Ops {
     domain: String,
     durability: Durability,
     users: AnyUsers,
-    /// The PostgreSQL backend's URL when the tables live there.
+    /// The PostgreSQL backend's URL and item store when the tables live there.
     pg: Option<PgUrl>,
+    pg_items: Option<crate::pg::PgItems>,
     permits: Permits,
 }
 
@@ -153,6 +154,7 @@ impl Ops {
             durability,
             users: AnyUsers::Sqlite(SqliteUsers::open(data)?),
             pg: None,
+            pg_items: None,
             permits: Permits::open_admin(data, durability)?,
         })
     }
@@ -174,6 +176,7 @@ impl Ops {
             durability,
             users: AnyUsers::Postgres(users),
             pg: Some(url.clone()),
+            pg_items: Some(crate::pg::PgItems::open(url, data)?),
             permits: Permits::admin_with_store(Box::new(permits)),
         })
     }
@@ -341,6 +344,10 @@ impl Ops {
     /// Unexpired stored items and their bytes (uploaded files by their size), read
     /// from `DIR/mailbox.sqlite` on a read-only connection; none without the file.
     pub fn store_usage(&self, unix_now: u64) -> Result<(u64, u64), OpsError> {
+        if let Some(items) = &self.pg_items {
+            let u = items.usage_total(unix_now)?;
+            return Ok((u.items, u.bytes));
+        }
         let path = self.data.join(crate::mailbox::sqlite::FILE);
         if !path.exists() {
             return Ok((0, 0));
@@ -370,12 +377,17 @@ impl Ops {
     /// engine; its memory can be a moment ahead while writes settle).
     pub fn stored_bindings(&self, aor: &str, unix_now: u64) -> Result<Vec<BindingInfo>, OpsError> {
         let aor = Aor::parse(aor)?;
-        let mut store = SqliteStore::open(&self.data, self.durability)?;
-        let list = store
-            .load_all()?
-            .into_iter()
-            .find_map(|(a, list)| (a == aor.as_str()).then_some(list))
-            .unwrap_or_default();
+        let list = if let Some(url) = &self.pg {
+            crate::pg::PgLocationStore::open(url, crate::pg::NodeId::random())?
+                .bindings_of(aor.as_str())?
+        } else {
+            let mut store = SqliteStore::open(&self.data, self.durability)?;
+            store
+                .load_all()?
+                .into_iter()
+                .find_map(|(a, list)| (a == aor.as_str()).then_some(list))
+                .unwrap_or_default()
+        };
         if list.is_empty() {
             return Err(OpsError::NotFound(format!("no bindings for {aor}")));
         }
@@ -393,6 +405,10 @@ impl Ops {
     /// [`MAX_PAGE`]; no bodies), read from `DIR/mailbox.sqlite`.
     pub fn stored_items(&self, owner: &str, unix_now: u64) -> Result<Vec<ItemInfo>, OpsError> {
         let owner = Aor::parse(owner)?;
+        if let Some(items) = &self.pg_items {
+            let listed = items.listed(owner.as_str(), unix_now, MAX_PAGE)?;
+            return Ok(listed.into_iter().map(ItemInfo::from).collect());
+        }
         if !self.data.join(crate::mailbox::sqlite::FILE).exists() {
             return Ok(Vec::new());
         }

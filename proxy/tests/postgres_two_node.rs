@@ -577,3 +577,81 @@ fn assert_no_secret_logged(dir: &Path) {
         }
     }
 }
+
+/// The database restarts under two running nodes: meanwhile both keep routing and
+/// gating from memory and a REGISTER that cannot be stored gets 500 (nothing is
+/// answered 200 that is not stored); afterwards both reconnect by themselves, and a
+/// registration at A reaches B through B's re-established LISTEN.
+#[test]
+fn nodes_outlive_a_database_restart() {
+    let Some(mut bed) = Bed::new("restart") else {
+        return;
+    };
+    for user in ["alice", "bob", "carol"] {
+        bed.cli_a(&["user", "add", user, "--password", &password(user)]);
+    }
+    bed.permit("bob", "alice");
+    bed.permit("carol", "alice");
+    let node_a = bed.node("node-a", &bed.data_a);
+    let node_b = bed.node("node-b", &bed.data_b);
+    let (a, b) = (node_a.ports.udp, node_b.ports.udp);
+    let mut bob = Ua::new("bob");
+    bob.register(a);
+    let bob_callee = Callee::serve(&bob);
+    until_status(
+        Duration::from_secs(10),
+        "alice -> bob through B",
+        486,
+        || call("alice", b, "bob"),
+    );
+
+    bed.pg.stop();
+    assert_eq!(
+        call("alice", b, "bob"),
+        Some(486),
+        "B routes and gates from memory"
+    );
+    let mut carol = Ua::new("carol");
+    let got = carol.request(
+        a,
+        "REGISTER",
+        &format!("sip:{DOMAIN}"),
+        "Expires: 3600\r\n",
+        b"",
+    );
+    assert_eq!(
+        Ua::final_status(&got),
+        Some(500),
+        "an unstored REGISTER: {got:?}"
+    );
+
+    bed.pg.restart();
+    // A's store reconnects (after at most its one-second pause) ...
+    until_status(
+        Duration::from_secs(15),
+        "REGISTER at A after the restart",
+        200,
+        || {
+            let got = carol.request(
+                a,
+                "REGISTER",
+                &format!("sip:{DOMAIN}"),
+                "Expires: 3600\r\n",
+                b"",
+            );
+            Ua::final_status(&got)
+        },
+    );
+    // ... and B hears of it (its listener reconnected, or caught up on reconnecting).
+    let carol_callee = Callee::serve(&carol);
+    until_status(
+        Duration::from_secs(15),
+        "alice -> carol through B",
+        486,
+        || call("alice", b, "carol"),
+    );
+    assert_eq!(carol_callee.invites(), 1);
+    assert!(bob_callee.invites() >= 2);
+    drop((node_a, node_b));
+    assert_no_secret_logged(&bed.dir);
+}

@@ -108,6 +108,59 @@ impl PgItems {
         }
     }
 
+    /// Unexpired items of every owner and their bytes (for `/metrics`).
+    pub fn usage_total(&self, unix_now: u64) -> Result<Usage, MailboxError> {
+        self.db.run(move |c| {
+            let r = c.query_one(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM item WHERE expires_at > $1",
+                &[&int(unix_now)],
+            )?;
+            Ok(Usage {
+                items: uint(r.try_get(0)?),
+                bytes: uint(r.try_get(1)?),
+            })
+        })
+    }
+
+    /// [`StoredItems::list`] through a shared reference (the operator's view).
+    pub fn listed(
+        &self,
+        owner: &str,
+        unix_now: u64,
+        limit: usize,
+    ) -> Result<Vec<ItemMeta>, MailboxError> {
+        let owner = owner.to_owned();
+        let limit = int(limit as u64);
+        let rows = self.db.run(move |c| {
+            c.query(
+                "SELECT id, sender, content_type, attributes, size, sha256, stored_at, expires_at
+                 FROM item WHERE owner = $1 AND expires_at > $2
+                 ORDER BY stored_at, id LIMIT $3",
+                &[&owner, &int(unix_now), &limit],
+            )
+            .map_err(MailboxError::from)
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            // A row edited by hand into a bad id is skipped, not fatal.
+            let Some(id) = ItemId::parse(r.try_get(0)?) else {
+                tracing::warn!("an item row has no valid id; skipped");
+                continue;
+            };
+            out.push(ItemMeta {
+                id,
+                sender: r.try_get(1)?,
+                content_type: r.try_get(2)?,
+                attributes: r.try_get(3)?,
+                size: uint(r.try_get(4)?),
+                sha256: digest(r.try_get(5)?),
+                stored_at: uint(r.try_get(6)?),
+                expires_at: uint(r.try_get(7)?),
+            });
+        }
+        Ok(out)
+    }
+
     fn usage(&self, column: &'static str, who: &str, unix_now: u64) -> Result<Usage, MailboxError> {
         let who = who.to_owned();
         let sql = format!(
@@ -161,36 +214,7 @@ impl StoredItems for PgItems {
         unix_now: u64,
         limit: usize,
     ) -> Result<Vec<ItemMeta>, MailboxError> {
-        let owner = owner.to_owned();
-        let limit = int(limit as u64);
-        let rows = self.db.run(move |c| {
-            c.query(
-                "SELECT id, sender, content_type, attributes, size, sha256, stored_at, expires_at
-                 FROM item WHERE owner = $1 AND expires_at > $2
-                 ORDER BY stored_at, id LIMIT $3",
-                &[&owner, &int(unix_now), &limit],
-            )
-            .map_err(MailboxError::from)
-        })?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            // A row edited by hand into a bad id is skipped, not fatal.
-            let Some(id) = ItemId::parse(r.try_get(0)?) else {
-                tracing::warn!("an item row has no valid id; skipped");
-                continue;
-            };
-            out.push(ItemMeta {
-                id,
-                sender: r.try_get(1)?,
-                content_type: r.try_get(2)?,
-                attributes: r.try_get(3)?,
-                size: uint(r.try_get(4)?),
-                sha256: digest(r.try_get(5)?),
-                stored_at: uint(r.try_get(6)?),
-                expires_at: uint(r.try_get(7)?),
-            });
-        }
-        Ok(out)
+        self.listed(owner, unix_now, limit)
     }
 
     fn delete(&mut self, id: &ItemId) -> Result<bool, MailboxError> {

@@ -186,7 +186,7 @@ async fn follow(
         }
         hand_over(l, client, aors.into_iter().collect()).await?;
     }
-    Err(PgError::Gone)
+    Err(PgError::Closed)
 }
 
 /// Reads the bindings of `aors` and hands them to the engine, [`BATCH`] AORs per

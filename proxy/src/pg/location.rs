@@ -39,6 +39,26 @@ impl PgLocationStore {
     }
 }
 
+impl PgLocationStore {
+    /// The stored bindings of one AOR (the operator's view).
+    pub fn bindings_of(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
+        let aor = aor.to_owned();
+        self.db.run(move |c| {
+            let rows = c
+                .query(
+                    &format!("SELECT {BINDING_COLUMNS} FROM binding WHERE aor = $1"),
+                    &[&aor],
+                )
+                .map_err(PgError::from)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(binding_from_row(r).map_err(PgError::from)?.1);
+            }
+            Ok(out)
+        })
+    }
+}
+
 /// One row of `SELECT {BINDING_COLUMNS}` as (aor, binding).
 pub(crate) fn binding_from_row(r: &postgres::Row) -> Result<(String, Binding), postgres::Error> {
     let path: String = r.try_get(6)?;

@@ -55,6 +55,12 @@ pub enum PgError {
     /// The connection URL does not parse (the message names no secret).
     #[error("postgres: bad url: {0}")]
     Url(String),
+    /// The last connection attempt failed a moment ago; not tried again yet.
+    #[error("postgres: unavailable (reconnecting)")]
+    Unavailable,
+    /// The server closed the connection (the LISTEN task reconnects).
+    #[error("postgres: the connection closed")]
+    Closed,
     /// The store's connection thread is gone.
     #[error("postgres: the connection thread stopped")]
     Gone,
@@ -166,17 +172,38 @@ impl NodeId {
 
 type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 
+/// After a failed connection attempt, calls fail at once for this long instead of
+/// each waiting for a new attempt: a database that is away costs the waiting request
+/// its answer (5xx), not the engine its time.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
 /// The connection a store's thread holds; reconnects when it was lost.
 struct Conn {
     config: postgres::Config,
     client: Option<postgres::Client>,
+    /// No new attempt before this (after one failed).
+    pause_until: Option<std::time::Instant>,
 }
 
 impl Conn {
     fn client(&mut self) -> Result<&mut postgres::Client, PgError> {
         if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
             self.client = None;
-            self.client = Some(connect(&self.config)?);
+            let now = std::time::Instant::now();
+            if self.pause_until.is_some_and(|t| now < t) {
+                return Err(PgError::Unavailable);
+            }
+            match connect(&self.config) {
+                Ok(c) => {
+                    self.pause_until = None;
+                    self.client = Some(c);
+                    tracing::info!("postgres connection restored");
+                }
+                Err(e) => {
+                    self.pause_until = Some(now + RECONNECT_PAUSE);
+                    return Err(e);
+                }
+            }
         }
         match self.client.as_mut() {
             Some(c) => Ok(c),
@@ -223,6 +250,7 @@ impl Db {
                 let mut conn = Conn {
                     config,
                     client: Some(client),
+                    pause_until: None,
                 };
                 while let Ok(job) = rx.recv() {
                     job(&mut conn);
@@ -343,6 +371,35 @@ mod tests {
         let url = PgUrl::new("postgres://u:topsecret@h/db");
         assert!(!format!("{url:?} {url}").contains("topsecret"));
         assert_eq!(url.expose(), "postgres://u:topsecret@h/db");
+    }
+
+    #[test]
+    fn the_backend_is_chosen_in_the_store_section() {
+        use crate::config::{Backend, Config, ConfigError, Overrides};
+        let dir = std::env::temp_dir().join(format!("permit-pg-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |toml: &str| {
+            let path = dir.join("permit.toml");
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path), Overrides::default())
+        };
+        assert_eq!(load("").unwrap().backend, Backend::Sqlite);
+        let pg =
+            load("[store]\nbackend = \"postgres\"\nurl = \"postgres://p:pw@db/permit\"\n").unwrap();
+        assert_eq!(
+            pg.backend,
+            Backend::Postgres(PgUrl::new("postgres://p:pw@db/permit"))
+        );
+        assert!(
+            !format!("{pg:?}").contains(":pw@"),
+            "Debug hides the password"
+        );
+        assert!(matches!(
+            load("[store]\nbackend = \"postgres\"\n"),
+            Err(ConfigError::PostgresWithoutUrl)
+        ));
+        assert!(load("[store]\nbackend = \"mysql\"\n").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct Postgres {
     pub port: u16,
     pub dir: PathBuf,
     log: PathBuf,
+    bin: PathBuf,
+    root: bool,
 }
 
 impl Postgres {
@@ -82,6 +84,7 @@ impl Postgres {
         fs::create_dir_all(dir).unwrap();
         let data = dir.join("data");
         let log = dir.join("postgres.log");
+        fs::File::create(&log).unwrap();
         if root {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -104,9 +107,28 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = super::free_port();
-        let child = pg_command(&bin, "postgres", root)
+        let child = Self::spawn(&bin, root, dir, port, &log);
+        let mut pg = Postgres {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            log,
+            bin,
+            root,
+        };
+        pg.wait_ready();
+        pg
+    }
+
+    fn spawn(bin: &Path, root: bool, dir: &Path, port: u16, log: &Path) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        pg_command(bin, "postgres", root)
             .arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir)
             .args(["-c", &format!("listen_addresses={HOST}")])
@@ -114,17 +136,25 @@ impl Postgres {
             .args(["-c", "fsync=off", "-c", "max_connections=60"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
+            .stderr(log)
             .spawn()
-            .expect("spawn postgres");
-        let mut pg = Postgres {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-            log,
-        };
-        pg.wait_ready();
-        pg
+            .expect("spawn postgres")
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected), keeping its data.
+    pub fn stop(&mut self) {
+        signal(self.child.id(), "INT");
+        super::wait_bounded(
+            &mut self.child,
+            Duration::from_secs(20),
+            "postgres after SIGINT",
+        );
+    }
+
+    /// Starts the stopped server again on the same data and port.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.bin, self.root, &self.dir, self.port, &self.log);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
