@@ -349,6 +349,7 @@ fn user(cfg: &Config, cmd: UserCommand) -> Result<(), OpsError> {
 /// the store of deposited items (`mailbox.sqlite`, store-and-forward).
 fn engine_keys(
     cfg: &Config,
+    node: &pg::NodeId,
 ) -> Result<
     (
         permit_proxy::engine::dialog::RouteKeys,
@@ -369,7 +370,7 @@ fn engine_keys(
                 .map_err(|e| e.to_string())?,
         ),
         Backend::Postgres(url) => {
-            Box::new(pg::PgItems::open(url, &cfg.data).map_err(|e| e.to_string())?)
+            Box::new(pg::PgItems::open(url, &cfg.data, node.clone()).map_err(|e| e.to_string())?)
         }
     };
     let mut mailbox = permit_proxy::mailbox::Mailbox::new(items, cfg.store.quotas);
@@ -607,7 +608,7 @@ fn run(cfg: &Config) -> ExitCode {
         if !cfg.gate.enabled {
             tracing::warn!("the gate is OFF: every caller reaches every callee, without a load query");
         }
-        let (route_keys, token_keys, mailbox) = match engine_keys(cfg) {
+        let (route_keys, token_keys, mailbox) = match engine_keys(cfg, &node) {
             Ok(k) => k,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");

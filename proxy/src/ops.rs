@@ -176,7 +176,11 @@ impl Ops {
             durability,
             users: AnyUsers::Postgres(users),
             pg: Some(url.clone()),
-            pg_items: Some(crate::pg::PgItems::open(url, data)?),
+            pg_items: Some(crate::pg::PgItems::open(
+                url,
+                data,
+                crate::pg::NodeId::random(),
+            )?),
             permits: Permits::admin_with_store(Box::new(permits)),
         })
     }

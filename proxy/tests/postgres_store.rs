@@ -71,7 +71,8 @@ fn migrations_apply_once_and_record_their_version() {
         let hb = s.spawn(|| b.migrate());
         (ha.join().unwrap(), hb.join().unwrap())
     });
-    assert_eq!((ra.unwrap(), rb.unwrap()), (1, 1));
+    let latest = MIGRATIONS.last().unwrap().0;
+    assert_eq!((ra.unwrap(), rb.unwrap()), (latest, latest));
     let mut c = pg.client("permit");
     let rows = c
         .query("SELECT version, name FROM schema_version", &[])
@@ -319,11 +320,11 @@ fn item(n: u8, owner: &str, sender: &str, size: usize, stored_at: u64) -> Item {
 
 #[test]
 fn items_keep_the_store_contract_and_go_exactly_once() {
-    let Some((_pg, url)) = server("items") else {
+    let Some((pg, url)) = server("items") else {
         return;
     };
     let data = std::env::temp_dir().join(format!("permit-pg-items-{}", std::process::id()));
-    let mut s = PgItems::open(&url, &data).unwrap();
+    let mut s = PgItems::open(&url, &data, node("a")).unwrap();
     // The contract of mailbox::tests, against PostgreSQL.
     let a = item(1, "bob@x", "alice@x", 10, 1000);
     let b = item(2, "bob@x", "carol@x", 20, 1001);
@@ -369,6 +370,37 @@ fn items_keep_the_store_contract_and_go_exactly_once() {
     assert_eq!(s.list("bob@x", 0, 10).unwrap(), vec![]);
     assert_eq!(s.get(&c.id).unwrap().map(|i| i.sha256), Some(c.sha256));
 
+    // Reading an item to deliver it claims it: the other node skips it until the
+    // claim lapses (as when the claiming node died).
+    let frank = item(50, "frank@x", "alice@x", 8, 6000);
+    s.put(&frank).unwrap();
+    let mut other = PgItems::open(&url, &data, node("b")).unwrap();
+    assert_eq!(s.get(&frank.id).unwrap().as_ref(), Some(&frank));
+    assert_eq!(other.get(&frank.id).unwrap(), None, "claimed by node a");
+    assert_eq!(
+        s.get(&frank.id).unwrap().as_ref(),
+        Some(&frank),
+        "a reads it again"
+    );
+    assert_eq!(
+        other.list("frank@x", 6050, 10).unwrap().len(),
+        1,
+        "still listed"
+    );
+    pg.client("permit")
+        .execute(
+            "UPDATE item SET claimed_until = 0 WHERE owner = 'frank@x'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        other.get(&frank.id).unwrap().as_ref(),
+        Some(&frank),
+        "the claim lapsed"
+    );
+    assert_eq!(s.get(&frank.id).unwrap(), None, "now claimed by node b");
+    assert!(other.delete(&frank.id).unwrap());
+
     // Two nodes settle the same deliveries at once: each item goes to exactly one.
     let items: Vec<Item> = (10..40)
         .map(|n| item(n, "erin@x", "alice@x", 8, 5000))
@@ -376,7 +408,6 @@ fn items_keep_the_store_contract_and_go_exactly_once() {
     for i in &items {
         s.put(i).unwrap();
     }
-    let mut other = PgItems::open(&url, &data).unwrap();
     let (won_a, won_b) = std::thread::scope(|sc| {
         let ha = sc.spawn(|| items.iter().filter(|i| s.delete(&i.id).unwrap()).count());
         let hb = sc.spawn(|| {

@@ -482,8 +482,9 @@ fn two_nodes_share_registrations_permits_and_stored_items() {
     assert_no_secret_logged(&bed.dir);
 }
 
-/// Step 3: an item alice deposits at A for dave (never registered) is fetched at B, once:
-/// B delivers it, dave's 200 removes it, neither node has it any more.
+/// Step 3: an item alice deposits at A for dave (never registered) is fetched at B,
+/// once: B delivers it and claims it, A does not hand it out meanwhile, dave's 200
+/// removes it, neither node has it any more.
 fn fetched_once_at_b(bed: &Bed, (a, b): (u16, u16), alice: &mut Ua, dave: &mut Ua) {
     let id = alice.deposit(a, "dave", "first deposit, made at node A");
     assert_eq!(bed.count("item", &format!("id = '{id}'")), 1);
@@ -494,6 +495,15 @@ fn fetched_once_at_b(bed: &Bed, (a, b): (u16, u16), alice: &mut Ua, dave: &mut U
     let m = &delivered[0];
     assert!(m.header("Permit-Item").unwrap().starts_with(&id));
     assert_eq!(m.body, b"first deposit, made at node A");
+    // Asked at A while B's delivery waits for its answer: B's claim holds, A hands
+    // out nothing (what arrives meanwhile is B's delivery, retransmitted).
+    let (ok_a, at_a) = dave.transfer(a, 0);
+    assert_eq!(ok_a.header("Permit-Items"), Some("0"), "claimed by B");
+    assert!(
+        at_a.iter()
+            .all(|d| d.header("Call-ID") == m.header("Call-ID")),
+        "A delivered the claimed item: {at_a:?}"
+    );
     dave.socket
         .send_to(
             response(m, 200).as_bytes(),

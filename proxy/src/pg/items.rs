@@ -2,9 +2,12 @@
 //! before it returns, like the embedded store's synced commit.
 //!
 //! Nodes share the items: a deposit made at one node is listed and delivered by any
-//! other. A delivered item is removed with `DELETE … RETURNING`, so when two nodes
-//! race to settle the same delivery exactly one of them sees it go (and counts and
-//! announces it); an item is never handed out again once one node removed it.
+//! other. Reading an item to deliver it ([`StoredItems::get`]) is an atomic claim
+//! (`UPDATE … WHERE unclaimed … RETURNING`): for [`CLAIM_S`] seconds no other node
+//! reads it, so a callee that asks two nodes at once gets each item from one of them;
+//! the claiming node may read it again (a retried delivery), and a claim of a node that
+//! died lapses. A delivered item is removed with `DELETE … RETURNING` on the callee's
+//! 2xx, so exactly one node sees it go; it is never handed out again.
 //! Uploaded files stay in the data directory of the node that received them.
 
 use std::path::PathBuf;
@@ -12,7 +15,7 @@ use std::path::PathBuf;
 use postgres::GenericClient;
 use postgres::error::SqlState;
 
-use super::{Db, PgError, PgUrl, int, uint};
+use super::{Db, NodeId, PgError, PgUrl, int, uint};
 use crate::mailbox::{Item, ItemId, ItemMeta, MailboxError, Slot, StoredItems, Usage};
 
 impl From<PgError> for MailboxError {
@@ -34,9 +37,13 @@ impl From<postgres::Error> for MailboxError {
     }
 }
 
+/// How long a node's claim on an item it read keeps other nodes from reading it.
+pub const CLAIM_S: i64 = 30;
+
 /// Items in the shared database.
 pub struct PgItems {
     db: Db,
+    node: NodeId,
     /// This node's uploaded files (`DIR/uploads`).
     files: PathBuf,
 }
@@ -86,10 +93,12 @@ fn insert_item(c: &mut impl GenericClient, item: &Item) -> Result<(), postgres::
 }
 
 impl PgItems {
-    /// Connects; `data` is this node's data directory (its `uploads/` files).
-    pub fn open(url: &PgUrl, data: &std::path::Path) -> Result<Self, PgError> {
+    /// Connects; `data` is this node's data directory (its `uploads/` files), `node`
+    /// the name its claims carry.
+    pub fn open(url: &PgUrl, data: &std::path::Path, node: NodeId) -> Result<Self, PgError> {
         Ok(Self {
             db: Db::open(url, "permit-pg-items")?,
+            node,
             files: data.join(crate::mailbox::sqlite::FILES),
         })
     }
@@ -197,12 +206,20 @@ impl StoredItems for PgItems {
         })
     }
 
+    /// The item, claimed for this node; `None` also while another node's claim holds.
     fn get(&mut self, id: &ItemId) -> Result<Option<Item>, MailboxError> {
         let id = *id;
+        let node = self.node.0.clone();
         self.db.run(move |c| {
             let row = c.query_opt(
-                &format!("SELECT {ITEM_COLUMNS} FROM item WHERE id = $1"),
-                &[&id.to_string()],
+                &format!(
+                    "UPDATE item SET claimed_by = $2,
+                         claimed_until = extract(epoch FROM clock_timestamp())::BIGINT + $3
+                     WHERE id = $1 AND (claimed_by IS NULL OR claimed_by = $2
+                         OR claimed_until <= extract(epoch FROM clock_timestamp())::BIGINT)
+                     RETURNING {ITEM_COLUMNS}"
+                ),
+                &[&id.to_string(), &node, &CLAIM_S],
             )?;
             Ok(row.map(|r| item_from_row(id, &r)).transpose()?)
         })

@@ -41,11 +41,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATION_LOCK: i64 = 0x7065_726d_6974_0001;
 
 /// The schema versions in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "item_claim",
+        include_str!("../../migrations/postgres/0002_item_claim.sql"),
+    ),
+];
 
 /// PostgreSQL failures are I/O faults: the request that needed the store gets a 5xx.
 #[derive(Debug, thiserror::Error)]
