@@ -832,7 +832,7 @@ pub const REFERENCE: &[KeyDoc] = &[
 ];
 
 mod reference;
-pub use reference::{full_example, reference_markdown};
+pub use reference::{example_file, reference_markdown};
 
 #[cfg(test)]
 mod tests {

@@ -79,8 +79,8 @@ enum ConfigCommand {
     /// Print every key of the configuration file with its default and meaning
     /// (Markdown; the reference in docs/operations.md).
     Reference,
-    /// Print a configuration file that sets every key: its default, or an example
-    /// where it has none.
+    /// Print a configuration file with every key, its meaning and its default (keys
+    /// without a default commented out, with an example).
     Example,
     /// Load the file given with --config (and the flags) as `run` would, and report
     /// the first error (exit code 2) or `configuration ok`.
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Config(ConfigCommand::Example) => {
-            print!("{}", permit_proxy::config::full_example());
+            print!("{}", permit_proxy::config::example_file());
             return ExitCode::SUCCESS;
         }
         _ => {}

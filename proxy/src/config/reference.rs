@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use super::{KeyDefault, KeyDoc, REFERENCE};
+use super::{KeyDefault, REFERENCE};
 
 /// Where the generated text sits in docs/operations.md.
 #[cfg(test)]
@@ -55,10 +55,69 @@ pub fn reference_markdown() -> String {
     out
 }
 
-/// A TOML file that sets every key of [`REFERENCE`] to its default, or to an example
-/// where it has none (`permit-proxy config example`).
-pub fn full_example() -> String {
-    let value = |k: &KeyDoc| match k.default {
+/// A configuration file for operators to start from (`permit-proxy config example`):
+/// every key of [`REFERENCE`] after its meaning, set to its default, or commented out
+/// with an example where it has no default of its own; loaded as it is, it gives the
+/// same configuration as no file.
+pub fn example_file() -> String {
+    let mut out = String::from(
+        "# permit-proxy configuration: every key with its default. A commented-out key is\n\
+         # unset by default (the value shown is an example). Reference: docs/operations.md\n\
+         # \"Configuration reference\", or `permit-proxy config reference`.\n",
+    );
+    let mut section = None;
+    // Top-level keys first: in TOML they cannot follow a [section].
+    let top = REFERENCE.iter().filter(|k| split(k.key).0.is_empty());
+    for k in top.chain(REFERENCE.iter().filter(|k| !split(k.key).0.is_empty())) {
+        let (s, name) = split(k.key);
+        if section != Some(s) {
+            section = Some(s);
+            if !s.is_empty() {
+                let _ = writeln!(out, "\n[{s}]");
+            }
+        }
+        out.push('\n');
+        for line in wrap(k.meaning, 86) {
+            let _ = writeln!(out, "# {line}");
+        }
+        match k.default {
+            KeyDefault::Is(v) => {
+                let _ = writeln!(out, "{name} = {v}");
+            }
+            KeyDefault::Unset { example } => {
+                let _ = writeln!(out, "# {name} = {example}");
+            }
+            KeyDefault::Derived { text, example } => {
+                let text = text.replace('`', "");
+                let _ = writeln!(out, "# default: {text}\n# {name} = {example}");
+            }
+        }
+    }
+    out
+}
+
+/// `text` in lines of at most `width` characters (longer words stay whole).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("one line at least");
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
+}
+
+/// A TOML file that sets every key of [`REFERENCE`] to its default, or to its example
+/// where it has none.
+#[cfg(test)]
+fn full_example() -> String {
+    let value = |k: &super::KeyDoc| match k.default {
         KeyDefault::Is(v)
         | KeyDefault::Unset { example: v }
         | KeyDefault::Derived { example: v, .. } => v,
@@ -212,7 +271,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::harvest::{Found, Harvest};
-    use super::{BEGIN_MARK, END_MARK, full_example, reference_markdown, split};
+    use super::{BEGIN_MARK, END_MARK, example_file, full_example, reference_markdown, split};
     use crate::config::{Config, FileConfig, KeyDefault, Overrides, REFERENCE};
 
     /// Every key of the file format, as serde reads it.
@@ -281,6 +340,26 @@ PERMIT_BLESS_DOCS=1 cargo test -p permit-proxy --lib config::reference\n"
         let dir = scratch("full");
         load_text(&dir, &text);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The file `config example` prints is the default configuration, and it names
+    /// every key.
+    #[test]
+    fn the_example_file_is_the_default_configuration() {
+        let dir = scratch("example");
+        let text = example_file();
+        assert_eq!(load_text(&dir, &text), load_text(&dir, ""));
+        let _ = std::fs::remove_dir_all(&dir);
+        for k in REFERENCE {
+            let name = split(k.key).1;
+            assert!(
+                text.lines().any(|l| l
+                    .trim_start_matches("# ")
+                    .starts_with(&format!("{name} = "))),
+                "{} missing",
+                k.key
+            );
+        }
     }
 
     /// Writing a key's stated default gives the configuration the proxy had without it.
