@@ -131,12 +131,14 @@ impl AbsorbTable {
                     self.entries.remove(&fp);
                 }
             }
-            if lane.is_empty() && lane.capacity() > 64 {
-                *lane = VecDeque::new();
+            if lane.capacity() > 64 && lane.len() < lane.capacity() / 4 {
+                lane.shrink_to(lane.len() * 2);
             }
         }
-        if self.entries.is_empty() && self.entries.capacity() > 64 {
-            self.entries = HashMap::default();
+        // After a burst the table gives its memory back as it empties (amortised: a
+        // shrink halves the capacity at least, and comes after a quarter is left).
+        if self.entries.capacity() > 64 && self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to(self.entries.len() * 2);
         }
         self.lanes
             .iter()
@@ -321,6 +323,51 @@ mod tests {
     use sip_core::transport::Transport;
 
     const ALICE: &str = "127.0.0.1:5070";
+
+    /// A burst's table gives its memory back while its transactions end.
+    #[test]
+    fn the_table_shrinks_as_it_empties() {
+        use super::AbsorbTable;
+        use crate::engine::tx::{Kind, TxKey};
+        use sip_core::transaction::{ServerNonInvite, TimerConfig};
+        use sip_testkit::VirtualClock;
+
+        let t0 = VirtualClock::new().now();
+        let cfg = TimerConfig::default();
+        let flow = Flow {
+            transport: Transport::Udp,
+            local: "192.0.2.1:5060".parse().unwrap(),
+            remote: "198.51.100.7:5060".parse().unwrap(),
+        };
+        let mut table = AbsorbTable::default();
+        for i in 0..10_000u32 {
+            let at = t0 + Duration::from_millis(u64::from(i));
+            let mut tx = ServerNonInvite::new(at, false, &cfg);
+            tx.send_response(at, 200, bytes::Bytes::from_static(b"SIP/2.0 200 OK"))
+                .unwrap();
+            while tx.poll_transmit().is_some() {}
+            let (a, response) = tx.into_absorbing().unwrap();
+            let key = TxKey {
+                branch: bytes::Bytes::from(format!("z9hG4bK{i}")),
+                kind: Kind::Other,
+            };
+            table.insert(&key, a, flow, &response);
+        }
+        let full = table.entries.capacity();
+        assert!(full >= 10_000);
+        // Timer J of the first 9,500 (inserted 1 ms apart) has fired.
+        let next = table.expire(t0 + Duration::from_millis(32_000 + 9_499));
+        assert_eq!(table.len(), 500);
+        assert_eq!(next, Some(t0 + Duration::from_millis(32_000 + 9_500)));
+        assert!(
+            table.entries.capacity() <= full / 8,
+            "{}",
+            table.entries.capacity()
+        );
+        assert!(table.lanes[0].capacity() < 10_000 / 8);
+        assert_eq!(table.expire(t0 + Duration::from_secs(60)), None);
+        assert_eq!((table.len(), table.entries.capacity() <= 64), (0, true));
+    }
 
     #[test]
     fn flows_round_trip() {
