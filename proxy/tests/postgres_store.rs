@@ -148,6 +148,25 @@ fn location_round_trip_purge_and_groups_all_or_nothing() {
         all.iter()
             .any(|(a, b)| a == "carol@localhost" && b.len() == 1)
     );
+    // In one group the last write of an AOR wins, and a purge removes what lapsed.
+    let put = |contact: &str, expires_at: u64| Write::Put {
+        aor: Arc::from("erin@localhost"),
+        bindings: vec![binding(contact, expires_at)].into(),
+    };
+    s.apply(&[
+        put("sip:e1@127.0.0.1:5072", 20_000),
+        Write::PurgeExpired { unix_now: 10_000 },
+        put("sip:e2@127.0.0.1:5072", 20_000),
+    ])
+    .unwrap();
+    let all = s.load_all().unwrap();
+    let erin = all.iter().find(|(a, _)| a == "erin@localhost").unwrap();
+    assert_eq!(erin.1, vec![binding("sip:e2@127.0.0.1:5072", 20_000)]);
+    let carol = all.iter().find(|(a, _)| a == "carol@localhost").unwrap();
+    assert!(
+        carol.1.is_empty(),
+        "carol's binding (900) was purged at 10000"
+    );
 }
 
 fn aor(s: &str) -> Aor {

@@ -6,7 +6,7 @@
 //! nodes hear of a change only once it is committed, and hear nothing of a group that
 //! failed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use postgres::GenericClient;
@@ -133,68 +133,119 @@ impl LocationStore for PgLocationStore {
     }
 }
 
-/// The group in one transaction, one NOTIFY per AOR it changed.
+/// The group in one transaction of a few set-wise statements (their number does not
+/// grow with the group), one NOTIFY per AOR it changed.
+///
+/// Each `Put` replaces an AOR's whole binding set, so only the last `Put` of an AOR
+/// in the group is written; purges run after the puts, with the latest instant of the
+/// group (a binding that lapsed is purged now rather than by the next purge: either
+/// way routing ignores it, it has lapsed).
 fn apply_in(c: &mut postgres::Client, writes: &[Write], node: &str) -> Result<(), postgres::Error> {
-    let mut tx = c.transaction()?;
-    let touch = tx.prepare(
-        "INSERT INTO binding_aor (aor) VALUES ($1)
-         ON CONFLICT (aor) DO UPDATE SET changed_at = clock_timestamp()",
-    )?;
-    let clear = tx.prepare("DELETE FROM binding WHERE aor = $1")?;
-    let insert = tx.prepare(&format!(
-        "INSERT INTO binding ({BINDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-    ))?;
-    let purge = tx.prepare("DELETE FROM binding WHERE expires_at <= $1")?;
-    let mut changed: HashSet<&str> = HashSet::new();
+    let mut last: HashMap<&str, &[Binding]> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    let mut purge: Option<u64> = None;
     for w in writes {
         match w {
             Write::Put { aor, bindings } => {
-                let aor: &str = aor;
-                tx.execute(&touch, &[&aor])?;
-                tx.execute(&clear, &[&aor])?;
-                for b in bindings {
-                    let contact: &str = &b.contact;
-                    let expires = int(b.expires_at);
-                    let q = i32::from(b.q);
-                    let call_id = b.call_id.to_text();
-                    let cseq = i64::from(b.cseq);
-                    let path = b.path.join("\n");
-                    let source = source_to_text(b.source);
-                    let max_calls = b.max_calls.map(i64::from);
-                    let params: [&(dyn ToSql + Sync); 10] = [
-                        &aor,
-                        &contact,
-                        &expires,
-                        &q,
-                        &call_id,
-                        &cseq,
-                        &path,
-                        &source,
-                        &max_calls,
-                        &b.load_query,
-                    ];
-                    tx.execute(&insert, &params)?;
+                if last.insert(aor, bindings).is_none() {
+                    order.push(aor);
                 }
-                changed.insert(aor);
             }
             Write::PurgeExpired { unix_now } => {
-                // Every node purges its own memory by the clock: nothing to announce.
-                tx.execute(&purge, &[&int(*unix_now)])?;
+                purge = Some(purge.map_or(*unix_now, |p| p.max(*unix_now)));
             }
         }
     }
-    if !changed.is_empty() {
-        let notify = tx.prepare("SELECT pg_notify($1, $2)")?;
-        for aor in changed {
-            // NOTIFY payloads stop short of 8000 bytes: an AOR too long to name is
-            // announced as "something changed" (the listener reloads by `changed_at`).
-            let payload = if aor.len() <= MAX_NOTIFIED_AOR {
-                format!("{node} {aor}")
-            } else {
-                node.to_owned()
-            };
-            tx.execute(&notify, &[&CHANNEL_BINDING, &payload])?;
+    let mut tx = c.transaction()?;
+    if !order.is_empty() {
+        tx.execute(
+            "INSERT INTO binding_aor (aor) SELECT * FROM unnest($1::TEXT[])
+             ON CONFLICT (aor) DO UPDATE SET changed_at = clock_timestamp()",
+            &[&order],
+        )?;
+        tx.execute("DELETE FROM binding WHERE aor = ANY($1)", &[&order])?;
+        let rows = Columns::of(&order, &last);
+        if !rows.aor.is_empty() {
+            let params: [&(dyn ToSql + Sync); 10] = [
+                &rows.aor,
+                &rows.contact,
+                &rows.expires,
+                &rows.q,
+                &rows.call_id,
+                &rows.cseq,
+                &rows.path,
+                &rows.source,
+                &rows.max_calls,
+                &rows.load_query,
+            ];
+            tx.execute(
+                &format!(
+                    "INSERT INTO binding ({BINDING_COLUMNS}) SELECT * FROM unnest(
+                         $1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::INTEGER[], $5::TEXT[],
+                         $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::BIGINT[], $10::BOOLEAN[])"
+                ),
+                &params,
+            )?;
         }
+        // NOTIFY payloads stop short of 8000 bytes: an AOR too long to name is
+        // announced as "something changed" (the listener reloads by `changed_at`).
+        let payloads: Vec<String> = order
+            .iter()
+            .map(|aor| {
+                if aor.len() <= MAX_NOTIFIED_AOR {
+                    format!("{node} {aor}")
+                } else {
+                    node.to_owned()
+                }
+            })
+            .collect();
+        tx.execute(
+            "SELECT pg_notify($1, p) FROM unnest($2::TEXT[]) AS p",
+            &[&CHANNEL_BINDING, &payloads],
+        )?;
+    }
+    if let Some(unix_now) = purge {
+        // Every node purges its own memory by the clock: nothing to announce.
+        tx.execute(
+            "DELETE FROM binding WHERE expires_at <= $1",
+            &[&int(unix_now)],
+        )?;
     }
     tx.commit()
+}
+
+/// The bindings of a group as one array per column (for `unnest`).
+#[derive(Default)]
+struct Columns<'a> {
+    aor: Vec<&'a str>,
+    contact: Vec<&'a str>,
+    expires: Vec<i64>,
+    q: Vec<i32>,
+    call_id: Vec<String>,
+    cseq: Vec<i64>,
+    path: Vec<String>,
+    source: Vec<Option<String>>,
+    max_calls: Vec<Option<i64>>,
+    load_query: Vec<bool>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(order: &[&'a str], last: &HashMap<&'a str, &'a [Binding]>) -> Self {
+        let mut c = Columns::default();
+        for aor in order {
+            for b in last.get(aor).copied().unwrap_or_default() {
+                c.aor.push(aor);
+                c.contact.push(&b.contact);
+                c.expires.push(int(b.expires_at));
+                c.q.push(i32::from(b.q));
+                c.call_id.push(b.call_id.to_text());
+                c.cseq.push(i64::from(b.cseq));
+                c.path.push(b.path.join("\n"));
+                c.source.push(source_to_text(b.source));
+                c.max_calls.push(b.max_calls.map(i64::from));
+                c.load_query.push(b.load_query);
+            }
+        }
+        c
+    }
 }
