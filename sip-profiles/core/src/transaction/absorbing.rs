@@ -1,12 +1,14 @@
 //! What is left of a server transaction once its work is done and only retransmissions
-//! remain to be absorbed: RFC 3261 §17.2.2 Completed (non-INVITE, until Timer J) and
-//! §17.2.1 Confirmed (INVITE after a non-2xx final and its ACK, until Timer I).
+//! remain to be absorbed: RFC 3261 §17.2.2 Completed (non-INVITE, until Timer J),
+//! §17.2.1 Confirmed (INVITE after a non-2xx final and its ACK, until Timer I) and RFC
+//! 6026 §7.1 Accepted (INVITE after a 2xx, until Timer L).
 //!
 //! In those states the machine sends nothing on its own and reports nothing but its end:
 //! a retransmitted request gets the final response again (Completed) or nothing
-//! (Confirmed), a retransmitted ACK is absorbed (Confirmed), and the timer frees it.
-//! [`Absorbing`] is that state as a type of its own: the deadline and which of the two
-//! states it is, nothing else. The final response to re-send is handed to the caller
+//! (Confirmed, Accepted), an ACK is absorbed (Confirmed) or passed to the TU (Accepted),
+//! a further 2xx of the TU goes out unkept (Accepted), and the timer frees it.
+//! [`Absorbing`] is that state as a type of its own: the deadline and which of the
+//! three states it is, nothing else. The final response to re-send is handed to the caller
 //! by [`ServerNonInvite::into_absorbing`](super::ServerNonInvite::into_absorbing), so
 //! a caller holding many of them can keep each one's key, reply address and response in
 //! one allocation of exact size (a registrar at 30,000 REGISTER/s holds about a million
@@ -35,6 +37,9 @@ enum Phase {
     Completed,
     /// INVITE Confirmed (§17.2.1): requests and ACKs are absorbed, Timer I ends it.
     Confirmed,
+    /// INVITE Accepted (RFC 6026 §7.1): requests are absorbed, ACKs and the TU's 2xx
+    /// pass, Timer L ends it.
+    Accepted,
 }
 
 /// What the caller does with a request retransmission that matched an [`Absorbing`]
@@ -64,28 +69,52 @@ impl Absorbing {
         }
     }
 
+    /// INVITE Accepted with Timer L due at `timer_l` (RFC 6026 §7.1).
+    pub(super) fn accepted(timer_l: Instant) -> Self {
+        Self {
+            until: timer_l,
+            phase: Phase::Accepted,
+        }
+    }
+
     /// The request arrived again. Completed: the final is re-sent (§17.2.2: "the server
     /// transaction MUST pass the final response to the transport layer for
-    /// retransmission"). Confirmed: absorbed (§17.2.1, RFC 6026 §7.1).
+    /// retransmission"). Confirmed, Accepted: absorbed (§17.2.1, RFC 6026 §7.1).
     pub fn handle_request_retransmission(&self) -> Retransmitted {
         match self.phase {
             Phase::Completed => Retransmitted::ResendFinal,
-            Phase::Confirmed => Retransmitted::Absorb,
+            Phase::Confirmed | Phase::Accepted => Retransmitted::Absorb,
         }
     }
 
     /// An ACK matched the transaction. Confirmed: a retransmitted ACK, absorbed
-    /// (§17.2.1). A non-INVITE transaction has no ACK: [`TransactionError::UnexpectedAck`].
+    /// (§17.2.1). Accepted: the ACK for a 2xx, passed to the TU (RFC 6026 §7.1). A
+    /// non-INVITE transaction has no ACK: [`TransactionError::UnexpectedAck`].
     pub fn handle_ack(&self) -> Result<AckAction, TransactionError> {
         match self.phase {
             Phase::Confirmed => Ok(AckAction::Absorb),
+            Phase::Accepted => Ok(AckAction::PassUp),
             Phase::Completed => Err(TransactionError::UnexpectedAck {
                 state: State::Completed,
             }),
         }
     }
 
-    /// When the transaction ends: Timer J (Completed) or Timer I (Confirmed).
+    /// The TU sends a response with status `status`. Accepted: a further 2xx (the TU's
+    /// retransmission or a 2xx of another fork, RFC 6026 §7.1) is `Ok`, for the caller to
+    /// send; the transaction keeps nothing of it. Anything else is
+    /// [`TransactionError::ResponseNotAllowed`], as in the full machine.
+    pub fn send_response(&self, status: u16) -> Result<(), TransactionError> {
+        match self.phase {
+            Phase::Accepted if (200..300).contains(&status) => Ok(()),
+            _ => Err(TransactionError::ResponseNotAllowed {
+                state: self.state(),
+                status,
+            }),
+        }
+    }
+
+    /// When the transaction ends: Timer J (Completed), I (Confirmed) or L (Accepted).
     pub fn poll_timeout(&self) -> Instant {
         self.until
     }
@@ -100,14 +129,16 @@ impl Absorbing {
         match self.phase {
             Phase::Completed => Timer::J,
             Phase::Confirmed => Timer::I,
+            Phase::Accepted => Timer::L,
         }
     }
 
-    /// The current state's name: Completed or Confirmed.
+    /// The current state's name: Completed, Confirmed or Accepted.
     pub fn state(&self) -> State {
         match self.phase {
             Phase::Completed => State::Completed,
             Phase::Confirmed => State::Confirmed,
+            Phase::Accepted => State::Accepted,
         }
     }
 }
@@ -222,5 +253,50 @@ mod tests {
             absorbing.handle_request_retransmission(),
             Retransmitted::Absorb
         );
+        assert!(absorbing.send_response(200).is_err());
+    }
+
+    /// An INVITE answered 2xx is absorbing at once in Accepted: INVITEs absorbed, ACKs
+    /// and further 2xx passed, anything else refused, until Timer L, as in the machine.
+    #[test]
+    fn accepted_invite_absorbs_like_the_machine() {
+        let t0 = VirtualClock::new().now();
+        let cfg = TimerConfig::default();
+        let mut full = ServerInvite::new(t0, false, &cfg);
+        full.send_response(t0, 200, Bytes::from_static(b"200"))
+            .unwrap();
+        let _ = full.poll_transmit();
+        let mut twin = ServerInvite::new(t0, false, &cfg);
+        twin.send_response(t0, 200, Bytes::from_static(b"200"))
+            .unwrap();
+        let _ = twin.poll_transmit();
+        let absorbing = twin.into_absorbing().expect("Accepted");
+        assert_eq!(
+            (absorbing.state(), absorbing.timer()),
+            (State::Accepted, Timer::L)
+        );
+        assert_eq!(full.poll_timeout(), Some(absorbing.poll_timeout()));
+        assert_eq!(
+            absorbing.poll_timeout(),
+            t0 + 64 * cfg.t1,
+            "Timer L = 64*T1"
+        );
+        let t1 = t0 + Duration::from_secs(1);
+        full.handle_request_retransmission(t1).unwrap();
+        assert_eq!(full.poll_transmit(), None);
+        assert_eq!(
+            absorbing.handle_request_retransmission(),
+            Retransmitted::Absorb
+        );
+        assert_eq!(full.handle_ack(t1), Ok(AckAction::PassUp));
+        assert_eq!(absorbing.handle_ack(), Ok(AckAction::PassUp));
+        for status in [200, 180, 486] {
+            assert_eq!(
+                full.send_response(t1, status, Bytes::from_static(b"x"))
+                    .is_ok(),
+                absorbing.send_response(status).is_ok(),
+                "{status}"
+            );
+        }
     }
 }

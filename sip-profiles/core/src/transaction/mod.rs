@@ -59,9 +59,9 @@
 //! retransmits it any more, §17.1.1.2, §17.1.2.2), so a completed transaction keeps
 //! only what absorbing retransmissions needs: its timers, the last response (server,
 //! §17.2.1, §17.2.2) or the ACK (INVITE client, §17.1.1.3). A server transaction that
-//! only absorbs retransmissions (non-INVITE Completed, INVITE Confirmed) can be turned
-//! into an [`Absorbing`] value of a few bytes, the final response handed back to the
-//! caller to keep as it likes (`into_absorbing`).
+//! only absorbs retransmissions (non-INVITE Completed, INVITE Confirmed and Accepted)
+//! can be turned into an [`Absorbing`] value of a few bytes, the final response handed
+//! back to the caller to keep as it likes (`into_absorbing`).
 
 mod absorbing;
 mod client_invite;

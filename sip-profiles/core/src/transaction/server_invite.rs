@@ -146,12 +146,12 @@ impl ServerInvite {
         result
     }
 
-    /// Confirmed, with everything sent and reported: the transaction from now on only
-    /// absorbs INVITE and ACK retransmissions until Timer I (§17.2.1), which
-    /// [`Absorbing`] does on its own. In any other state (Completed still retransmits
-    /// its final with Timer G and waits for the ACK; Accepted still sends the TU's 2xx,
-    /// RFC 6026 §7.1), or with a datagram or event not yet polled, the machine comes back
-    /// unchanged.
+    /// Confirmed or Accepted, with everything sent and reported: the transaction from
+    /// now on only absorbs INVITE and ACK retransmissions until Timer I (§17.2.1), or
+    /// absorbs INVITEs and lets ACKs and the TU's further 2xx pass until Timer L (RFC
+    /// 6026 §7.1), which [`Absorbing`] does on its own. In any other state (Proceeding;
+    /// Completed still retransmits its final with Timer G and waits for the ACK), or
+    /// with a datagram or event not yet polled, the machine comes back unchanged.
     // The machine itself comes back on `Err`, moved, never copied: boxing it would
     // allocate on a path the caller takes for every transaction not yet done.
     #[allow(clippy::result_large_err)]
@@ -159,6 +159,9 @@ impl ServerInvite {
         match self.state {
             Inner::Confirmed(Confirmed { timer_i }) if self.ctx.outbox.is_drained() => {
                 Ok(Absorbing::confirmed(timer_i))
+            }
+            Inner::Accepted(Accepted { timer_l }) if self.ctx.outbox.is_drained() => {
+                Ok(Absorbing::accepted(timer_l))
             }
             state => Err(Self { state, ..self }),
         }
