@@ -337,14 +337,20 @@ fn call(caller: &'static str, node: u16, callee: &str) -> Option<u16> {
     Ua::final_status(&got)
 }
 
-/// The test bed: a database, its config file, and two nodes' data directories.
+/// The test bed: a database, the nodes' config files (A's with the admin API), and
+/// two data directories.
 struct Bed {
     dir: PathBuf,
     pg: Postgres,
     config: PathBuf,
+    config_a: PathBuf,
+    admin_a: u16,
     data_a: PathBuf,
     data_b: PathBuf,
 }
+
+/// Node A's admin API token.
+const TOKEN: &str = "two-node-admin-token";
 
 impl Bed {
     fn new(test: &str) -> Option<Bed> {
@@ -357,10 +363,15 @@ impl Bed {
         let url = pg
             .create_db("permit")
             .replacen("permit@", &format!("permit:{SECRET}@"), 1);
-        let config = dir.join("permit.toml");
+        let store = format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n");
+        let admin_a = free_port();
+        let (config, config_a) = (dir.join("permit.toml"), dir.join("permit-a.toml"));
+        std::fs::write(&config, &store).unwrap();
         std::fs::write(
-            &config,
-            format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"),
+            &config_a,
+            format!(
+                "{store}[admin]\nenabled = true\nlisten = \"{HOST}:{admin_a}\"\ntoken = \"{TOKEN}\"\n"
+            ),
         )
         .unwrap();
         Some(Bed {
@@ -369,6 +380,8 @@ impl Bed {
             dir,
             pg,
             config,
+            config_a,
+            admin_a,
         })
     }
 
@@ -389,14 +402,41 @@ impl Bed {
         assert!(out.starts_with("added "), "permit add: {out}");
     }
 
+    /// Node A (with the admin API) or B, by its data directory.
     fn node(&self, name: &str, data: &Path) -> Proxy {
         let ports = Ports {
             udp: free_port(),
             tcp: None,
             tls: None,
         };
-        let config = self.config.to_str().unwrap();
+        let config = if data == self.data_a {
+            &self.config_a
+        } else {
+            &self.config
+        };
+        let config = config.to_str().unwrap();
         Proxy::start(&self.dir, name, data, ports, &["--config", config])
+    }
+
+    /// `POST path` with a JSON body to node A's admin API; the status code.
+    fn post_a(&self, path: &str, json: &str) -> u16 {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect((HOST, self.admin_a)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
     }
 
     /// Rows of `table` matching `filter` in the shared database.
@@ -540,7 +580,12 @@ fn survives_kill_of_a(
     let (a, b) = (node_a.ports.udp, node_b.ports.udp);
     let mut erin = Ua::new("erin");
     erin.register(a);
-    bed.permit("erin", "carol");
+    // This permit through A's admin API (the same operations as the CLI).
+    let added = bed.post_a(
+        &format!("/permits/erin@{DOMAIN}"),
+        &format!("{{\"caller\":\"carol@{DOMAIN}\"}}"),
+    );
+    assert_eq!(added, 201, "POST /permits/erin");
     let late = alice.deposit(a, "dave", "second deposit, just before the kill");
     node_a.kill_hard();
     assert_eq!(bed.count("binding", "aor = 'erin@localhost'"), 1);
