@@ -1,11 +1,13 @@
 //! Server transactions that only absorb retransmissions (RFC 3261 §17.2.2 Completed,
-//! §17.2.1 Confirmed), kept compact.
+//! §17.2.1 Confirmed, RFC 6026 §7.1 Accepted), kept compact.
 //!
 //! A registrar answering 30,000 REGISTER/s holds about a million non-INVITE server
-//! transactions in Completed (Timer J, 32 s over UDP). All such a transaction still does
-//! is send its final response again when the request is retransmitted, so the engine
-//! keeps, per transaction, one allocation of exact size holding the key, the reply flow
-//! and the final response, beside the [`Absorbing`] state (the deadline); the table is
+//! transactions in Completed (Timer J, 32 s over UDP), and every answered call an INVITE
+//! server transaction in Accepted (Timer L, RFC 6026 §7.1). All such a transaction still
+//! does is send its final response again when the request is retransmitted (or pass a
+//! further 2xx), so the engine keeps, per transaction, one allocation of exact size
+//! holding the key, the reply flow and the final response (Accepted: its response
+//! context's id), beside the [`Absorbing`] state (the deadline); the table is
 //! keyed by a keyed 64-bit hash of the key, the full key being compared on every match.
 //! Deadlines of one timer grow with the order of insertion (the engine's `now` never
 //! goes back and every transaction of a lane lingers the same time), so expiry walks a
@@ -18,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Instant;
 
 use bytes::Bytes;
-use sip_core::transaction::{Absorbing, AckAction, Retransmitted, Timer};
+use sip_core::transaction::{Absorbing, AckAction, Retransmitted, State, Timer};
 use sip_core::transport::{Transmit, Transport};
 
 use super::tx::{Kind, TxKey};
@@ -26,7 +28,9 @@ use super::{Proxy, Wake};
 use crate::route::Flow;
 
 /// One absorbing transaction: `buf` is the kind, the branch key, the reply flow
-/// (`encode_flow`) and the final response, in that order.
+/// (`encode_flow`) and the final response, in that order. Accepted keeps no response
+/// (the TU sends each 2xx itself, RFC 6026 §7.1); its place holds the id of the
+/// response context that serves those 2xx, freed with the transaction at Timer L.
 #[derive(Debug)]
 struct Absorbed {
     buf: Box<[u8]>,
@@ -49,6 +53,23 @@ impl Absorbed {
     fn response(&self) -> &[u8] {
         &self.buf[self.key_len as usize + usize::from(self.flow_len)..]
     }
+
+    /// The response context of an Accepted INVITE.
+    fn ctx(&self) -> Option<u64> {
+        (self.tx.state() == State::Accepted)
+            .then(|| <[u8; 8]>::try_from(self.response()).ok())
+            .flatten()
+            .map(u64::from_be_bytes)
+    }
+}
+
+/// The lane of a transaction's timer: each lane's deadlines grow with insertion order.
+fn lane(timer: Timer) -> usize {
+    match timer {
+        Timer::I => 1,
+        Timer::L => 2,
+        _ => 0,
+    }
 }
 
 /// The absorbing server transactions of an engine.
@@ -59,8 +80,8 @@ pub(super) struct AbsorbTable {
     /// collisions at it).
     hasher: std::hash::RandomState,
     /// (deadline, fingerprint) in insertion order: Timer J (Completed), Timer I
-    /// (Confirmed).
-    lanes: [VecDeque<(Instant, u64)>; 2],
+    /// (Confirmed), Timer L (Accepted).
+    lanes: [VecDeque<(Instant, u64)>; 3],
     /// The instant of the table's live entry in the engine's timer heap.
     scheduled: Option<Instant>,
 }
@@ -100,7 +121,7 @@ impl AbsorbTable {
         buf.extend_from_slice(response);
         let fp = self.fingerprint(key);
         let until = tx.poll_timeout();
-        let lane = usize::from(tx.timer() == Timer::I);
+        let lane = lane(tx.timer());
         self.entries.insert(
             fp,
             Absorbed {
@@ -118,8 +139,9 @@ impl AbsorbTable {
         Some(until)
     }
 
-    /// Frees every transaction whose timer is due at `now`; returns the next deadline.
-    fn expire(&mut self, now: Instant) -> Option<Instant> {
+    /// Frees every transaction whose timer is due at `now`, adding the response contexts
+    /// they held to `freed`; returns the next deadline.
+    fn expire(&mut self, now: Instant, freed: &mut Vec<u64>) -> Option<Instant> {
         for lane in &mut self.lanes {
             while let Some(&(until, fp)) = lane.front() {
                 if until > now {
@@ -127,8 +149,10 @@ impl AbsorbTable {
                 }
                 lane.pop_front();
                 // A fingerprint taken over by a later transaction keeps that one.
-                if self.entries.get(&fp).is_some_and(|a| a.tx.is_over(now)) {
-                    self.entries.remove(&fp);
+                if self.entries.get(&fp).is_some_and(|a| a.tx.is_over(now))
+                    && let Some(a) = self.entries.remove(&fp)
+                {
+                    freed.extend(a.ctx());
                 }
             }
             if lane.capacity() > 64 && lane.len() < lane.capacity() / 4 {
@@ -257,20 +281,53 @@ impl Proxy {
         self.absorbing.get(key).is_some()
     }
 
+    /// The transport an absorbing transaction's request came over.
+    pub(super) fn absorbed_transport(&self, key: &TxKey) -> Option<Transport> {
+        self.absorbing
+            .get(key)
+            .and_then(Absorbed::reply)
+            .map(|f| f.transport)
+    }
+
+    /// A response for an absorbing transaction: a further 2xx of an Accepted INVITE is
+    /// sent to its reply flow, unkept (RFC 6026 §7.1); anything else is dropped, as the
+    /// full machine refuses it.
+    pub(super) fn respond_absorbed(&mut self, key: &TxKey, status: u16, bytes: Bytes) {
+        let Some(a) = self.absorbing.get(key) else {
+            return;
+        };
+        // Counted as `respond` counts a response for a full transaction.
+        self.stats
+            .traffic
+            .response(status, key.kind == Kind::Invite);
+        if let Err(e) = a.tx.send_response(status) {
+            tracing::debug!(error = %e, status, "response not sent");
+            return;
+        }
+        let Some(flow) = a.reply() else { return };
+        self.out.push_back(Transmit {
+            transport: flow.transport,
+            local: flow.local,
+            dest: flow.remote,
+            data: bytes,
+        });
+    }
+
     /// Moves a server transaction that only absorbs retransmissions from the full table
-    /// to the absorbing one. Kept in full: one with a response context (its branch still
-    /// waits for a final), one still retransmitting or waiting for an ACK (INVITE
-    /// Completed), one in Accepted (the TU's 2xx still go through it, RFC 6026 §7.1).
-    /// `true` if it moved.
+    /// to the absorbing one: non-INVITE Completed and INVITE Confirmed without a response
+    /// context (one whose branch still waits for a final keeps it, and stays in full),
+    /// INVITE Accepted with its context (still serving the branch's further 2xx). Kept
+    /// in full: INVITE Completed, which still retransmits its final and waits for the
+    /// ACK. `true` if it moved.
     pub(super) fn absorb_server(&mut self, now: Instant, key: &TxKey) -> bool {
         use super::tx::ServerTx;
-        use sip_core::transaction::State;
-        let movable = self.server.get(key).is_some_and(|e| {
-            e.ctx.is_none()
-                && match &e.tx {
-                    ServerTx::NonInvite(t) => t.state() == State::Completed,
-                    ServerTx::Invite(t) => t.state() == State::Confirmed,
-                }
+        let movable = self.server.get(key).is_some_and(|e| match &e.tx {
+            ServerTx::NonInvite(t) => e.ctx.is_none() && t.state() == State::Completed,
+            ServerTx::Invite(t) => match t.state() {
+                State::Confirmed => e.ctx.is_none(),
+                State::Accepted => true,
+                _ => false,
+            },
         });
         if !movable {
             return false;
@@ -280,10 +337,13 @@ impl Proxy {
         };
         let absorbed = match entry.tx {
             ServerTx::NonInvite(t) => t.into_absorbing().map_err(ServerTx::NonInvite),
-            ServerTx::Invite(t) => t
-                .into_absorbing()
-                .map_err(ServerTx::Invite)
-                .map(|a| (a, Bytes::new())),
+            ServerTx::Invite(t) => t.into_absorbing().map_err(ServerTx::Invite).map(|a| {
+                let ctx = entry.ctx.filter(|_| a.state() == State::Accepted);
+                (
+                    a,
+                    ctx.map_or_else(Bytes::new, |c| Bytes::copy_from_slice(&c.to_be_bytes())),
+                )
+            }),
         };
         let (tx, response) = match absorbed {
             Ok(a) => a,
@@ -305,7 +365,12 @@ impl Proxy {
             return;
         }
         self.absorbing.scheduled = None;
-        if let Some(next) = self.absorbing.expire(now) {
+        let mut freed = Vec::new();
+        let next = self.absorbing.expire(now, &mut freed);
+        for ctx in freed {
+            self.contexts.remove(&ctx);
+        }
+        if let Some(next) = next {
             self.absorbing.scheduled = Some(next);
             self.heap.push(Reverse((next.max(now), Wake::Absorbing)));
         }
@@ -323,6 +388,52 @@ mod tests {
     use sip_core::transport::Transport;
 
     const ALICE: &str = "127.0.0.1:5070";
+
+    /// An INVITE answered 2xx is kept compact in Accepted with its response context: a
+    /// retransmitted INVITE is absorbed, a retransmitted 2xx still goes upstream (RFC
+    /// 6026 §7.1), and Timer L frees the transaction and the context together.
+    #[test]
+    fn an_accepted_invite_keeps_its_context_until_timer_l() {
+        use sip_core::message::Message;
+        use std::fmt::Write as _;
+        const BOB: &str = "127.0.0.1:5080";
+        let mut h = Harness::new();
+        h.register("bob", BOB, 600);
+        h.advance(Duration::from_secs(33));
+        assert_eq!(h.proxy.live(), (0, 0, 0), "the REGISTER is gone");
+        let out = h.recv(ALICE, &invite("bob", "z9hG4bKacc1", 70));
+        let fwd: Message = out[1].1.clone();
+        let h_ = |n| String::from_utf8_lossy(fwd.header(n).unwrap()).into_owned();
+        let mut vias = String::new();
+        for v in fwd.headers(HeaderName::Via) {
+            let _ = writeln!(vias, "Via: {}", String::from_utf8_lossy(v));
+        }
+        let ok = format!(
+            "SIP/2.0 200 OK\n{vias}Record-Route: {}\nFrom: {}\nTo: <sip:bob@localhost>;tag=b1\n\
+Call-ID: {}\nCSeq: 1 INVITE\nContact: <sip:bob@{BOB}>\nContent-Length: 0\n\n",
+            h_(HeaderName::RecordRoute),
+            h_(HeaderName::From),
+            h_(HeaderName::CallId)
+        );
+        assert_eq!(status(&h.recv(BOB, &ok)), vec![200]);
+        assert_eq!(h.proxy.absorbing.len(), 1, "Accepted is compact");
+        assert_eq!(h.proxy.live(), (1, 1, 1), "its context stays");
+        assert!(
+            h.recv(ALICE, &invite("bob", "z9hG4bKacc1", 70)).is_empty(),
+            "a retransmitted INVITE is absorbed"
+        );
+        let again = h.recv(BOB, &ok);
+        assert_eq!(
+            status(&again),
+            vec![200],
+            "a retransmitted 2xx goes upstream"
+        );
+        assert_eq!(again[0].0, super::super::tests::addr(ALICE));
+        h.advance(Duration::from_millis(31_999));
+        assert_eq!(h.proxy.live(), (1, 1, 1));
+        h.advance(Duration::from_millis(1));
+        assert_eq!(h.proxy.live(), (0, 0, 0), "Timers L and M: all freed");
+    }
 
     /// A burst's table gives its memory back while its transactions end.
     #[test]
@@ -356,7 +467,8 @@ mod tests {
         let full = table.entries.capacity();
         assert!(full >= 10_000);
         // Timer J of the first 9,500 (inserted 1 ms apart) has fired.
-        let next = table.expire(t0 + Duration::from_millis(32_000 + 9_499));
+        let mut freed = Vec::new();
+        let next = table.expire(t0 + Duration::from_millis(32_000 + 9_499), &mut freed);
         assert_eq!(table.len(), 500);
         assert_eq!(next, Some(t0 + Duration::from_millis(32_000 + 9_500)));
         assert!(
@@ -365,7 +477,8 @@ mod tests {
             table.entries.capacity()
         );
         assert!(table.lanes[0].capacity() < 10_000 / 8);
-        assert_eq!(table.expire(t0 + Duration::from_mins(1)), None);
+        assert_eq!(table.expire(t0 + Duration::from_mins(1), &mut freed), None);
+        assert!(freed.is_empty(), "no context held");
         assert_eq!((table.len(), table.entries.capacity() <= 64), (0, true));
     }
 

@@ -443,9 +443,12 @@ impl Proxy {
             return fwd.to_vec();
         };
         let ctx_server = self.contexts.get(&ctx_id).map(|c| &c.server);
-        let caller_hop = ctx_server
-            .and_then(|k| self.server.get(k))
-            .map(|e| e.flow.transport);
+        let caller_hop = ctx_server.and_then(|k| {
+            self.server
+                .get(k)
+                .map(|e| e.flow.transport)
+                .or_else(|| self.absorbed_transport(k))
+        });
         let mut fwd = fwd
             .drop_header(HeaderName::PermitToken)
             .drop_header(HeaderName::PermitKey)

@@ -211,7 +211,7 @@ impl Proxy {
     /// written into, nor a received datagram it was sliced from.
     pub(super) fn respond(&mut self, now: Instant, key: &TxKey, status: u16, bytes: Bytes) {
         let Some(entry) = self.server.get_mut(key) else {
-            return;
+            return self.respond_absorbed(key, status, bytes);
         };
         self.stats
             .traffic
