@@ -664,3 +664,40 @@ async fn shutdown() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Cli, Command, ConfigCommand};
+    use clap::Parser;
+
+    /// The systemd unit's command lines are ones this binary accepts (a renamed flag
+    /// or subcommand would otherwise surface as a service that does not start).
+    #[test]
+    fn the_systemd_unit_runs_commands_that_parse() {
+        let unit = include_str!("../../packaging/systemd/permit-proxy.service");
+        let lines: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("ExecStart=")
+                    .or(l.strip_prefix("ExecStartPre="))
+            })
+            .collect();
+        assert_eq!(lines.len(), 2, "ExecStartPre and ExecStart");
+        for line in lines {
+            let cli = Cli::try_parse_from(line.split_whitespace())
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(
+                cli.config.as_deref(),
+                Some(std::path::Path::new("/etc/permit/proxy.toml"))
+            );
+            assert_eq!(
+                cli.data.as_deref(),
+                Some(std::path::Path::new("/var/lib/permit"))
+            );
+            assert!(matches!(
+                cli.command,
+                Command::Run | Command::Config(ConfigCommand::Check)
+            ));
+        }
+    }
+}
