@@ -101,10 +101,16 @@ impl AbsorbTable {
             .filter(|a| a.is(key))
     }
 
-    /// Keeps `tx` with its reply flow and final response; returns the instant at which
-    /// the table's heap entry must be pushed, if it must. Two keys of one fingerprint
-    /// (a 64-bit keyed hash) are not told apart here: the later replaces the earlier,
-    /// which then stops absorbing before its timer.
+    /// Whether `key` can be kept here: its fingerprint is free (two keys of one 64-bit
+    /// keyed hash are not told apart by the table, so the second stays a full
+    /// transaction) and its length fits.
+    fn can_take(&self, key: &TxKey) -> bool {
+        key.branch.len() < u32::MAX as usize && !self.entries.contains_key(&self.fingerprint(key))
+    }
+
+    /// Keeps `tx` with its reply flow and final response (the caller checked
+    /// `can_take`); returns the instant at which the table's heap entry must be pushed,
+    /// if it must.
     fn insert(
         &mut self,
         key: &TxKey,
@@ -115,9 +121,10 @@ impl AbsorbTable {
         let mut buf = Vec::with_capacity(1 + key.branch.len() + 2 * 28 + 1 + response.len());
         buf.push(kind_byte(key.kind));
         buf.extend_from_slice(&key.branch);
-        let key_len = u32::try_from(buf.len()).ok()?;
+        // Both fit: `can_take` bounds the key, a flow encodes in at most 55 bytes.
+        let key_len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         encode_flow(&mut buf, reply);
-        let flow_len = u8::try_from(buf.len() - key_len as usize).ok()?;
+        let flow_len = u8::try_from(buf.len() - key_len as usize).unwrap_or(u8::MAX);
         buf.extend_from_slice(response);
         let fp = self.fingerprint(key);
         let until = tx.poll_timeout();
@@ -148,7 +155,8 @@ impl AbsorbTable {
                     break;
                 }
                 lane.pop_front();
-                // A fingerprint taken over by a later transaction keeps that one.
+                // Only if its own timer is due: the fingerprint may belong to a later
+                // transaction by now (the same request again, after its first one ended).
                 if self.entries.get(&fp).is_some_and(|a| a.tx.is_over(now))
                     && let Some(a) = self.entries.remove(&fp)
                 {
@@ -329,7 +337,7 @@ impl Proxy {
                 _ => false,
             },
         });
-        if !movable {
+        if !movable || !self.absorbing.can_take(key) {
             return false;
         }
         let Some((stored, entry)) = self.server.remove_entry(key) else {
@@ -462,7 +470,9 @@ Call-ID: {}\nCSeq: 1 INVITE\nContact: <sip:bob@{BOB}>\nContent-Length: 0\n\n",
                 branch: bytes::Bytes::from(format!("z9hG4bK{i}")),
                 kind: Kind::Other,
             };
+            assert!(table.can_take(&key));
             table.insert(&key, a, flow, &response);
+            assert!(!table.can_take(&key), "one transaction per fingerprint");
         }
         let full = table.entries.capacity();
         assert!(full >= 10_000);
