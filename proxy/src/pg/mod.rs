@@ -413,7 +413,16 @@ mod tests {
     fn migrations_are_numbered_in_order() {
         for (i, (v, name, sql)) in MIGRATIONS.iter().enumerate() {
             assert_eq!(usize::try_from(*v).unwrap(), i + 1, "{name}");
-            assert!(sql.contains("CREATE"), "{name}");
+            // Each file is named after its version: NNNN_name.sql.
+            let file = format!("{v:04}_{name}.sql");
+            let on_disk = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("migrations/postgres")
+                    .join(&file),
+            )
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(&on_disk, sql, "{file}");
+            assert!(sql.trim_end().ends_with(';'), "{file}");
         }
     }
 }
