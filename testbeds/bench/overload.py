@@ -328,8 +328,9 @@ class OverloadBench(Bench):
         if peak <= 0:
             raise RuntimeError(f"{name}: no successful calls in the ramp")
         rate = int(round(3 * peak))
-        # Kamailio's limit is its own measured peak; pike stays above the offered rate.
-        self.rl_limit = max(int(peak), 1)
+        # Kamailio's limit: its own measured peak (times --kam-limit-pct); pike stays
+        # above the offered rate.
+        self.rl_limit = max(int(peak * self.a.kam_limit_pct / 100), 1)
         self.pike_density = rate * 10
         for label, protect in [("3x", True), ("3x-unprotected", False)]:
             if not protect and self.a.no_unprotected:
@@ -391,6 +392,8 @@ def main() -> int:
     ap.add_argument("--overload-s", type=int, default=20)
     ap.add_argument("--no-unprotected", action="store_true",
                     help="skip the 3x step with the protection off")
+    ap.add_argument("--kam-limit-pct", type=float, default=100.0,
+                    help="Kamailio's ratelimit pipe, percent of its measured peak")
     ap.add_argument("--hold-ms", type=int, default=20)
     ap.add_argument("--kam-shm", type=int, default=1024)
     ap.add_argument("--kam-pkg", type=int, default=16)
