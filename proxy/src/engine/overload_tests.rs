@@ -214,3 +214,24 @@ fn disabled_refuses_nothing() {
     call(&mut h, "z9hG4bKd1", 180);
     assert_eq!(h.proxy.stats.overload_refused, 0);
 }
+
+/// With authentication on, the refusal comes before the digest stage: a new REGISTER and
+/// a new INVITE get 503, not a 401/407 challenge, and no authentication is counted.
+#[test]
+fn over_the_mark_refusal_comes_before_the_challenge() {
+    let mut h = Harness::with_auth(
+        crate::auth::AuthSettings::default(),
+        super::auth_tests::users(),
+    );
+    // Under the mark the same REGISTER is challenged.
+    assert_eq!(status(&h.register("alice", ALICE, 600)), vec![401]);
+    h.proxy.handle_load(h.now, ms(100));
+    let out = h.register("alice", ALICE, 600);
+    assert_eq!(status(&out), vec![503]);
+    assert!(out[0].1.header(HeaderName::WwwAuthenticate).is_none());
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKa1", 70));
+    assert_eq!(status(&out), vec![503]);
+    assert!(out[0].1.header(HeaderName::ProxyAuthenticate).is_none());
+    assert_eq!(h.proxy.auth.failures, 0);
+    assert_eq!(h.proxy.stats.overload_refused, 2);
+}
