@@ -389,4 +389,24 @@ mod tests {
         assert_eq!(down.lines().last(), Some("permit_engine_up 0"));
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
+
+    #[test]
+    fn overload_counters_and_state_are_rendered() {
+        let mut e = EngineSnapshot::default();
+        e.stats.overload_refused = 7;
+        e.stats.overload_episodes = 2;
+        e.overload = crate::engine::OverloadState {
+            over: true,
+            waited: std::time::Duration::from_millis(42),
+        };
+        let text = render(Some(&e), None, None);
+        for line in [
+            "permit_overload_refusals_total 7",
+            "permit_overload_episodes_total 2",
+            "permit_overloaded 1",
+            "permit_input_wait_microseconds 42000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        }
+    }
 }
