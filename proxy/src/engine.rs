@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,6 +69,35 @@ impl ProxyConfig {
             token_keys: None,
             overload: OverloadSettings::default(),
         }
+    }
+}
+
+/// A table every engine shard uses (location, users, permits, dialogs, mailbox): one
+/// lock each, held for one call at a time and never across another table's lock
+/// (engine::shard explains the split).
+pub(crate) struct Shared<T>(Arc<Mutex<T>>);
+
+impl<T> Shared<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(Arc::new(Mutex::new(value)))
+    }
+
+    /// A panic on another shard while it held the lock leaves the table as that call
+    /// left it; every table stays consistent between its own calls, so it is used on.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: Default> Default for Shared<T> {
+    fn default() -> Self {
+        Self::new(T::default())
     }
 }
 
@@ -152,7 +182,10 @@ enum Wake {
 /// The proxy engine.
 pub struct Proxy {
     cfg: ProxyConfig,
-    location: Location,
+    /// This engine's place among the shards (engine::shard): it names the branches of
+    /// the requests it sends, so their responses are steered back to it.
+    shard: u8,
+    location: Shared<Location>,
     server: HashMap<TxKey, ServerEntry>,
     /// Server transactions that only absorb retransmissions, compact (engine::absorb).
     absorbing: absorb::AbsorbTable,
@@ -161,11 +194,13 @@ pub struct Proxy {
     heap: BinaryHeap<Reverse<(Instant, Wake)>>,
     out: VecDeque<Transmit>,
     rng: StdRng,
-    auth: Auth,
-    permits: Permits,
-    dialogs: Dialogs,
+    auth: Shared<Auth>,
+    /// Whether digest authentication is on (fixed at start).
+    auth_enabled: bool,
+    permits: Shared<Permits>,
+    dialogs: Shared<Dialogs>,
     route_keys: RouteKeys,
-    remembered: Remembered,
+    remembered: Shared<Remembered>,
     token_ring: KeyRing,
     /// Store-and-forward: the item store, message-summary subscriptions, deliveries.
     sf: deposit::StoreForward,
@@ -209,11 +244,13 @@ impl Proxy {
             token_ring,
             cfg,
             route_keys,
-            remembered: Remembered::new(REMEMBERED_DIALOGS),
-            location,
-            auth,
-            permits,
-            dialogs: Dialogs::default(),
+            remembered: Shared::new(Remembered::new(REMEMBERED_DIALOGS)),
+            shard: 0,
+            location: Shared::new(location),
+            auth_enabled: auth.enabled(),
+            auth: Shared::new(auth),
+            permits: Shared::new(permits),
+            dialogs: Shared::default(),
             sf: deposit::StoreForward::default(),
             relay: None,
             server: HashMap::new(),
@@ -241,7 +278,7 @@ impl Proxy {
 
     /// Bindings held: (AORs, bindings).
     pub fn location_counts(&self) -> (usize, usize) {
-        self.location.counts()
+        self.location.lock().counts()
     }
 
     /// Entries in the timer heap (for tests and metrics): at most a few per live
@@ -657,11 +694,15 @@ impl Proxy {
                 }
                 Wake::Absorbing => self.handle_absorbing_timeout(now, at),
                 Wake::Purge => {
-                    self.dialogs.expire(now, self.cfg.gate.dialog_max_age);
-                    self.remembered.expire(now, self.cfg.gate.dialog_max_age);
-                    let unix = self.unix(now);
-                    if let Err(e) = self.location.purge(unix) {
-                        tracing::warn!(error = %e, "purging expired bindings failed");
+                    // The shared tables are purged by the first shard only.
+                    if self.shard == 0 {
+                        let max_age = self.cfg.gate.dialog_max_age;
+                        self.dialogs.lock().expire(now, max_age);
+                        self.remembered.lock().expire(now, max_age);
+                        let unix = self.unix(now);
+                        if let Err(e) = self.location.lock().purge(unix) {
+                            tracing::warn!(error = %e, "purging expired bindings failed");
+                        }
                     }
                     self.purge_store(now);
                     self.relay_purge();
@@ -684,7 +725,7 @@ impl Proxy {
 
     /// REGISTERs waiting for their write, and location writes not yet settled.
     pub fn writes_pending(&self) -> (usize, usize) {
-        (self.held.len(), self.location.pending())
+        (self.held.len(), self.location.lock().pending())
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

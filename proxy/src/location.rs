@@ -7,7 +7,12 @@
 //! groups off the engine's thread ([`Location::open_behind`], the running proxy). Behind,
 //! a change is *pending* until its group committed: the registrar already builds on it
 //! (a refresh right behind a REGISTER sees it), routing does not, and the engine holds
-//! the REGISTER's 200 until [`Location::poll_settled`] reports the commit.
+//! the REGISTER's 200 until [`Location::outcome`] reports the commit (each engine shard
+//! asks for its own REGISTERs after [`Location::settle`]).
+
+/// Failed groups remembered for [`Location::outcome`]; consecutive failures merge into
+/// one range, so this bounds distinct failure episodes, not writes.
+const FAILED_RANGES: usize = 256;
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
@@ -74,6 +79,8 @@ struct Behind {
     queue: VecDeque<Pending>,
     /// The newest pending bindings of an AOR: its sequence number (the registrar's view).
     newest: HashMap<Arc<str>, u64>,
+    /// Settled writes that were not stored (inclusive ranges, oldest first).
+    failed: VecDeque<(u64, u64)>,
 }
 
 enum Pending {
@@ -269,6 +276,7 @@ impl Location {
             first: 1,
             queue: VecDeque::new(),
             newest: HashMap::new(),
+            failed: VecDeque::new(),
         };
         Self::with(loaded, Sink::Behind(behind))
     }
@@ -453,6 +461,17 @@ impl Location {
             return None;
         };
         let settled = b.worker.poll_done()?;
+        if !settled.ok && b.first <= settled.through {
+            match b.failed.back_mut() {
+                Some((_, hi)) if *hi + 1 == b.first => *hi = settled.through,
+                _ => {
+                    if b.failed.len() == FAILED_RANGES {
+                        b.failed.pop_front();
+                    }
+                    b.failed.push_back((b.first, settled.through));
+                }
+            }
+        }
         let mut committed = Vec::new();
         while b.first <= settled.through {
             let Some(p) = b.queue.pop_front() else { break };
@@ -471,6 +490,24 @@ impl Location {
             self.commit(aor, list);
         }
         Some(settled)
+    }
+
+    /// Applies every outcome the worker has ready.
+    pub fn settle(&mut self) {
+        while self.poll_settled().is_some() {}
+    }
+
+    /// How change `seq` ([`Stored::Pending`]) ended, as far as [`Location::settle`] has
+    /// seen: `None` while pending, `Some(true)` stored, `Some(false)` its group failed.
+    pub fn outcome(&self, seq: u64) -> Option<bool> {
+        match &self.sink {
+            Sink::Through(_) => Some(true),
+            Sink::Behind(b) => (seq < b.first).then(|| {
+                !b.failed
+                    .iter()
+                    .any(|&(lo, hi)| (lo..=hi).contains(&seq))
+            }),
+        }
     }
 
     /// Changes queued and not yet settled.

@@ -41,10 +41,11 @@ impl Proxy {
     ) -> Result<Option<sip_core::digest::Authenticated>, Answered> {
         let unix = self.unix(now);
         let salt = self.rng.random::<u64>();
-        match self
+        let decision = self
             .auth
-            .check(now, unix, salt, flow.remote.ip(), role, msg)
-        {
+            .lock()
+            .check(now, unix, salt, flow.remote.ip(), role, msg);
+        match decision {
             Decision::Open => Ok(None),
             Decision::Authenticated(who) => Ok(Some(who)),
             Decision::Reply(r) => {
@@ -92,7 +93,7 @@ impl Proxy {
             .filter(|_| local_callee)
             .map(|u| format!("{u}@{domain}"));
         let at = match (&callee, resolve(next_hop)) {
-            (None, Some((_, addr))) => self.location.at_address(addr),
+            (None, Some((_, addr))) => self.location.lock().at_address(addr),
             _ => AtAddress::Nobody,
         };
         let addressed: Vec<String> = match &at {
@@ -100,9 +101,9 @@ impl Proxy {
             AtAddress::Nobody | AtAddress::Shared => Vec::new(),
         };
         if who.is_some() && self.cfg.gate.enabled {
-            let mut permitted = |callee: &str| {
+            let permitted = |callee: &str| {
                 // The owner of an AOR may always reach its own devices.
-                callee == caller || self.permits.is_permitted(callee, &caller)
+                callee == caller || self.permits.lock().is_permitted(callee, &caller)
             };
             let allowed = match &callee {
                 Some(c) => permitted(c),
@@ -154,7 +155,7 @@ impl Proxy {
             _ => return Ok(false),
         }
         let limit = targets.iter().filter_map(|t| t.max_calls).min();
-        if limit.is_some_and(|l| self.dialogs.active(callee) >= l) {
+        if limit.is_some_and(|l| self.dialogs.lock().active(callee) >= l) {
             self.stats.busy += 1;
             self.reply(now, key, msg, 486, "Busy Here", &[]);
             return Err(Answered);

@@ -58,9 +58,13 @@ impl Proxy {
     }
 
     fn snapshot(&self) -> EngineSnapshot {
-        let (aors, bindings) = self.location.counts();
+        let (aors, bindings) = self.location.lock().counts();
         let (held_registers, pending_writes) = self.writes_pending();
         let relay = self.relay_stats();
+        let (auth_failures, limiter_refused) = {
+            let auth = self.auth.lock();
+            (auth.failures, auth.limiter_refused())
+        };
         EngineSnapshot {
             stats: self.stats.clone(),
             server_transactions: self.server.len() + self.absorbing.len(),
@@ -72,8 +76,8 @@ impl Proxy {
             outbound_queue: self.out.len(),
             held_registers,
             pending_writes,
-            auth_failures: self.auth.failures,
-            limiter_refused: self.auth.limiter_refused(),
+            auth_failures,
+            limiter_refused,
             relayed_calls: relay.as_ref().map_or(0, |(_, h)| h.relayed),
             unrelayed_calls: relay.as_ref().map_or(0, |(_, h)| h.unrelayed),
             relay: relay.map(|(r, _)| r),
@@ -84,7 +88,8 @@ impl Proxy {
     fn control_bindings(&self, now: Instant, aor: &str) -> Result<Vec<BindingInfo>, ControlError> {
         let aor = parse_aor(aor)?;
         let unix = self.unix(now);
-        let list = self.location.bindings(aor.as_str());
+        let location = self.location.lock();
+        let list = location.bindings(aor.as_str());
         if list.is_empty() {
             return Err(ControlError::NotFound(format!("no bindings for {aor}")));
         }
@@ -102,7 +107,7 @@ impl Proxy {
     /// `Expires: 0` for that Contact would (RFC 3261 §10.3 step 7).
     fn control_expire(&mut self, aor: &str, contact: &str) -> Result<(), ControlError> {
         let aor = parse_aor(aor)?;
-        let mut list = self.location.bindings(aor.as_str()).to_vec();
+        let mut list = self.location.lock().bindings(aor.as_str()).to_vec();
         let before = list.len();
         list.retain(|b| &*b.contact != contact);
         if list.len() == before {
@@ -112,7 +117,8 @@ impl Proxy {
         }
         // Stored now, or queued to the store worker (then routing follows once it
         // is settled, as for a REGISTER).
-        match self.location.replace(aor.as_str(), list).map(drop) {
+        let replaced = self.location.lock().replace(aor.as_str(), list).map(drop);
+        match replaced {
             Ok(()) => {
                 tracing::info!("admin: a binding expired by the operator");
                 Ok(())
@@ -127,6 +133,7 @@ impl Proxy {
         let list = self
             .sf
             .mailbox
+            .lock()
             .list(owner.as_str(), unix, MAX_LISTED)
             .map_err(|e| ControlError::Store(e.to_string()))?;
         Ok(list.into_iter().map(ItemInfo::from).collect())
@@ -135,7 +142,8 @@ impl Proxy {
     fn control_delete_item(&mut self, id: &str) -> Result<(), ControlError> {
         let parsed = ItemId::parse(id)
             .ok_or_else(|| ControlError::BadInput(format!("bad item id {id:?}")))?;
-        match self.sf.mailbox.delete(&parsed) {
+        let outcome = self.sf.mailbox.lock().delete(&parsed);
+        match outcome {
             Ok(true) => Ok(()),
             Ok(false) => Err(ControlError::NotFound(format!("no item {id}"))),
             Err(e) => Err(ControlError::Store(e.to_string())),

@@ -25,7 +25,7 @@ use sip_core::transaction::ClientNonInvite;
 
 use super::admit::Admitted;
 use super::mwi::Subscriptions;
-use super::{ClientEntry, ClientTx, Kind, Proxy, Purpose, Target, TxKey};
+use super::{ClientEntry, ClientTx, Kind, Proxy, Purpose, Shared, Target, TxKey};
 use crate::auth::Role;
 use crate::location::aor_key;
 use crate::mailbox::{DepositError, Item, ItemId, Mailbox, Slot, hex, summary};
@@ -46,7 +46,7 @@ const CONTENT_TYPE_MAX: usize = 128;
 /// What the engine keeps for store-and-forward.
 #[derive(Default)]
 pub(super) struct StoreForward {
-    pub(super) mailbox: Mailbox,
+    pub(super) mailbox: Shared<Mailbox>,
     pub(super) subs: Subscriptions,
     /// Requests the proxy sent on its own (NOTIFY, delivering MESSAGE).
     pub(super) outgoing: HashMap<TxKey, Outgoing>,
@@ -118,7 +118,7 @@ impl Proxy {
     /// Replaces the in-memory item store (the binary opens the SQLite one).
     pub fn set_mailbox(&mut self, mut mailbox: Mailbox, enabled: bool) {
         self.sf.upload = mailbox.uploads.take();
-        self.sf.mailbox = mailbox;
+        self.sf.mailbox = Shared::new(mailbox);
         self.sf.disabled = !enabled;
     }
 
@@ -219,7 +219,7 @@ impl Proxy {
         sender: &str,
     ) {
         let unix = self.unix(now);
-        let q = self.sf.mailbox.quotas;
+        let q = self.sf.mailbox.lock().quotas;
         let body = msg.body();
         if body.len() as u64 > q.max_item_bytes {
             return self.reply(now, key, msg, 413, "Request Entity Too Large", &[]);
@@ -249,7 +249,8 @@ impl Proxy {
             unix,
             expires_at,
         );
-        match self.sf.mailbox.deposit(&item, unix) {
+        let outcome = self.sf.mailbox.lock().deposit(&item, unix);
+        match outcome {
             Ok(()) => {
                 self.stats.deposits += 1;
                 tracing::debug!(item = %id, size = body.len(), "deposit stored");
@@ -313,7 +314,8 @@ impl Proxy {
             created_at: unix,
             expires_at: unix.saturating_add(window),
         };
-        match self.sf.mailbox.open_slot(&slot, unix) {
+        let outcome = self.sf.mailbox.lock().open_slot(&slot, unix);
+        match outcome {
             Ok(()) => {
                 let url = tokens.url(UrlPurpose::Upload, &slot.id, slot.expires_at);
                 let item = format!("{};expires={}", slot.id, slot.expires_at);
@@ -436,7 +438,8 @@ impl Proxy {
                     fault = Some((400, "Bad Item Id"));
                     break;
                 };
-                match self.sf.mailbox.get(&id, unix) {
+                let outcome = self.sf.mailbox.lock().get(&id, unix);
+                match outcome {
                     Ok(Some(i)) if i.owner == owner => items.push(i),
                     Ok(Some(_)) => {
                         fault = Some((403, "Not Your Item"));
@@ -456,13 +459,15 @@ impl Proxy {
             fault
         } else {
             let max = ask.max.unwrap_or(TRANSFER_MAX).clamp(1, TRANSFER_MAX);
-            let listed = self.sf.mailbox.list(owner, unix, max);
-            let read = listed.and_then(|metas| {
-                metas
-                    .iter()
-                    .filter_map(|m| self.sf.mailbox.get(&m.id, unix).transpose())
-                    .collect::<Result<Vec<_>, _>>()
-            });
+            let read = {
+                let mut mailbox = self.sf.mailbox.lock();
+                mailbox.list(owner, unix, max).and_then(|metas| {
+                    metas
+                        .iter()
+                        .filter_map(|m| mailbox.get(&m.id, unix).transpose())
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            };
             match read {
                 Ok(v) => {
                     items = v;
@@ -632,7 +637,8 @@ Permit-Item: {};sha256={};stored={};expires={}\r\n",
                     tracing::debug!(item = %id, status, "delivery refused; item kept");
                     return;
                 }
-                match self.sf.mailbox.delete(&id) {
+                let outcome = self.sf.mailbox.lock().delete(&id);
+                match outcome {
                     Ok(true) => {
                         self.stats.delivered += 1;
                         self.notify_subscribers(now, &owner);
@@ -652,7 +658,8 @@ Permit-Item: {};sha256={};stored={};expires={}\r\n",
     /// Expired items and subscriptions go; bookkeeping of finished transactions too.
     pub(super) fn purge_store(&mut self, now: Instant) {
         let unix = self.unix(now);
-        match self.sf.mailbox.purge_expired(unix) {
+        let outcome = self.sf.mailbox.lock().purge_expired(unix);
+        match outcome {
             Ok(0) => {}
             Ok(n) => tracing::info!(items = n, "expired items deleted"),
             Err(e) => tracing::warn!(error = %e, "purging expired items failed"),
@@ -677,8 +684,8 @@ impl Proxy {
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         for (id, owner) in pending {
-            let done = matches!(self.sf.mailbox.get(&id, unix), Ok(Some(_)));
-            let open = matches!(self.sf.mailbox.get_slot(&id, unix), Ok(Some(_)));
+            let done = matches!(self.sf.mailbox.lock().get(&id, unix), Ok(Some(_)));
+            let open = matches!(self.sf.mailbox.lock().get_slot(&id, unix), Ok(Some(_)));
             if done || !open {
                 self.sf.pending_uploads.remove(&id);
             }

@@ -261,6 +261,7 @@ impl Proxy {
         let tags = [msg.from_tag(), msg.to_tag()];
         let remembered = || {
             self.remembered
+                .lock()
                 .parties(call_id, tags)
                 .ok_or(SealError::Missing)
         };
@@ -289,10 +290,11 @@ impl Proxy {
         if ruri_aor.is_some_and(|a| !parties.includes(a)) {
             return false;
         }
+        let location = self.location.lock();
         hops.into_iter().all(|addr| {
-            !self.location.anyone_at(addr)
-                || self.location.party_at(addr, parties.caller)
-                || self.location.party_at(addr, parties.callee)
+            !location.anyone_at(addr)
+                || location.party_at(addr, parties.caller)
+                || location.party_at(addr, parties.callee)
         })
     }
 }

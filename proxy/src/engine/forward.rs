@@ -46,7 +46,7 @@ impl Proxy {
         }
         let bytes = branch_request(
             &self.cfg.identity,
-            self.auth.enabled(),
+            self.auth_enabled,
             msg,
             &target,
             (local, server_flow),
@@ -177,6 +177,7 @@ impl Proxy {
             let unix = self.unix(now);
             let Some(b) = self
                 .location
+                .lock()
                 .lookup(&aor, unix)
                 .and_then(|b| b.first().map(|b| b.contact.clone()))
             else {
@@ -389,11 +390,11 @@ impl Proxy {
                 (Some(Method::Invite), Some(callee), Some(cid)) => {
                     // Copied: a slice would keep the whole INVITE alive with the dialog.
                     let cid = Bytes::copy_from_slice(cid);
-                    self.dialogs.established(cid, callee, now);
+                    self.dialogs.lock().established(cid, callee, now);
                 }
                 (Some(Method::Bye), _, Some(cid)) => {
-                    self.dialogs.ended(cid);
-                    self.remembered.ended(cid);
+                    self.dialogs.lock().ended(cid);
+                    self.remembered.lock().ended(cid);
                     Self::relay_bye(self.relay.as_mut(), &ctx.request);
                 }
                 _ => {}
@@ -408,7 +409,7 @@ impl Proxy {
                 // Copies, not slices of the INVITE, which would live as long as the dialog.
                 let tags = (Bytes::copy_from_slice(ft), Bytes::copy_from_slice(tt));
                 let cid = Bytes::copy_from_slice(cid);
-                self.remembered.established(cid, tags, p, now);
+                self.remembered.lock().established(cid, tags, p, now);
             }
             let bytes = self.upstream(ctx_id, msg);
             return self.respond(now, &server, status, bytes.into());

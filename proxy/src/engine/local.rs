@@ -43,7 +43,7 @@ impl Proxy {
         if who.username != user {
             return self.reply(now, &key, msg, 403, "Forbidden", &[]);
         }
-        let r = manage::handle_publish(&mut self.permits, &owner, msg);
+        let r = manage::handle_publish(&mut self.permits.lock(), &owner, msg);
         let tag = self.tag();
         let mut b = ResponseBuilder::new(msg, r.status, r.reason).to_tag(tag.as_bytes());
         for (n, v) in &r.headers {
@@ -124,14 +124,15 @@ impl Proxy {
             return self.reply(now, &key, msg, 403, "Forbidden", &[]);
         }
         let unix = self.unix(now);
-        match handle_register(
+        let registered = handle_register(
             &self.cfg.registrar,
-            &mut self.location,
+            &mut self.location.lock(),
             &aor,
             msg,
             (flow.transport, flow.remote),
             unix,
-        ) {
+        );
+        match registered {
             Registered::Ok(contacts, Stored::Now) => {
                 self.answer_register(now, &key, msg, &aor, contacts);
             }
@@ -191,18 +192,22 @@ impl Proxy {
     /// Answers the REGISTERs whose writes the store worker settled: 200 once
     /// committed, 500 when the group failed (never a 200 for a binding not stored).
     pub(super) fn settle_writes(&mut self, now: Instant) {
-        while let Some(settled) = self.location.poll_settled() {
-            while let Some(h) = self.held.front()
-                && h.seq <= settled.through
-            {
-                let Some(h) = self.held.pop_front() else {
+        let mut ready = Vec::new();
+        {
+            let mut location = self.location.lock();
+            location.settle();
+            while let Some(h) = self.held.front() {
+                let Some(ok) = location.outcome(h.seq) else {
                     break;
                 };
-                if settled.ok {
-                    self.answer_register(now, &h.key, &h.msg, &h.aor, h.contacts);
-                } else {
-                    self.reply(now, &h.key, &h.msg, 500, "Storage Failure", &[]);
-                }
+                ready.extend(self.held.pop_front().map(|h| (h, ok)));
+            }
+        }
+        for (h, ok) in ready {
+            if ok {
+                self.answer_register(now, &h.key, &h.msg, &h.aor, h.contacts);
+            } else {
+                self.reply(now, &h.key, &h.msg, 500, "Storage Failure", &[]);
             }
         }
     }

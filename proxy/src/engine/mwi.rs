@@ -243,10 +243,13 @@ impl Proxy {
     /// The message-summary body of `owner`'s mailbox now; `None` if it cannot be read.
     fn summary_body(&mut self, owner: &str, now: Instant) -> Option<String> {
         let unix = self.unix(now);
-        let read = self.sf.mailbox.waiting(owner, unix).and_then(|total| {
-            let listed = self.sf.mailbox.list(owner, unix, summary::LIST_MAX)?;
-            Ok((total, listed))
-        });
+        let read = {
+            let mut mailbox = self.sf.mailbox.lock();
+            mailbox.waiting(owner, unix).and_then(|total| {
+                let listed = mailbox.list(owner, unix, summary::LIST_MAX)?;
+                Ok((total, listed))
+            })
+        };
         match read {
             Ok((total, listed)) => Some(summary::body(owner, total, &listed)),
             Err(e) => {
@@ -401,6 +404,7 @@ Content-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
             || self
                 .sf
                 .mailbox
+                .lock()
                 .waiting(aor, unix)
                 .map_or(true, |u| u.items == 0)
         {

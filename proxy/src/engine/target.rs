@@ -50,8 +50,9 @@ impl Proxy {
         if transport == Transport::Udp {
             return Some((transport, dest)); // flows are reused for TLS and TCP only
         }
-        let flow = self.location.indexed_at(dest).find_map(|aor| {
-            self.location
+        let location = self.location.lock();
+        let flow = location.indexed_at(dest).find_map(|aor| {
+            location
                 .bindings(aor)
                 .iter()
                 .filter(|b| resolve(b.contact.as_bytes()) == Some((transport, dest)))
@@ -94,10 +95,9 @@ impl Proxy {
             .and_then(|u| std::str::from_utf8(u).ok())
             .ok_or((404, "Not Found"))?;
         let aor = format!("{user}@{}", self.cfg.identity.domain.to_ascii_lowercase());
-        let bindings = self
-            .location
-            .lookup(&aor, self.unix(now))
-            .ok_or((404, "Not Found"))?;
+        let unix = self.unix(now);
+        let location = self.location.lock();
+        let bindings = location.lookup(&aor, unix).ok_or((404, "Not Found"))?;
         let targets: VecDeque<Target> = bindings
             .into_iter()
             .filter_map(|b| {
