@@ -49,10 +49,10 @@ impl Proxy {
                 }
                 Command::RemoteBindings(batch) => {
                     for (aor, bindings) in batch {
-                        self.location.apply_stored(&aor, bindings);
+                        self.location.lock().apply_stored(&aor, bindings);
                     }
                 }
-                Command::ReloadPermits => self.permits.refresh(),
+                Command::ReloadPermits => self.permits.lock().refresh(),
             }
         }
     }
