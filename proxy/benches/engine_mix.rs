@@ -1,9 +1,16 @@
-//! One engine on one thread, bytes in and bytes out, no sockets: messages/s and calls/s
-//! of a realistic mix. The single-shard baseline for the sharding work.
+//! Engine shards on threads of their own, bytes in and bytes out, no sockets:
+//! messages/s and calls/s of a realistic mix, per shard and together.
 //!
 //! ```text
-//! cargo bench -p permit-proxy --bench engine_mix -- [CALLS] [REGISTERS_PER_CALL]
+//! cargo bench -p permit-proxy --bench engine_mix -- [CALLS] [REGISTERS_PER_CALL] [SHARDS]
 //! ```
+//!
+//! With SHARDS > 1 (default 1) each shard runs on its own thread with the tables
+//! shared (`Proxy::new_shard`): shard t takes the calls and REGISTERs of the phones
+//! i with i mod SHARDS = t, as steering by Call-ID would give it whole calls (the
+//! proxy's responses come back to the shard in their branch); callee i + 1 is another
+//! shard's phone, so every call reads a binding another shard wrote. CALLS is the
+//! total over all shards.
 //!
 //! The engine is built as the binary builds it, with the in-memory stores (their
 //! writes are synchronous, so every REGISTER is answered at once), digest
@@ -87,6 +94,18 @@ struct Bench {
 }
 
 impl Bench {
+    /// Another shard of the same proxy, for another thread.
+    fn shard(&self, index: u8) -> Self {
+        Self {
+            proxy: self.proxy.new_shard(index, self.now, 7 + u64::from(index)),
+            now: self.now,
+            phones: (0..USERS).map(|_| Phone::default()).collect(),
+            msgs_in: 0,
+            msgs_out: 0,
+            engine: Duration::ZERO,
+        }
+    }
+
     fn new() -> Self {
         let identity = Identity {
             domain: "localhost".into(),
@@ -346,6 +365,55 @@ Contact: <sip:callee@10.0.0.1:5060;transport=udp>\r\nUser-Agent: softphone/1.0\r
     s
 }
 
+/// What one shard's thread did in the timed part.
+struct ShardRun {
+    calls: usize,
+    registers: usize,
+    msgs: u64,
+    engine: f64,
+    wall: f64,
+    live: (usize, usize, usize),
+}
+
+/// Shard `t` of `shards`: registers its phones, waits for every shard to have done
+/// so, then runs its share of the calls (phone i calls i + 1, `i mod shards = t`).
+fn drive(
+    mut b: Bench,
+    (t, shards): (usize, usize),
+    calls: usize,
+    registers_per_call: usize,
+    ready: &std::sync::Barrier,
+) -> ShardRun {
+    let mine: Vec<usize> = (0..USERS).filter(|i| i % shards == t).collect();
+    for &i in &mine {
+        b.register(i);
+    }
+    ready.wait();
+    let (in0, out0) = (b.msgs_in, b.msgs_out);
+    b.engine = Duration::ZERO;
+    let start = Instant::now();
+    let (mut r, mut done) = (0, 0);
+    // Call numbers n with n mod USERS among this shard's phones.
+    for n in (t..calls).step_by(shards) {
+        b.call(n);
+        done += 1;
+        for _ in 0..registers_per_call {
+            b.register(mine[r % mine.len()]);
+            r += 1;
+        }
+        b.now += Duration::from_millis(1);
+        b.tick();
+    }
+    ShardRun {
+        calls: done,
+        registers: r,
+        msgs: b.msgs_in - in0 + b.msgs_out - out0,
+        engine: b.engine.as_secs_f64(),
+        wall: start.elapsed().as_secs_f64(),
+        live: b.proxy.live(),
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; numbers are the positional arguments.
     let args: Vec<usize> = std::env::args()
@@ -354,42 +422,53 @@ fn main() {
         .collect();
     let calls = args.first().copied().unwrap_or(100_000);
     let registers_per_call = args.get(1).copied().unwrap_or(1);
-    let mut b = Bench::new();
-    for i in 0..USERS {
-        b.register(i);
+    let shards = args.get(2).copied().unwrap_or(1).clamp(1, 64);
+    // USERS is a multiple of every shard count used (1, 2, 4, 5, 8...): phone i's
+    // calls stay with shard i mod shards.
+    assert_eq!(USERS % shards, 0, "shards must divide {USERS}");
+    let first = Bench::new();
+    let others: Vec<Bench> = (1..shards)
+        .map(|k| first.shard(u8::try_from(k).expect("shard")))
+        .collect();
+    let ready = std::sync::Barrier::new(shards);
+    let runs: Vec<ShardRun> = std::thread::scope(|s| {
+        let handles: Vec<_> = std::iter::once(first)
+            .chain(others)
+            .enumerate()
+            .map(|(t, b)| {
+                let ready = &ready;
+                s.spawn(move || drive(b, (t, shards), calls, registers_per_call, ready))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("shard thread"))
+            .collect()
+    });
+    let mut total_rate = 0.0;
+    for (t, run) in runs.iter().enumerate() {
+        let rate = run.calls as f64 / run.engine;
+        total_rate += rate;
+        println!(
+            "shard {t}: calls={} registers={} msgs={} live_at_end(server,client,contexts)={:?}",
+            run.calls, run.registers, run.msgs, run.live
+        );
+        println!(
+            "shard {t} engine: {:.2} s, {:.0} messages/s, {rate:.0} calls/s with \
+{registers_per_call} REGISTER per call, {:.1} us per call with its REGISTERs",
+            run.engine,
+            run.msgs as f64 / run.engine,
+            run.engine * 1e6 / run.calls as f64
+        );
     }
-    let (in0, out0) = (b.msgs_in, b.msgs_out);
-    b.engine = Duration::ZERO;
-    let start = Instant::now();
-    let mut r = 0;
-    for n in 0..calls {
-        b.call(n);
-        for _ in 0..registers_per_call {
-            b.register(r % USERS);
-            r += 1;
-        }
-        b.now += Duration::from_millis(1);
-        b.tick();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let engine = b.engine.as_secs_f64();
-    let (msgs_in, msgs_out) = (b.msgs_in - in0, b.msgs_out - out0);
-    let (server, client, contexts) = b.proxy.live();
-    let msgs = (msgs_in + msgs_out) as f64;
+    let wall = runs.iter().map(|r| r.wall).fold(0.0, f64::max);
+    let done: usize = runs.iter().map(|r| r.calls).sum();
     println!(
-        "calls={calls} registers={r} msgs_in={msgs_in} msgs_out={msgs_out} \
-live_at_end(server,client,contexts)=({server},{client},{contexts})"
+        "{shards} shard(s): engines together {total_rate:.0} calls/s (sum of each shard's \
+calls per second inside its engine)"
     );
     println!(
-        "engine: {engine:.2} s, {:.0} messages/s, {:.0} calls/s with {registers_per_call} \
-REGISTER per call, {:.1} us per call with its REGISTERs",
-        msgs / engine,
-        calls as f64 / engine,
-        engine * 1e6 / calls as f64
-    );
-    println!(
-        "loop (engine + the phones' side): {secs:.2} s, {:.0} messages/s, {:.0} calls/s",
-        msgs / secs,
-        calls as f64 / secs
+        "loop (engines + the phones' side, all threads): {wall:.2} s, {:.0} calls/s",
+        done as f64 / wall
     );
 }

@@ -43,11 +43,12 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the worker thread on `store`; `wake` is notified after every group.
+    /// Starts the worker thread on `store`; every one of `wake` (one per engine shard)
+    /// is notified after every group.
     pub fn spawn(
         store: Box<dyn LocationStore>,
         limits: GroupLimits,
-        wake: Arc<Notify>,
+        wake: Vec<Arc<Notify>>,
     ) -> std::io::Result<Self> {
         let (to_worker, from_engine) = mpsc::sync_channel(limits.queue);
         let (to_engine, done) = mpsc::channel();
@@ -95,7 +96,7 @@ fn worker(
     mut store: Box<dyn LocationStore>,
     from_engine: &Receiver<(u64, Write)>,
     to_engine: &mpsc::Sender<Settled>,
-    wake: &Notify,
+    wake: &[Arc<Notify>],
     max_group: usize,
 ) {
     let mut group: Vec<Write> = Vec::with_capacity(max_group);
@@ -122,7 +123,9 @@ fn worker(
         if to_engine.send(Settled { through, ok }).is_err() {
             return;
         }
-        wake.notify_one();
+        for w in wake {
+            w.notify_one();
+        }
     }
 }
 
@@ -196,7 +199,7 @@ mod tests {
                 queue: 1_000,
                 max_group: 64,
             },
-            Arc::new(Notify::new()),
+            vec![Arc::new(Notify::new())],
         )
         .unwrap();
         for seq in 1..=500 {
@@ -252,7 +255,7 @@ mod tests {
                 queue: 8,
                 max_group: 4,
             },
-            Arc::new(Notify::new()),
+            vec![Arc::new(Notify::new())],
         )
         .unwrap();
         let mut refused = 0;

@@ -249,6 +249,9 @@ pub struct ProxyFile {
     /// Answer to the request's source address, port and flow (RFC 3581 §4; default
     /// true); false: to the top Via as RFC 3261 §18.2.2 says.
     pub symmetric_responses: Option<bool>,
+    /// Engine shards, each a thread with its own transactions (crate::shard); 0: one
+    /// per core.
+    pub shards: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,6 +334,8 @@ pub struct Config {
     pub gate: GateSettings,
     /// `[proxy] symmetric_responses` (`ProxyConfig::symmetric_responses`).
     pub symmetric_responses: bool,
+    /// `[proxy] shards`: 0 for one per core ([`Config::shard_count`]).
+    pub shards: usize,
     /// `[store]` (docs/operations.md "Store and forward").
     pub store: StoreSettings,
     /// `[relay]` when enabled (docs/operations.md "Media relay").
@@ -388,6 +393,8 @@ pub fn parse_listen(s: &str) -> Result<Listen, ConfigError> {
 
 impl Config {
     /// Embedded defaults < file < flags.
+    // One line per key: splitting the assembly would only scatter the table.
+    #[allow(clippy::too_many_lines)]
     pub fn load(file: Option<&std::path::Path>, o: Overrides) -> Result<Self, ConfigError> {
         let f: FileConfig = match file {
             Some(p) => {
@@ -486,6 +493,7 @@ impl Config {
             tls,
             gate,
             symmetric_responses: f.proxy.symmetric_responses.unwrap_or(true),
+            shards: f.proxy.shards.unwrap_or(0),
             store,
             relay,
             admin,
@@ -494,6 +502,15 @@ impl Config {
     }
 
     /// The engine's configuration, given the addresses actually bound.
+    /// The number of engine shards to run: `shards`, or one per core when 0.
+    pub fn shard_count(&self) -> usize {
+        let n = match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        };
+        n.clamp(1, 256)
+    }
+
     pub fn proxy_config(&self, bound: &[Listen]) -> ProxyConfig {
         let identity = Identity {
             domain: self.domain.clone(),
@@ -686,6 +703,11 @@ pub const REFERENCE: &[KeyDoc] = &[
         "proxy.symmetric_responses",
         Is("true"),
         "Answer the request's source address and flow (RFC 3581 §4); `false`: the top Via, as RFC 3261 §18.2.2 says.",
+    ),
+    key(
+        "proxy.shards",
+        Is("0"),
+        "Engine shards, each on a thread of its own with its own transactions; messages are steered by Call-ID (responses by the shard in our Via branch); location, users and permit lists are shared. `0`: one per core (at most 256).",
     ),
     key(
         "store.enabled",

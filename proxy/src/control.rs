@@ -57,6 +57,21 @@ pub struct Traffic {
     pub query_timeouts: u64,
 }
 
+impl Traffic {
+    /// Adds another shard's counters.
+    pub fn add(&mut self, o: &Traffic) {
+        for (a, b) in self.requests.iter_mut().zip(&o.requests) {
+            *a += b;
+        }
+        for (a, b) in self.responses.iter_mut().zip(o.responses.iter()) {
+            *a += b;
+        }
+        self.sessions_established += o.sessions_established;
+        self.session_failures += o.session_failures;
+        self.query_timeouts += o.query_timeouts;
+    }
+}
+
 impl Default for Traffic {
     fn default() -> Self {
         Self {

@@ -21,6 +21,9 @@ use crate::permits::Permits;
 use crate::registrar::RegistrarConfig;
 use crate::route::{BRANCH_PREFIX, Flow, Identity, branch_for, loop_hash, received_via};
 
+/// How often a shard copies its counters for `/metrics` when there are several.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
 /// Dialogs remembered for UAs that ignore Record-Route (engine::dialog::Remembered).
 const REMEMBERED_DIALOGS: usize = 100_000;
 
@@ -138,6 +141,29 @@ pub struct Stats {
     pub traffic: crate::control::Traffic,
 }
 
+impl Stats {
+    /// Adds another shard's counters.
+    pub fn add(&mut self, o: &Stats) {
+        self.received += o.received;
+        self.unparsable += o.unparsable;
+        self.bad_requests += o.bad_requests;
+        self.stray_responses += o.stray_responses;
+        self.forwarded_requests += o.forwarded_requests;
+        self.registrations += o.registrations;
+        self.gate_refused += o.gate_refused;
+        self.busy += o.busy;
+        self.forged_dialogs += o.forged_dialogs;
+        self.grants += o.grants;
+        self.redirects += o.redirects;
+        self.deposits += o.deposits;
+        self.delivered += o.delivered;
+        self.notifies += o.notifies;
+        self.overload_refused += o.overload_refused;
+        self.overload_episodes += o.overload_episodes;
+        self.traffic.add(&o.traffic);
+    }
+}
+
 /// The response context of a proxied request (§16.7), serving sequential forking.
 struct Context {
     server: TxKey,
@@ -177,6 +203,8 @@ enum Wake {
     Purge,
     /// Absorbing server transactions due (engine::absorb).
     Absorbing,
+    /// Time to copy this shard's counters to the board (shards other than the first).
+    Report,
 }
 
 /// The proxy engine.
@@ -212,6 +240,9 @@ pub struct Proxy {
     control: Option<crate::control::Control>,
     /// Over capacity or not, from the shell's measure of how long input waits.
     overload: overload::Overload,
+    /// What every shard last reported for `/metrics` (slot = shard), when there are
+    /// several (engine::control sums them).
+    board: Shared<Vec<Option<crate::control::EngineSnapshot>>>,
     /// `now` ↔ Unix time, fixed at start (binding expiry is wall-clock time).
     epoch: (Instant, u64),
     next_id: u64,
@@ -263,6 +294,7 @@ impl Proxy {
             rng,
             control: None,
             overload: overload::Overload::default(),
+            board: Shared::new(vec![None]),
             epoch: (now, unix_now),
             next_id: 0,
             stats: Stats::default(),
@@ -270,6 +302,57 @@ impl Proxy {
         p.heap
             .push(Reverse((now + p.cfg.purge_interval, Wake::Purge)));
         p
+    }
+
+    /// Another engine shard (crate::shard): its own transactions, contexts, timers and
+    /// counters, the same configuration, keys and tables (location, users, permits,
+    /// dialogs, the mailbox). Its branches carry `index`. The relay and the operator's
+    /// control queue are given to each shard by the shell.
+    #[must_use]
+    pub fn new_shard(&self, index: u8, now: Instant, seed: u64) -> Self {
+        let mut board = self.board.lock();
+        let slot = usize::from(index);
+        if board.len() <= slot {
+            board.resize(slot + 1, None);
+        }
+        drop(board);
+        let mut p = Self {
+            cfg: self.cfg.clone(),
+            shard: index,
+            location: self.location.clone(),
+            server: HashMap::new(),
+            absorbing: absorb::AbsorbTable::default(),
+            client: HashMap::new(),
+            contexts: HashMap::new(),
+            heap: BinaryHeap::new(),
+            out: VecDeque::new(),
+            rng: StdRng::seed_from_u64(seed),
+            auth: self.auth.clone(),
+            auth_enabled: self.auth_enabled,
+            permits: self.permits.clone(),
+            dialogs: self.dialogs.clone(),
+            route_keys: self.route_keys.clone(),
+            remembered: self.remembered.clone(),
+            token_ring: self.token_ring.clone(),
+            sf: self.sf.for_shard(),
+            relay: None,
+            held: VecDeque::new(),
+            control: None,
+            overload: overload::Overload::default(),
+            board: self.board.clone(),
+            epoch: self.epoch,
+            next_id: 0,
+            stats: Stats::default(),
+        };
+        p.heap
+            .push(Reverse((now + p.cfg.purge_interval, Wake::Purge)));
+        p.heap.push(Reverse((now + REPORT_EVERY, Wake::Report)));
+        p
+    }
+
+    /// Which shard this engine is.
+    pub fn shard_index(&self) -> u8 {
+        self.shard
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -462,7 +545,7 @@ impl Proxy {
         }
         // §16.3 item 4: our own Via with this request's loop hash means it came back unchanged.
         let hash = loop_hash(&msg);
-        let prefix = branch_for(hash);
+        let prefix = branch_for(self.shard, hash);
         let looped = msg.vias().filter_map(Result::ok).any(|v| {
             v.branch().is_some_and(|b| b.starts_with(prefix.as_bytes()))
                 && self.cfg.identity.is_own_sent_by(v.host, v.port)
@@ -693,6 +776,10 @@ impl Proxy {
                     }
                 }
                 Wake::Absorbing => self.handle_absorbing_timeout(now, at),
+                Wake::Report => {
+                    self.report();
+                    self.heap.push(Reverse((now + REPORT_EVERY, Wake::Report)));
+                }
                 Wake::Purge => {
                     // The shared tables are purged by the first shard only.
                     if self.shard == 0 {

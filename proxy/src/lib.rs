@@ -25,6 +25,7 @@ pub mod pg;
 pub mod registrar;
 pub mod relay;
 pub mod route;
+pub mod shard;
 pub mod store;
 pub mod upload;
 pub mod users;

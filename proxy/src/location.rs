@@ -502,11 +502,9 @@ impl Location {
     pub fn outcome(&self, seq: u64) -> Option<bool> {
         match &self.sink {
             Sink::Through(_) => Some(true),
-            Sink::Behind(b) => (seq < b.first).then(|| {
-                !b.failed
-                    .iter()
-                    .any(|&(lo, hi)| (lo..=hi).contains(&seq))
-            }),
+            Sink::Behind(b) => {
+                (seq < b.first).then(|| !b.failed.iter().any(|&(lo, hi)| (lo..=hi).contains(&seq)))
+            }
         }
     }
 

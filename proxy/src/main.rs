@@ -16,6 +16,7 @@ use permit_proxy::location::Location;
 use permit_proxy::ops::{Ops, OpsError, Page};
 use permit_proxy::permits::{Aor, Permits};
 use permit_proxy::pg;
+use permit_proxy::relay::shell::SharedRelay;
 use permit_proxy::store::{LocationStore, SqliteStore};
 use permit_proxy::users::{DomainError, SqliteUsers};
 use rand::RngCore;
@@ -437,10 +438,10 @@ async fn start_admin(
 
 /// The media relay, when `[relay]` enables it: every port of the range bound now, the
 /// relay thread started, and the engine handed the shared table.
-fn start_relay(cfg: &Config, proxy: &mut Proxy, seed: u64) -> Result<(), String> {
+fn start_relay(cfg: &Config, seed: u64) -> Result<Option<(SharedRelay, bool)>, String> {
     use permit_proxy::relay::{RelayTable, shell};
     let Some(rc) = &cfg.relay else {
-        return Ok(());
+        return Ok(None);
     };
     let started = Instant::now();
     let sockets = shell::bind(&rc.settings).map_err(|e| e.to_string())?;
@@ -449,14 +450,53 @@ fn start_relay(cfg: &Config, proxy: &mut Proxy, seed: u64) -> Result<(), String>
     shell::spawn(table.clone(), sockets).map_err(|e| format!("relay thread: {e}"))?;
     let (first, last) = rc.settings.ports;
     tracing::info!(address = %rc.settings.address, first, last, audio = rc.audio, bind_us, "media relay ready");
-    proxy.set_relay(Box::new(table), rc.audio);
-    Ok(())
+    Ok(Some((table, rc.audio)))
 }
 
-// The start-up sequence reads best in one place; each step is a call or a match.
-#[allow(clippy::too_many_lines)]
+/// The engine shards other than the first, each on a thread of its own with a
+/// current-thread runtime, its share of the sockets and its wake signal; they stop
+/// when `stop` changes. Each returns its engine when it ends (for the final counters).
+fn start_shards(
+    shards: Vec<(Proxy, sip_net::ShardNet, Arc<Notify>)>,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> Result<Vec<std::thread::JoinHandle<Proxy>>, String> {
+    let mut threads = Vec::new();
+    for (mut proxy, net, wake) in shards {
+        let mut stopped = stop.subscribe();
+        let name = format!("permit-shard-{}", proxy.shard_index());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime of {name}: {e}"))?;
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                rt.block_on(async {
+                    match net.start() {
+                        Ok(net) => {
+                            let stop = async move {
+                                let _ = stopped.wait_for(|s| *s).await;
+                            };
+                            sip_net::run_woken(&mut proxy, net, stop, Some(wake)).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "engine shard not started"),
+                    }
+                });
+                proxy.report();
+                proxy
+            })
+            .map_err(|e| format!("thread {name}: {e}"))?;
+        threads.push(thread);
+    }
+    Ok(threads)
+}
+
 /// The location service on the embedded store, its writes in the store worker.
-fn open_location(cfg: &Config, wake: &Arc<Notify>, node: &pg::NodeId) -> Result<Location, String> {
+fn open_location(
+    cfg: &Config,
+    wakes: &[Arc<Notify>],
+    node: &pg::NodeId,
+) -> Result<Location, String> {
     let mut store: Box<dyn LocationStore> = match &cfg.backend {
         Backend::Sqlite => {
             Box::new(SqliteStore::open(&cfg.data, cfg.durability).map_err(|e| e.to_string())?)
@@ -466,7 +506,7 @@ fn open_location(cfg: &Config, wake: &Arc<Notify>, node: &pg::NodeId) -> Result<
         }
     };
     let loaded = store.load_all().map_err(|e| e.to_string())?;
-    let worker = GroupCommit::spawn(store, GroupLimits::default(), wake.clone())
+    let worker = GroupCommit::spawn(store, GroupLimits::default(), wakes.to_vec())
         .map_err(|e| format!("store thread: {e}"))?;
     Ok(Location::open_behind(loaded, Box::new(worker)))
 }
@@ -544,6 +584,8 @@ fn tls_settings(cfg: &Config) -> Result<Option<sip_net::TlsSettings>, String> {
     Ok(Some(t))
 }
 
+// The start-up sequence reads best in one place; each step is a call or a match.
+#[allow(clippy::too_many_lines)]
 fn run(cfg: &Config) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -556,10 +598,12 @@ fn run(cfg: &Config) -> ExitCode {
         }
     };
     rt.block_on(async {
-        let wake = Arc::new(Notify::new());
+        let shard_count = cfg.shard_count();
+        let wakes: Vec<Arc<Notify>> = (0..shard_count).map(|_| Arc::new(Notify::new())).collect();
+        let wake = wakes[0].clone();
         let (node, heard) = (pg::NodeId::random(), pg::listen::Heard::default());
         let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let location = match open_location(cfg, &wake, &node) {
+        let location = match open_location(cfg, &wakes, &node) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");
@@ -586,7 +630,9 @@ fn run(cfg: &Config) -> ExitCode {
             }
         };
         let net_cfg = NetConfig { tls, ..NetConfig::default() };
-        let net = match Network::bind(&cfg.listen, net_cfg).await {
+        let steering = permit_proxy::shard::Steering::new(shard_count);
+        let steer: sip_net::Steer = Arc::new(move |data: &[u8]| steering.shard_of(data));
+        let (net, shard_nets) = match Network::bind_sharded(&cfg.listen, net_cfg, shard_count, Some(steer)).await {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("permit-proxy: {e}");
@@ -623,15 +669,43 @@ fn run(cfg: &Config) -> ExitCode {
         proxy_cfg.token_keys = Some(token_keys);
         let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
         proxy.set_mailbox(mailbox, cfg.store.enabled);
-        if let Err(e) = start_relay(cfg, &mut proxy, seed) {
-            eprintln!("permit-proxy: {e}");
-            return ExitCode::FAILURE;
+        let relay = match start_relay(cfg, seed) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some((table, audio)) = &relay {
+            proxy.set_relay(Box::new(table.clone()), *audio);
         }
+        let now = Instant::now();
+        let shards: Vec<(Proxy, sip_net::ShardNet, Arc<Notify>)> = shard_nets
+            .into_iter()
+            .zip(wakes.iter().skip(1))
+            .enumerate()
+            .map(|(i, (net, wake))| {
+                let index = u8::try_from(i + 1).unwrap_or(u8::MAX);
+                let mut shard = proxy.new_shard(index, now, seed.rotate_left(7) ^ (i as u64 + 1));
+                if let Some((table, audio)) = &relay {
+                    shard.set_relay(Box::new(table.clone()), *audio);
+                }
+                (shard, net, wake.clone())
+            })
+            .collect();
         let (aors, bindings) = proxy.location_counts();
         for l in &net.bound {
             tracing::info!(transport = ?l.transport, addr = %l.addr, "listening");
         }
-        tracing::info!(domain = %cfg.domain, aors, bindings, users = user_count, auth = cfg.auth.enabled, "permit-proxy ready");
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let threads = match start_shards(shards, &stop) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(domain = %cfg.domain, aors, bindings, users = user_count, auth = cfg.auth.enabled, shards = shard_count, "permit-proxy ready");
         let stats = net.sender.stats.clone();
         let control = start_control(cfg, &mut proxy, &wake, (node, heard), started_unix);
         if let Err(e) = start_admin(cfg, control, stats.clone()).await {
@@ -639,10 +713,18 @@ fn run(cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
         sip_net::run_woken(&mut proxy, net, shutdown(), Some(wake)).await;
+        let _ = stop.send(true);
+        for t in threads {
+            if let Ok(shard) = t.join()
+                && let Some((_, hook)) = shard.relay_stats()
+            {
+                tracing::info!(shard = shard.shard_index(), ?hook, "media relay hook");
+            }
+        }
         if let Some((relay, hook)) = proxy.relay_stats() {
             tracing::info!(?relay, ?hook, "media relay");
         }
-        tracing::info!(stats = ?proxy.stats, net_dropped = stats.dropped_input.load(std::sync::atomic::Ordering::Relaxed), "permit-proxy stopped");
+        tracing::info!(stats = ?proxy.snapshot_all().stats, net_dropped = stats.dropped_input.load(std::sync::atomic::Ordering::Relaxed), "permit-proxy stopped");
         ExitCode::SUCCESS
     })
 }

@@ -152,9 +152,18 @@ pub fn loop_hash(msg: &Message) -> u64 {
 /// Branch prefix (RFC 3261 §8.1.1.7 magic cookie) of every branch this proxy creates.
 pub const BRANCH_PREFIX: &str = "z9hG4bK-pm";
 
-/// The branch prefix carrying `hash`; branches are `{prefix}.{n}`.
-pub fn branch_for(hash: u64) -> String {
-    format!("{BRANCH_PREFIX}{hash:016x}")
+/// The branch prefix of engine shard `shard` carrying `hash`; branches are
+/// `{prefix}.{n}`. Every branch the proxy creates starts with [`BRANCH_PREFIX`] and two
+/// hex digits naming the shard that sent it, so that its responses are steered back to
+/// that shard ([`crate::shard::steer`]).
+pub fn branch_for(shard: u8, hash: u64) -> String {
+    format!("{BRANCH_PREFIX}{shard:02x}{hash:016x}")
+}
+
+/// The shard named by a branch of ours (see [`branch_for`]).
+pub fn branch_shard(branch: &[u8]) -> Option<u8> {
+    let digits = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?.get(..2)?;
+    u8::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 #[cfg(test)]

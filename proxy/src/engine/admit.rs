@@ -180,7 +180,11 @@ impl Proxy {
             let Some(local) = self.cfg.identity.local_for(t.transport, t.dest) else {
                 continue;
             };
-            let branch = format!("{BRANCH_PREFIX}q{:016x}", self.rng.random::<u64>());
+            let branch = format!(
+                "{BRANCH_PREFIX}{:02x}q{:016x}",
+                self.shard,
+                self.rng.random::<u64>()
+            );
             let tag = self.tag();
             let call_id = format!("{:032x}@permit", self.rng.random::<u128>());
             let uri = t

@@ -29,7 +29,7 @@ impl Proxy {
             // A caller that gave up waiting dropped its receiver: nothing to tell.
             match cmd {
                 Command::Stats(reply) => {
-                    let _ = reply.send(Ok(self.snapshot()));
+                    let _ = reply.send(Ok(self.snapshot_all()));
                 }
                 Command::Bindings { aor, reply } => {
                     let _ = reply.send(self.control_bindings(now, &aor));
@@ -55,6 +55,40 @@ impl Proxy {
                 Command::ReloadPermits => self.permits.lock().refresh(),
             }
         }
+    }
+
+    /// This shard's counters on the board, for the first shard's [`Self::snapshot_all`].
+    pub fn report(&mut self) {
+        if self.shard == 0 {
+            return;
+        }
+        let snapshot = self.snapshot();
+        if let Some(slot) = self.board.lock().get_mut(usize::from(self.shard)) {
+            *slot = Some(snapshot);
+        }
+    }
+
+    /// This shard's state and what the other shards last reported (at most
+    /// `REPORT_EVERY` old): counters and queues summed, shared tables once.
+    pub fn snapshot_all(&self) -> EngineSnapshot {
+        let mut all = self.snapshot();
+        let board = self.board.lock();
+        for (i, s) in board.iter().enumerate() {
+            if let Some(s) = s.as_ref().filter(|_| i != usize::from(self.shard)) {
+                all.stats.add(&s.stats);
+                all.server_transactions += s.server_transactions;
+                all.client_transactions += s.client_transactions;
+                all.contexts += s.contexts;
+                all.timers += s.timers;
+                all.outbound_queue += s.outbound_queue;
+                all.held_registers += s.held_registers;
+                all.relayed_calls += s.relayed_calls;
+                all.unrelayed_calls += s.unrelayed_calls;
+                all.overload.over |= s.overload.over;
+                all.overload.waited = all.overload.waited.max(s.overload.waited);
+            }
+        }
+        all
     }
 
     fn snapshot(&self) -> EngineSnapshot {

@@ -61,6 +61,19 @@ pub(super) struct StoreForward {
     pending_uploads: HashMap<ItemId, String>,
 }
 
+impl StoreForward {
+    /// Another shard's part: the same mailbox and settings; subscriptions and the
+    /// proxy's own requests stay with the shard that has their transactions.
+    pub(super) fn for_shard(&self) -> Self {
+        Self {
+            mailbox: self.mailbox.clone(),
+            disabled: self.disabled,
+            upload: self.upload.clone(),
+            ..Self::default()
+        }
+    }
+}
+
 /// A request of the proxy's own, awaiting its final response.
 pub(super) enum Outgoing {
     Delivery { id: ItemId, owner: String },
@@ -586,7 +599,11 @@ Permit-Item: {};sha256={};stored={};expires={}\r\n",
 
     /// A branch for a request of our own (its responses match our prefix).
     pub(super) fn own_branch(&mut self) -> String {
-        format!("{BRANCH_PREFIX}s{:016x}", self.rng.random::<u64>())
+        format!(
+            "{BRANCH_PREFIX}{:02x}s{:016x}",
+            self.shard,
+            self.rng.random::<u64>()
+        )
     }
 
     /// Starts a client transaction for a request of our own.

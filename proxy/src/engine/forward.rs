@@ -27,7 +27,7 @@ impl Proxy {
         };
         ctx.branches += 1;
         ctx.provisional_seen = false;
-        let branch = format!("{}.{}", branch_for(hash), ctx.branches);
+        let branch = format!("{}.{}", branch_for(self.shard, hash), ctx.branches);
         let msg = &ctx.request;
         let method = msg.method().cloned().unwrap_or(Method::Options);
         let Some(local) = self.cfg.identity.local_for(target.transport, target.dest) else {
@@ -204,7 +204,7 @@ impl Proxy {
         let Some(local) = self.cfg.identity.local_for(transport, dest) else {
             return;
         };
-        let branch = format!("{}.ack", branch_for(loop_hash(msg)));
+        let branch = format!("{}.ack", branch_for(self.shard, loop_hash(msg)));
         let via = format!(
             "SIP/2.0/{} {};branch={branch}",
             transport.via_token(),

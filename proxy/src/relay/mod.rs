@@ -149,7 +149,7 @@ pub enum Verdict {
 /// The engine's view of the relay (allocate at INVITE, free at the end of the call).
 /// [`RelayTable`] is the reference and the engine tests' double; the binary hands the
 /// engine a [`shell::SharedRelay`] over the same table.
-pub trait MediaRelay {
+pub trait MediaRelay: Send {
     /// A call relaying `streams` media sections, latched with proofs keyed by `token`.
     fn allocate(
         &mut self,

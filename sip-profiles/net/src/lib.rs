@@ -110,6 +110,86 @@ impl NetStats {
     }
 }
 
+/// Picks the engine shard of a received message: given by the engine's crate (this
+/// crate reads no SIP); its answer is taken modulo nothing — an index past the last
+/// shard means the last one.
+pub type Steer = Arc<dyn Fn(&[u8]) -> usize + Send + Sync>;
+
+/// Where received messages go: one bounded queue per engine shard, picked by a
+/// [`Steer`] (so every socket reader hands each message to its shard directly).
+#[derive(Clone)]
+pub(crate) struct Inbound {
+    queues: Arc<[mpsc::Sender<Received>]>,
+    steer: Option<Steer>,
+}
+
+impl Inbound {
+    fn queue(&self, data: &[u8]) -> &mpsc::Sender<Received> {
+        let last = self.queues.len() - 1;
+        let i = match &self.steer {
+            Some(s) if last > 0 => s(data).min(last),
+            _ => 0,
+        };
+        &self.queues[i]
+    }
+
+    pub(crate) fn try_send(
+        &self,
+        msg: Received,
+    ) -> Result<(), mpsc::error::TrySendError<Received>> {
+        self.queue(&msg.data).try_send(msg)
+    }
+
+    pub(crate) async fn send(&self, msg: Received) -> Result<(), mpsc::error::SendError<Received>> {
+        self.queue(&msg.data).send(msg).await
+    }
+}
+
+/// The part of a sharded [`Network`] that another engine shard takes to its own
+/// thread: its inbound queue, and clones of the UDP sockets to read and send on
+/// (registered with that thread's runtime by [`ShardNet::start`]). TCP and TLS
+/// connections are shared: their readers steer into every shard's queue.
+pub struct ShardNet {
+    inbound: mpsc::Receiver<Received>,
+    udp: Vec<(SocketAddr, std::net::UdpSocket)>,
+    to_shards: Inbound,
+    streams: StreamSet,
+    stats: Arc<NetStats>,
+    bound: Vec<Listen>,
+}
+
+impl ShardNet {
+    /// This shard's [`Network`]: its UDP readers started on the running runtime (each
+    /// reads the shared sockets and steers), its queue, a sender of its own.
+    pub fn start(self) -> Result<Network, NetError> {
+        let mut udp = Vec::new();
+        for (local, sock) in self.udp {
+            let err = |source| NetError::Bind {
+                transport: Transport::Udp,
+                addr: local,
+                source,
+            };
+            let sock = Arc::new(tokio::net::UdpSocket::from_std(sock).map_err(err)?);
+            udp::spawn_receiver(
+                sock.clone(),
+                local,
+                self.to_shards.clone(),
+                self.stats.clone(),
+            );
+            udp.push((local, sock));
+        }
+        Ok(Network {
+            inbound: self.inbound,
+            sender: Sender {
+                udp: Arc::new(udp),
+                streams: self.streams,
+                stats: self.stats,
+            },
+            bound: self.bound,
+        })
+    }
+}
+
 /// The bound sockets: an inbound queue and a way to send.
 pub struct Network {
     pub inbound: mpsc::Receiver<Received>,
@@ -157,7 +237,35 @@ pub enum NetError {
 impl Network {
     /// Binds every listener and starts the receive tasks. Must run inside a tokio runtime.
     pub async fn bind(listen: &[Listen], cfg: NetConfig) -> Result<Self, NetError> {
-        let (tx, rx) = mpsc::channel(cfg.queue_depth);
+        let (net, _) = Self::bind_sharded(listen, cfg, 1, None).await?;
+        Ok(net)
+    }
+
+    /// Binds every listener for `shards` engine shards: this runtime's [`Network`] for
+    /// the first, a [`ShardNet`] for each other one to start on its own thread. Every
+    /// socket reader (one per UDP socket and shard, one per stream connection) hands a
+    /// message to the queue of the shard `steer` names; with one shard, `steer` is
+    /// not consulted.
+    pub async fn bind_sharded(
+        listen: &[Listen],
+        cfg: NetConfig,
+        shards: usize,
+        steer: Option<Steer>,
+    ) -> Result<(Self, Vec<ShardNet>), NetError> {
+        let (mut queues, mut receivers) = (Vec::new(), Vec::new());
+        for _ in 0..shards.max(1) {
+            let (tx, rx) = mpsc::channel(cfg.queue_depth);
+            queues.push(tx);
+            receivers.push(rx);
+        }
+        let tx = Inbound {
+            queues: queues.into(),
+            steer,
+        };
+        let mut receivers = receivers.into_iter();
+        let rx = receivers.next().expect("at least one shard");
+        let mut clones: Vec<Vec<(SocketAddr, std::net::UdpSocket)>> =
+            (1..shards.max(1)).map(|_| Vec::new()).collect();
         let stats = Arc::new(NetStats::default());
         let mut bound = Vec::new();
         let mut udp = Vec::new();
@@ -172,8 +280,12 @@ impl Network {
             };
             match l.transport {
                 Transport::Udp => {
-                    let sock = Arc::new(udp::bind(l.addr).map_err(err)?);
-                    let local = sock.local_addr().map_err(err)?;
+                    let std_sock = udp::bind(l.addr).map_err(err)?;
+                    let local = std_sock.local_addr().map_err(err)?;
+                    for c in &mut clones {
+                        c.push((local, std_sock.try_clone().map_err(err)?));
+                    }
+                    let sock = Arc::new(tokio::net::UdpSocket::from_std(std_sock).map_err(err)?);
                     udp::spawn_receiver(sock.clone(), local, tx.clone(), stats.clone());
                     udp.push((local, sock));
                     bound.push(Listen {
@@ -193,7 +305,18 @@ impl Network {
                 }
             }
         }
-        Ok(Self {
+        let others = receivers
+            .zip(clones)
+            .map(|(inbound, udp)| ShardNet {
+                inbound,
+                udp,
+                to_shards: tx.clone(),
+                streams: streams.clone(),
+                stats: stats.clone(),
+                bound: bound.clone(),
+            })
+            .collect();
+        let net = Self {
             inbound: rx,
             sender: Sender {
                 udp: Arc::new(udp),
@@ -201,7 +324,8 @@ impl Network {
                 stats,
             },
             bound,
-        })
+        };
+        Ok((net, others))
     }
 }
 

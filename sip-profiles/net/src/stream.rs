@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::Inbound;
 use crate::tls::TlsContext;
 use crate::{NetConfig, NetStats};
 
@@ -46,7 +47,7 @@ pub struct StreamSet {
 struct Inner {
     cfg: NetConfig,
     tls: Option<TlsContext>,
-    tx: mpsc::Sender<Received>,
+    tx: Inbound,
     stats: Arc<NetStats>,
     conns: Mutex<HashMap<FlowKey, mpsc::Sender<Bytes>>>,
     open: AtomicUsize,
@@ -65,7 +66,7 @@ impl StreamSet {
     pub(crate) fn new(
         cfg: NetConfig,
         tls: Option<TlsContext>,
-        tx: mpsc::Sender<Received>,
+        tx: Inbound,
         stats: Arc<NetStats>,
     ) -> Self {
         let inner = Inner {

@@ -15,7 +15,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::NetStats;
+use crate::{Inbound, NetStats};
 
 /// Largest datagram we read (RFC 3261 §18.1.1 lets UDP messages reach 65,535 bytes).
 const MAX_DATAGRAM: usize = 65_535;
@@ -25,7 +25,7 @@ const MAX_DATAGRAM: usize = 65_535;
 /// (docs/benchmarks.md); a burst must wait in the socket, not be dropped.
 pub(crate) const RECV_BUFFER: usize = 8 << 20;
 
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     grow_recv_buffer(&sock);
@@ -38,7 +38,7 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     }
     sock.bind(&addr.into())?;
     sock.set_nonblocking(true)?;
-    UdpSocket::from_std(sock.into())
+    Ok(sock.into())
 }
 
 /// Asks for [`RECV_BUFFER`]: past `net.core.rmem_max` when allowed (SO_RCVBUFFORCE
@@ -62,7 +62,7 @@ fn grow_recv_buffer(sock: &socket2::Socket) {
 pub(crate) fn spawn_receiver(
     sock: Arc<UdpSocket>,
     local: SocketAddr,
-    tx: mpsc::Sender<Received>,
+    tx: Inbound,
     stats: Arc<NetStats>,
 ) {
     tokio::spawn(async move {
