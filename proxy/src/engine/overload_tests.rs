@@ -232,6 +232,6 @@ fn over_the_mark_refusal_comes_before_the_challenge() {
     let out = h.recv(ALICE, &invite("bob", "z9hG4bKa1", 70));
     assert_eq!(status(&out), vec![503]);
     assert!(out[0].1.header(HeaderName::ProxyAuthenticate).is_none());
-    assert_eq!(h.proxy.auth.failures, 0);
+    assert_eq!(h.proxy.auth.lock().failures, 0);
     assert_eq!(h.proxy.stats.overload_refused, 2);
 }
