@@ -1,6 +1,9 @@
 //! The registrar with its writes behind (commit.rs): a REGISTER's 200 goes out only
 //! after the group holding its write committed, a failed group answers 500, a full
-//! queue 503, and routing sees a binding only once it is stored.
+//! queue 503, and routing sees a binding only once it is stored; with two engine
+//! shards, each releases its own REGISTERs by their write's outcome, whichever shard
+//! took the outcome from the worker, and a binding one shard wrote routes the other's
+//! calls.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -161,4 +164,73 @@ fn a_full_store_queue_answers_503_with_retry_after() {
     assert_eq!(m.other_headers(b"Retry-After").next(), Some(&b"1"[..]));
     assert_eq!(w.submitted.lock().unwrap().len(), 1);
     assert_eq!(settle(&mut h, &w, 1, true), vec![200]);
+}
+
+#[test]
+fn two_shards_release_their_own_registers_and_share_bindings() {
+    let (mut h0, w) = harness(100);
+    let mut h1 = h0.shard(1);
+    assert!(h0.register("bob", BOB, 600).is_empty());
+    assert!(h1.register("carol", "127.0.0.1:5090", 600).is_empty());
+    assert!(h1.register("dave", "127.0.0.1:5091", 600).is_empty());
+    let seqs: Vec<u64> = w
+        .submitted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3], "one sequence for both shards");
+    // The worker commits writes 1 and 2 and fails 3; shard 0 takes both outcomes.
+    {
+        let mut o = w.outcomes.lock().unwrap();
+        o.push_back(Settled {
+            through: 2,
+            ok: true,
+        });
+        o.push_back(Settled {
+            through: 3,
+            ok: false,
+        });
+    }
+    h0.proxy.handle_wake(h0.now);
+    let statuses = |h: &mut Harness| -> Vec<u16> {
+        h.drain()
+            .into_iter()
+            .map(|(_, m)| m.status().unwrap())
+            .collect()
+    };
+    assert_eq!(statuses(&mut h0), vec![200], "bob's REGISTER, on shard 0");
+    assert_eq!(
+        h1.proxy.writes_pending().0,
+        2,
+        "shard 1 still holds its two"
+    );
+    h1.proxy.handle_wake(h1.now);
+    assert_eq!(
+        statuses(&mut h1),
+        vec![200, 500],
+        "carol stored, dave's group failed"
+    );
+    assert_eq!(h1.proxy.writes_pending(), (0, 0));
+    assert_eq!(h0.proxy.location_counts(), (2, 2));
+
+    // Shard 1 routes a call to bob, whose binding shard 0 wrote; its branch names
+    // shard 1, so bob's answer is steered back to it.
+    let out = h1.recv(ALICE, &invite("bob", "z9hG4bKcross", 70));
+    let (_, fwd) = out
+        .iter()
+        .find(|(to, m)| *to == addr(BOB) && m.is_request())
+        .unwrap_or_else(|| panic!("the INVITE reaches bob: {out:?}"));
+    let via = fwd.top_via().unwrap();
+    let branch = via.branch().unwrap();
+    assert_eq!(crate::route::branch_shard(branch), Some(1), "{via:?}");
+    let steering = crate::shard::Steering::new(2);
+    let answer = format!(
+        "SIP/2.0 180 Ringing\r\n{}To: <sip:bob@localhost>;tag=b\r\nCall-ID: x\r\n\r\n",
+        fwd.headers(sip_core::message::HeaderName::Via)
+            .map(|v| format!("Via: {}\r\n", String::from_utf8_lossy(v)))
+            .collect::<String>()
+    );
+    assert_eq!(steering.shard_of(answer.as_bytes()), 1);
 }

@@ -176,6 +176,15 @@ impl Harness {
         out
     }
 
+    /// Another engine shard sharing this one's tables (Proxy::new_shard).
+    pub(super) fn shard(&self, index: u8) -> Self {
+        Self {
+            proxy: self.proxy.new_shard(index, self.now, 7 + u64::from(index)),
+            now: self.now,
+            cseq: 100 * u32::from(index),
+        }
+    }
+
     pub(super) fn register(
         &mut self,
         user: &str,
