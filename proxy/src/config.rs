@@ -334,7 +334,7 @@ pub struct Config {
     pub gate: GateSettings,
     /// `[proxy] symmetric_responses` (`ProxyConfig::symmetric_responses`).
     pub symmetric_responses: bool,
-    /// `[proxy] shards`: 0 for one per core ([`Config::shard_count`]).
+    /// `[proxy] shards` or `--shards`: 0 for one per core ([`Config::shard_count`]).
     pub shards: usize,
     /// `[store]` (docs/operations.md "Store and forward").
     pub store: StoreSettings,
@@ -367,6 +367,8 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub no_gate: bool,
+    /// `--shards N` (`[proxy] shards`).
+    pub shards: Option<usize>,
 }
 
 /// Parses digest algorithm names in order (RFC 8760 §2.4 tokens, case-insensitive).
@@ -493,7 +495,7 @@ impl Config {
             tls,
             gate,
             symmetric_responses: f.proxy.symmetric_responses.unwrap_or(true),
-            shards: f.proxy.shards.unwrap_or(0),
+            shards: o.shards.or(f.proxy.shards).unwrap_or(1),
             store,
             relay,
             admin,
@@ -706,8 +708,8 @@ pub const REFERENCE: &[KeyDoc] = &[
     ),
     key(
         "proxy.shards",
-        Is("0"),
-        "Engine shards, each on a thread of its own with its own transactions; messages are steered by Call-ID (responses by the shard in our Via branch); location, users and permit lists are shared. `0`: one per core (at most 256).",
+        Is("1"),
+        "Engine shards, each on a thread of its own with its own transactions; messages are steered by Call-ID (responses by the shard in our Via branch); location, users and permit lists are shared. `0`: one per core (at most 256). One shard costs the least CPU per call while one core carries the load (docs/benchmarks.md, Engine shards).",
     ),
     key(
         "store.enabled",

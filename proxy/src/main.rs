@@ -53,6 +53,9 @@ struct Cli {
     /// Let every authenticated caller reach every callee (no permit lists).
     #[arg(long, global = true)]
     no_gate: bool,
+    /// Engine shards, each a thread (`0`: one per core; default 1, `[proxy] shards`).
+    #[arg(long, global = true)]
+    shards: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
         tls_cert: cli.tls_cert,
         tls_key: cli.tls_key,
         no_gate: cli.no_gate,
+        shards: cli.shards,
     };
     let mut cfg = match Config::load(cli.config.as_deref(), overrides) {
         Ok(c) => c,

@@ -265,6 +265,29 @@ fn tcp_calls_reach_registered_uas() {
     proxy.stop_gracefully("TERM");
 }
 
+/// Two engine shards (`--shards 2`): 500 calls over UDP and 200 over TCP, each
+/// call's messages steered to one shard by Call-ID, the callee's answers back to the
+/// shard in the branch, the binding registered through one shard read by both.
+#[test]
+fn calls_through_two_engine_shards() {
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("two_shards");
+    let proxy = bed.start_proxy_with_auth("proxy", &["--no-auth", "--shards", "2"]);
+    let uas = bed.uas("uas", Transport::Udp, 500);
+    bed.register("alice", Transport::Udp, &uas);
+    bed.uac("uac", "alice", Transport::Udp, 500, 100)
+        .run_ok(500);
+    uas.finish_ok(500);
+    let uas = bed.uas("uas-tcp", Transport::Tcp, 200);
+    bed.register("bob", Transport::Tcp, &uas);
+    bed.uac("uac-tcp", "bob", Transport::Tcp, 200, 100)
+        .run_ok(200);
+    uas.finish_ok(200);
+    proxy.stop_gracefully("TERM");
+}
+
 /// SIPp's built-in `uac` and `uas`: the callee does not copy Record-Route and
 /// the caller sends ACK and BYE to sip:USER@proxy-ip:port without Route, so
 /// the proxy routes them as requests to its own address (RFC 3261 16.4, 16.5).

@@ -179,12 +179,16 @@ impl Bed {
 
     /// The proxy with its defaults (authentication and the gate on), on UDP only.
     fn start_proxy(&self, name: &str) -> Proxy {
+        self.start_proxy_with(name, &[])
+    }
+
+    fn start_proxy_with(&self, name: &str, flags: &[&str]) -> Proxy {
         let ports = Ports {
             udp: self.udp,
             tcp: None,
             tls: None,
         };
-        Proxy::start(&self.dir, name, &self.data, ports, &[])
+        Proxy::start(&self.dir, name, &self.data, ports, flags)
     }
 
     /// `permit-proxy --data DIR --domain localhost ARGS…` (the operator's CLI);
@@ -359,6 +363,42 @@ fn permitted_caller_gets_180_and_200_after_the_load_query() {
             assert!(invited <= asked, "INVITE #{invited} before its OPTIONS");
         }
     }
+}
+
+/// With two engine shards, authenticated calls through the gate: the load query
+/// (the proxy's own Call-ID) is answered back to the shard that asked, through the
+/// branch, and every call completes; a stranger still gets 403.
+#[test]
+fn gated_calls_through_two_engine_shards() {
+    const CALLS: u64 = 30;
+    if !sipp_available() {
+        return;
+    }
+    let bed = Bed::new("two_shards", &["alice", "bob", "mallory"]);
+    bed.permit("bob", "alice");
+    let _proxy = bed.start_proxy_with("proxy", &["--shards", "2"]);
+    let uas = bed.callee("uas", "uas_options.xml", 2 * CALLS);
+    bed.register("bob", &uas, "");
+    let caller = bed
+        .calls("uac", "alice", "bob", CALLS, 50)
+        .run_ok(CALLS)
+        .trace();
+    let callee = uas.finish_ok(2 * CALLS).trace();
+    assert_eq!(received_responses(&caller, 180).len() as u64, CALLS, "180s");
+    assert_eq!(
+        (
+            received_requests(&callee, "OPTIONS").len() as u64,
+            received_requests(&callee, "INVITE").len() as u64
+        ),
+        (CALLS, CALLS),
+        "one load query per call"
+    );
+    let (stranger, _) = bed.refused("stranger", "mallory", "bob", 403);
+    assert_eq!(
+        received_responses(&stranger, 403).len(),
+        1,
+        "the stranger's 403"
+    );
 }
 
 /// A caller who is not on the callee's list gets 403, the callee (registered and
