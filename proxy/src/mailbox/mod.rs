@@ -242,6 +242,15 @@ pub trait StoredItems: Send {
     ) -> Result<Vec<ItemMeta>, MailboxError>;
     /// Deletes an item; `false` when it was not there.
     fn delete(&mut self, id: &ItemId) -> Result<bool, MailboxError>;
+    /// Unexpired items of `owner` (not upload slots): how many and their bytes. Asked
+    /// for every REGISTER (engine::mwi), so a store may answer without listing.
+    fn waiting(&mut self, owner: &str, unix_now: u64) -> Result<Usage, MailboxError> {
+        let all = self.list(owner, unix_now, usize::MAX)?;
+        Ok(Usage {
+            items: all.len() as u64,
+            bytes: all.iter().map(|m| m.size).sum(),
+        })
+    }
     /// Unexpired items waiting for `owner`.
     fn usage_of_owner(&mut self, owner: &str, unix_now: u64) -> Result<Usage, MailboxError>;
     /// Unexpired items deposited by `sender`.
@@ -437,11 +446,7 @@ impl Mailbox {
 
     /// The items waiting for `owner` (uploads under way not included).
     pub fn waiting(&mut self, owner: &str, unix_now: u64) -> Result<Usage, MailboxError> {
-        let all = self.store.list(owner, unix_now, usize::MAX)?;
-        Ok(Usage {
-            items: all.len() as u64,
-            bytes: all.iter().map(|m| m.size).sum(),
-        })
+        self.store.waiting(owner, unix_now)
     }
 
     pub fn delete(&mut self, id: &ItemId) -> Result<bool, MailboxError> {
