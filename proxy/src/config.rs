@@ -122,6 +122,8 @@ pub struct OverloadFile {
     pub low_ms: Option<u64>,
     /// Retry-After of the 503, seconds (default 5, at least 1).
     pub retry_after_s: Option<u64>,
+    /// The wait must stay at `high_ms` or above this long (default 100).
+    pub sustain_ms: Option<u64>,
 }
 
 impl OverloadFile {
@@ -133,6 +135,7 @@ impl OverloadFile {
             enabled: self.enabled.unwrap_or(d.enabled),
             high,
             low,
+            sustain: self.sustain_ms.map_or(d.sustain, Duration::from_millis),
             retry_after: self
                 .retry_after_s
                 .map_or(d.retry_after, |s| Duration::from_secs(s.max(1))),
@@ -847,6 +850,11 @@ pub const REFERENCE: &[KeyDoc] = &[
         "overload.low_ms",
         Is("10"),
         "Back under capacity once the wait is this short, milliseconds (at most `high_ms`).",
+    ),
+    key(
+        "overload.sustain_ms",
+        Is("100"),
+        "Over capacity only once the wait has stayed at `high_ms` or above this long, milliseconds: a short stall of the proxy's thread is not overload.",
     ),
     key(
         "overload.retry_after_s",

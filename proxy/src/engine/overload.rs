@@ -3,8 +3,10 @@
 //!
 //! The shell measures how long the input the engine is about to handle waited in the
 //! kernel's receive queue and passes that number in (`Proxy::handle_load`); the engine
-//! decides with two marks (hysteresis): over capacity from the moment the wait reaches
-//! `high` until it falls to `low` or under. While over, a new out-of-dialog INVITE and a
+//! decides with two marks (hysteresis): over capacity once the wait has stayed at `high`
+//! or above for `sustain` (a scheduling stall of the proxy's thread makes one burst of
+//! old datagrams that drains in a few milliseconds; overload keeps the wait up), until
+//! it falls to `low` or under. While over, a new out-of-dialog INVITE and a
 //! REGISTER are answered 503 Service Unavailable with Retry-After (RFC 3261 §21.5.4,
 //! §20.33), statelessly, before digest verification and before any store write. What is
 //! never refused here: in-dialog requests (a To tag), ACK, CANCEL, responses, and
@@ -34,6 +36,8 @@ pub struct OverloadSettings {
     pub high: Duration,
     /// Back under capacity once the wait is this short or shorter.
     pub low: Duration,
+    /// How long the wait must stay at `high` or above before the proxy is over capacity.
+    pub sustain: Duration,
     /// The Retry-After of the 503 (RFC 3261 §20.33), whole seconds.
     pub retry_after: Duration,
 }
@@ -44,6 +48,7 @@ impl Default for OverloadSettings {
             enabled: true,
             high: Duration::from_millis(40),
             low: Duration::from_millis(10),
+            sustain: Duration::from_millis(100),
             retry_after: Duration::from_secs(5),
         }
     }
@@ -55,17 +60,26 @@ pub(super) struct Overload {
     over: bool,
     /// The wait last reported by the shell.
     waited: Duration,
+    /// Since when every reported wait was at `high` or above (while not over).
+    high_since: Option<Instant>,
 }
 
 impl Overload {
     /// A wait reported by the shell; returns whether the state changed.
-    fn handle_wait(&mut self, s: &OverloadSettings, waited: Duration) -> bool {
+    fn handle_wait(&mut self, s: &OverloadSettings, now: Instant, waited: Duration) -> bool {
         self.waited = waited;
         let over = if self.over {
             waited > s.low
+        } else if s.enabled && waited >= s.high {
+            let since = *self.high_since.get_or_insert(now);
+            now.saturating_duration_since(since) >= s.sustain
         } else {
-            s.enabled && waited >= s.high
+            self.high_since = None;
+            false
         };
+        if over {
+            self.high_since = None;
+        }
         let changed = over != self.over;
         self.over = over;
         changed
@@ -83,8 +97,8 @@ pub struct OverloadState {
 impl Proxy {
     /// How long the input about to be handled waited before the engine got it (the
     /// shell's measure, `sip_net::Engine::handle_load`).
-    pub fn handle_load(&mut self, _now: Instant, waited: Duration) {
-        if self.overload.handle_wait(&self.cfg.overload, waited) {
+    pub fn handle_load(&mut self, now: Instant, waited: Duration) {
+        if self.overload.handle_wait(&self.cfg.overload, now, waited) {
             if self.overload.over {
                 self.stats.overload_episodes += 1;
                 tracing::warn!(
@@ -160,20 +174,42 @@ mod tests {
         let s = OverloadSettings {
             high: ms(40),
             low: ms(10),
+            sustain: ms(0),
             ..OverloadSettings::default()
         };
+        let t = Instant::now();
         let mut o = Overload::default();
-        assert!(!o.handle_wait(&s, ms(39)));
+        assert!(!o.handle_wait(&s, t, ms(39)));
         assert!(!o.over);
-        assert!(o.handle_wait(&s, ms(40)));
+        assert!(o.handle_wait(&s, t, ms(40)));
         assert!(o.over);
         // Between the marks: the state stays what it was.
-        assert!(!o.handle_wait(&s, ms(20)));
+        assert!(!o.handle_wait(&s, t, ms(20)));
         assert!(o.over);
-        assert!(o.handle_wait(&s, ms(10)));
+        assert!(o.handle_wait(&s, t, ms(10)));
         assert!(!o.over);
-        assert!(!o.handle_wait(&s, ms(20)));
+        assert!(!o.handle_wait(&s, t, ms(20)));
         assert!(!o.over);
+    }
+
+    /// A stall's burst (waits that fall back under the mark) is not overload; waits
+    /// that stay at the mark for `sustain` are.
+    #[test]
+    fn only_a_sustained_wait_is_overload() {
+        let s = OverloadSettings::default();
+        let t = Instant::now();
+        let mut o = Overload::default();
+        // A 66 ms stall: the backlog drains within 20 ms, the waits fall.
+        assert!(!o.handle_wait(&s, t, ms(66)));
+        assert!(!o.handle_wait(&s, t + ms(10), ms(45)));
+        assert!(!o.handle_wait(&s, t + ms(20), ms(3)));
+        assert!(!o.over);
+        // A wait that stays up: over once it has been up for `sustain`.
+        let t = t + ms(500);
+        assert!(!o.handle_wait(&s, t, ms(60)));
+        assert!(!o.handle_wait(&s, t + ms(99), ms(120)));
+        assert!(o.handle_wait(&s, t + ms(100), ms(150)));
+        assert!(o.over);
     }
 
     #[test]
@@ -182,8 +218,9 @@ mod tests {
             enabled: false,
             ..OverloadSettings::default()
         };
-        let mut o = Overload::default();
-        assert!(!o.handle_wait(&s, Duration::from_secs(10)));
+        let (mut o, t) = (Overload::default(), Instant::now());
+        assert!(!o.handle_wait(&s, t, Duration::from_secs(10)));
+        assert!(!o.handle_wait(&s, t + Duration::from_secs(1), Duration::from_secs(10)));
         assert!(!o.over);
     }
 }

@@ -57,6 +57,14 @@ fn requests(out: &[(SocketAddr, Message)]) -> Vec<(SocketAddr, Method)> {
         .collect()
 }
 
+/// The shell reports `wait` now and again once it has lasted the default `sustain`
+/// (engine::overload: only a sustained wait is overload).
+fn report_wait(h: &mut Harness, wait: Duration) {
+    let sustain = crate::engine::OverloadSettings::default().sustain;
+    h.proxy.handle_load(h.now, wait);
+    h.proxy.handle_load(h.now + sustain, wait);
+}
+
 /// Calls alice -> bob up to `code` from bob; returns the INVITE bob got.
 fn call(h: &mut Harness, branch: &str, code: u16) -> Message {
     let out = h.recv(ALICE, &invite("bob", branch, 70));
@@ -76,7 +84,7 @@ fn call(h: &mut Harness, branch: &str, code: u16) -> Message {
 fn over_the_mark_new_invite_and_register_get_503_with_retry_after() {
     let mut h = Harness::new();
     h.register("bob", BOB, 600);
-    h.proxy.handle_load(h.now, ms(40));
+    report_wait(&mut h, ms(40));
     assert!(h.proxy.overload_state().over);
 
     let live = h.proxy.live();
@@ -125,7 +133,7 @@ fn over_the_mark_work_in_progress_is_still_handled() {
     let pending = h.recv(ALICE, &invite("bob", "z9hG4bKp1", 70));
     assert_eq!(status(&pending), vec![100]);
 
-    h.proxy.handle_load(h.now, ms(500));
+    report_wait(&mut h, ms(500));
 
     // In-dialog BYE along the recorded route: forwarded to alice.
     let route: Vec<String> = est
@@ -175,27 +183,27 @@ fn under_the_mark_everything_passes_and_hysteresis_holds() {
     let mut h = Harness::new();
     h.register("bob", BOB, 600);
     // Under the high mark: not over.
-    h.proxy.handle_load(h.now, ms(39));
+    report_wait(&mut h, ms(39));
     call(&mut h, "z9hG4bKu1", 180);
     assert_eq!(
         status(&h.register("carol", "127.0.0.1:5090", 600)),
         vec![200]
     );
 
-    h.proxy.handle_load(h.now, ms(45));
+    report_wait(&mut h, ms(45));
     assert_eq!(
         status(&h.recv(ALICE, &invite("bob", "z9hG4bKu2", 70))),
         vec![503]
     );
     // Between the marks the proxy stays over capacity.
     h.advance(Duration::from_secs(1));
-    h.proxy.handle_load(h.now, ms(20));
+    report_wait(&mut h, ms(20));
     assert_eq!(
         status(&h.recv(ALICE, &invite("bob", "z9hG4bKu3", 70))),
         vec![503]
     );
     // At the low mark it is back: calls and REGISTERs pass again.
-    h.proxy.handle_load(h.now, ms(10));
+    report_wait(&mut h, ms(10));
     assert!(!h.proxy.overload_state().over);
     call(&mut h, "z9hG4bKu4", 180);
     assert_eq!(
@@ -210,7 +218,7 @@ fn disabled_refuses_nothing() {
     let mut h = Harness::new();
     h.proxy.cfg.overload.enabled = false;
     h.register("bob", BOB, 600);
-    h.proxy.handle_load(h.now, Duration::from_secs(3));
+    report_wait(&mut h, Duration::from_secs(3));
     call(&mut h, "z9hG4bKd1", 180);
     assert_eq!(h.proxy.stats.overload_refused, 0);
 }
@@ -225,7 +233,7 @@ fn over_the_mark_refusal_comes_before_the_challenge() {
     );
     // Under the mark the same REGISTER is challenged.
     assert_eq!(status(&h.register("alice", ALICE, 600)), vec![401]);
-    h.proxy.handle_load(h.now, ms(100));
+    report_wait(&mut h, ms(100));
     let out = h.register("alice", ALICE, 600);
     assert_eq!(status(&out), vec![503]);
     assert!(out[0].1.header(HeaderName::WwwAuthenticate).is_none());
