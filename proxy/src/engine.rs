@@ -137,6 +137,9 @@ pub struct Stats {
     /// and the times it went over (engine::overload).
     pub overload_refused: u64,
     pub overload_episodes: u64,
+    /// Requests that carried the branch of a completed transaction but other bytes
+    /// than its request (not retransmissions): dropped (engine::absorb).
+    pub branch_reused: u64,
     /// Requests by method, responses by status, session outcomes (`/metrics`).
     pub traffic: crate::control::Traffic,
 }
@@ -160,6 +163,7 @@ impl Stats {
         self.notifies += o.notifies;
         self.overload_refused += o.overload_refused;
         self.overload_episodes += o.overload_episodes;
+        self.branch_reused += o.branch_reused;
         self.traffic.add(&o.traffic);
     }
 }
@@ -464,7 +468,7 @@ impl Proxy {
             self.drain_server(now, &key);
             return;
         }
-        if self.absorb_request(&key) {
+        if self.absorb_request(&key, msg.bytes()) {
             return;
         }
         // New work only, before any transaction, digest check or store write
@@ -485,6 +489,7 @@ impl Proxy {
                 flow,
                 reply: validate::reply_flow(&msg, flow, self.cfg.symmetric_responses),
                 ctx: None,
+                request: (method != Method::Invite).then(|| msg.bytes().clone()),
                 scheduled: None,
             },
         );
@@ -844,6 +849,7 @@ impl sip_net::Engine for Proxy {
 mod absorb;
 mod admit;
 mod control;
+mod delta;
 mod deposit;
 pub mod dialog;
 mod forward;

@@ -167,7 +167,9 @@ class OverloadBench(Bench):
             data = sysdir / "data"
             data.mkdir()
             conf = sysdir / "permit.toml"
-            conf.write_text(f"[overload]\nenabled = {'true' if self.protect else 'false'}\n")
+            extra = "".join(f"{kv}\n" for kv in self.a.permit_overload) if self.protect else ""
+            conf.write_text(
+                f"[overload]\nenabled = {'true' if self.protect else 'false'}\n{extra}")
             args = [
                 self.a.permit, "run", "--config", str(conf),
                 "--listen", f"udp:127.0.0.1:{port}", "--data", str(data),
@@ -394,6 +396,9 @@ def main() -> int:
                     help="skip the 3x step with the protection off")
     ap.add_argument("--kam-limit-pct", type=float, default=100.0,
                     help="Kamailio's ratelimit pipe, percent of its measured peak")
+    ap.add_argument("--permit-overload", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further [overload] setting of permit-proxy when protected, "
+                         "e.g. sustain_ms=0 (repeatable)")
     ap.add_argument("--hold-ms", type=int, default=20)
     ap.add_argument("--kam-shm", type=int, default=1024)
     ap.add_argument("--kam-pkg", type=int, default=16)

@@ -165,6 +165,7 @@ fn render_sip(x: &mut Exposition, e: &EngineSnapshot) {
             ("bad_request", s.bad_requests),
             ("stray_response", s.stray_responses),
             ("forged_dialog", s.forged_dialogs),
+            ("branch_reused", s.branch_reused),
         ],
     );
     x.one(

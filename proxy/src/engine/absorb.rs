@@ -31,13 +31,20 @@ use crate::route::Flow;
 /// (`encode_flow`) and the final response, in that order. Accepted keeps no response
 /// (the TU sends each 2xx itself, RFC 6026 §7.1); its place holds the id of the
 /// response context that serves those 2xx, freed with the transaction at Timer L.
+/// When `coded`, the response is kept as edits of its request (engine::delta), after
+/// the request's length (4 bytes) and keyed hash (8 bytes) that a retransmission must
+/// match to be answered from it.
 #[derive(Debug)]
 struct Absorbed {
     buf: Box<[u8]>,
     key_len: u32,
     flow_len: u8,
+    coded: bool,
     tx: Absorbing,
 }
+
+/// The bytes before a coded response: the request's length and hash.
+const CHECK_LEN: usize = 12;
 
 impl Absorbed {
     fn is(&self, key: &TxKey) -> bool {
@@ -50,8 +57,23 @@ impl Absorbed {
         decode_flow(&self.buf[at..at + usize::from(self.flow_len)])
     }
 
+    /// The response as kept: its bytes, or (`coded`) the check and the edits.
     fn response(&self) -> &[u8] {
         &self.buf[self.key_len as usize + usize::from(self.flow_len)..]
+    }
+
+    /// The final response to send again for `request`, a retransmission of the
+    /// transaction's request; `None` when it was coded against other bytes.
+    fn final_for(&self, request: &[u8], hasher: &std::hash::RandomState) -> Option<Bytes> {
+        let kept = self.response();
+        if !self.coded {
+            return Some(Bytes::copy_from_slice(kept));
+        }
+        let (check, code) = kept.split_at_checked(CHECK_LEN)?;
+        if check != request_check(request, hasher) {
+            return None;
+        }
+        super::delta::decode(request, code).map(Bytes::from)
     }
 
     /// The response context of an Accepted INVITE.
@@ -61,6 +83,16 @@ impl Absorbed {
             .flatten()
             .map(u64::from_be_bytes)
     }
+}
+
+/// What a retransmission must match for a coded response: the request's length and
+/// keyed hash (a peer cannot aim a collision at a key it does not know; the answer goes
+/// to the transaction's own reply flow in any case).
+fn request_check(request: &[u8], hasher: &std::hash::RandomState) -> [u8; CHECK_LEN] {
+    let mut check = [0; CHECK_LEN];
+    check[..4].copy_from_slice(&(request.len() as u32).to_be_bytes());
+    check[4..].copy_from_slice(&hasher.hash_one(request).to_be_bytes());
+    check
 }
 
 /// The lane of a transaction's timer: each lane's deadlines grow with insertion order.
@@ -109,14 +141,15 @@ impl AbsorbTable {
     }
 
     /// Keeps `tx` with its reply flow and final response (the caller checked
-    /// `can_take`); returns the instant at which the table's heap entry must be pushed,
-    /// if it must.
+    /// `can_take`), the response as edits of `request` when that is given and shorter;
+    /// returns the instant at which the table's heap entry must be pushed, if it must.
     fn insert(
         &mut self,
         key: &TxKey,
         tx: Absorbing,
         reply: Flow,
         response: &[u8],
+        request: Option<&[u8]>,
     ) -> Option<Instant> {
         let mut buf = Vec::with_capacity(1 + key.branch.len() + 2 * 28 + 1 + response.len());
         buf.push(kind_byte(key.kind));
@@ -125,7 +158,19 @@ impl AbsorbTable {
         let key_len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         encode_flow(&mut buf, reply);
         let flow_len = u8::try_from(buf.len() - key_len as usize).unwrap_or(u8::MAX);
-        buf.extend_from_slice(response);
+        let head = buf.len();
+        let mut coded = false;
+        if let Some(request) = request.filter(|r| r.len() < u32::MAX as usize) {
+            buf.extend_from_slice(&request_check(request, &self.hasher));
+            super::delta::encode(request, response, &mut buf);
+            coded = buf.len() - head < response.len();
+            if !coded {
+                buf.truncate(head);
+            }
+        }
+        if !coded {
+            buf.extend_from_slice(response);
+        }
         let fp = self.fingerprint(key);
         let until = tx.poll_timeout();
         let lane = lane(tx.timer());
@@ -135,6 +180,7 @@ impl AbsorbTable {
                 buf: buf.into_boxed_slice(),
                 key_len,
                 flow_len,
+                coded,
                 tx,
             },
         );
@@ -260,19 +306,24 @@ fn decode_flow(b: &[u8]) -> Option<Flow> {
 impl Proxy {
     /// A request that matches an absorbing transaction: the final is sent again
     /// (§17.2.2) or the request dropped (§17.2.1 Confirmed). `false` if none matches.
-    pub(super) fn absorb_request(&mut self, key: &TxKey) -> bool {
+    /// A request that carries the branch of a completed transaction but not its bytes
+    /// (not a retransmission, §17.1.1.3) gets nothing and is counted.
+    pub(super) fn absorb_request(&mut self, key: &TxKey, request: &[u8]) -> bool {
         let Some(a) = self.absorbing.get(key) else {
             return false;
         };
         if a.tx.handle_request_retransmission() == Retransmitted::ResendFinal
             && let Some(flow) = a.reply()
         {
-            self.out.push_back(Transmit {
-                transport: flow.transport,
-                local: flow.local,
-                dest: flow.remote,
-                data: Bytes::copy_from_slice(a.response()),
-            });
+            match a.final_for(request, &self.absorbing.hasher) {
+                Some(data) => self.out.push_back(Transmit {
+                    transport: flow.transport,
+                    local: flow.local,
+                    dest: flow.remote,
+                    data,
+                }),
+                None => self.stats.branch_reused += 1,
+            }
         }
         true
     }
@@ -361,7 +412,11 @@ impl Proxy {
                 return false;
             }
         };
-        if let Some(at) = self.absorbing.insert(&stored, tx, entry.reply, &response) {
+        let request = entry.request.as_deref();
+        if let Some(at) = self
+            .absorbing
+            .insert(&stored, tx, entry.reply, &response, request)
+        {
             self.heap.push(Reverse((at.max(now), Wake::Absorbing)));
         }
         true
@@ -471,7 +526,7 @@ Call-ID: {}\nCSeq: 1 INVITE\nContact: <sip:bob@{BOB}>\nContent-Length: 0\n\n",
                 kind: Kind::Other,
             };
             assert!(table.can_take(&key));
-            table.insert(&key, a, flow, &response);
+            table.insert(&key, a, flow, &response, None);
             assert!(!table.can_take(&key), "one transaction per fingerprint");
         }
         let full = table.entries.capacity();
@@ -533,12 +588,26 @@ Content-Length: 0
         assert_eq!(status(&first), vec![200]);
         assert_eq!(h.proxy.absorbing.len(), 1, "moved to the compact table");
         assert_eq!(h.proxy.live(), (1, 0, 0));
+        let kept = h.proxy.absorbing.entries.values().next().unwrap();
+        assert!(kept.coded, "kept as edits of the REGISTER");
+        let ok_len = first[0].1.as_bytes().len();
+        assert!(
+            kept.response().len() * 2 < ok_len,
+            "{} bytes for a 200 of {ok_len}",
+            kept.response().len()
+        );
         h.advance(Duration::from_millis(31_999));
         let again = h.recv(ALICE, reg);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].0, first[0].0);
         assert_eq!(again[0].1.as_bytes(), first[0].1.as_bytes(), "the same 200");
         assert_eq!(h.proxy.stats.registrations, 1, "not registered twice");
+        // Another request under the same branch is no retransmission (§17.1.1.3):
+        // it gets no answer built from bytes it does not carry, and is counted.
+        let other = reg.replace("Expires: 600", "Expires: 900");
+        assert!(h.recv(ALICE, &other).is_empty());
+        assert_eq!(h.proxy.stats.branch_reused, 1);
+        assert_eq!(h.proxy.stats.registrations, 1);
         h.advance(Duration::from_millis(1));
         assert_eq!(h.proxy.live(), (0, 0, 0), "freed at Timer J");
         assert_eq!(h.proxy.timers_pending(), 1, "only the purge timer is left");

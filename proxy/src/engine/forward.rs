@@ -248,7 +248,7 @@ impl Proxy {
             }
             return self.drain_server(now, &key);
         }
-        if self.absorb_request(&key) {
+        if self.absorb_request(&key, msg.bytes()) {
             return;
         }
         let tx = ServerTx::NonInvite(ServerNonInvite::new(
@@ -263,6 +263,7 @@ impl Proxy {
                 flow,
                 reply: super::validate::reply_flow(msg, flow, self.cfg.symmetric_responses),
                 ctx: None,
+                request: Some(msg.bytes().clone()),
                 scheduled: None,
             },
         );

@@ -61,6 +61,9 @@ pub(super) struct ServerEntry {
     /// Where its responses go (`validate::reply_flow`).
     pub(super) reply: Flow,
     pub(super) ctx: Option<u64>,
+    /// A non-INVITE's request, against which its final response is kept once only
+    /// retransmissions are left to answer (engine::absorb).
+    pub(super) request: Option<Bytes>,
     /// The instant of this transaction's live entry in the timer heap.
     pub(super) scheduled: Option<Instant>,
 }
