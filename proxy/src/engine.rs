@@ -408,6 +408,9 @@ impl Proxy {
             local: rx.local,
             remote: rx.peer,
         };
+        if self.refuse_early(&rx.data, flow) {
+            return;
+        }
         match validate::inspect(rx.data, &flow) {
             Inspected::KeepAlive => {}
             Inspected::Request { msg, branch } => self.handle_request(now, msg, branch, flow),

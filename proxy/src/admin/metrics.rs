@@ -240,6 +240,12 @@ fn render_overload(x: &mut Exposition, e: &EngineSnapshot) {
         u64::from(e.overload.over),
     );
     x.one(
+        "permit_overload_admitted_per_mille",
+        "gauge",
+        "Share of new INVITEs and REGISTERs admitted, per 1,000: 0 while over capacity, climbing back to 1,000 after an episode.",
+        u64::from(e.overload.admitted_per_mille),
+    );
+    x.one(
         "permit_input_wait_microseconds",
         "gauge",
         "How long the last UDP datagram read had waited in its socket's receive queue.",
@@ -397,14 +403,16 @@ mod tests {
         e.stats.overload_refused = 7;
         e.stats.overload_episodes = 2;
         e.overload = crate::engine::OverloadState {
-            over: true,
+            over: false,
+            admitted_per_mille: 375,
             waited: std::time::Duration::from_millis(42),
         };
         let text = render(Some(&e), None, None);
         for line in [
             "permit_overload_refusals_total 7",
             "permit_overload_episodes_total 2",
-            "permit_overloaded 1",
+            "permit_overloaded 0",
+            "permit_overload_admitted_per_mille 375",
             "permit_input_wait_microseconds 42000",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing");

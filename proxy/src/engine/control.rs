@@ -85,6 +85,10 @@ impl Proxy {
                 all.relayed_calls += s.relayed_calls;
                 all.unrelayed_calls += s.unrelayed_calls;
                 all.overload.over |= s.overload.over;
+                all.overload.admitted_per_mille = all
+                    .overload
+                    .admitted_per_mille
+                    .min(s.overload.admitted_per_mille);
                 all.overload.waited = all.overload.waited.max(s.overload.waited);
             }
         }

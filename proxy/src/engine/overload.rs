@@ -17,9 +17,11 @@
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use sip_core::message::{Message, Method, ResponseBuilder};
+use bytes::Bytes;
+use sip_core::message::{HeaderName, Message, Method, ResponseBuilder};
 
 use super::Proxy;
+use super::tx::{Kind, TxKey};
 use crate::route::{Flow, received_via};
 
 /// The To tag of our overload 503s starts with this, so that the ACK of such a 503 is
@@ -54,14 +56,39 @@ impl Default for OverloadSettings {
     }
 }
 
+/// After an episode the admitted share of new work climbs back one step per `sustain`:
+/// eighths.
+const RAMP_STEPS: u8 = 8;
+
 /// The detector: the last wait the shell reported and the state it put us in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Overload {
     over: bool,
     /// The wait last reported by the shell.
     waited: Duration,
     /// Since when every reported wait was at `high` or above (while not over).
     high_since: Option<Instant>,
+    /// The share of new work admitted, in `RAMP_STEPS`ths: none while over; after an
+    /// episode it climbs back a step per `sustain` (from `ramp_at`), so that the work
+    /// refused meanwhile does not all come in at once and fill the queue again.
+    admit: u8,
+    ramp_at: Option<Instant>,
+    /// Admission credit while `admit` is short of all: a request is admitted each time
+    /// it reaches `RAMP_STEPS` (deterministic, evenly spread).
+    credit: u8,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Self {
+            over: false,
+            waited: Duration::ZERO,
+            high_since: None,
+            admit: RAMP_STEPS,
+            ramp_at: None,
+            credit: 0,
+        }
+    }
 }
 
 impl Overload {
@@ -79,19 +106,66 @@ impl Overload {
         };
         if over {
             self.high_since = None;
+            (self.admit, self.ramp_at) = (0, None);
+        } else if self.admit < RAMP_STEPS {
+            self.ramp(s, now);
         }
         let changed = over != self.over;
         self.over = over;
         changed
     }
+
+    /// Out of an episode: the admitted share climbs one step per `sustain`.
+    fn ramp(&mut self, s: &OverloadSettings, now: Instant) {
+        let Some(at) = self.ramp_at else {
+            (self.admit, self.ramp_at) = (1, Some(now));
+            return;
+        };
+        let steps = now.saturating_duration_since(at).as_nanos() / s.sustain.as_nanos().max(1);
+        if steps > 0 {
+            let steps = u8::try_from(steps).unwrap_or(RAMP_STEPS);
+            self.admit = self.admit.saturating_add(steps).min(RAMP_STEPS);
+            self.ramp_at = (self.admit < RAMP_STEPS).then_some(now);
+        }
+    }
+
+    /// Whether a new piece of work is refused now: all while over, a share while the
+    /// admission climbs back, none after.
+    fn refuses(&mut self) -> bool {
+        if self.over {
+            return true;
+        }
+        if self.admit >= RAMP_STEPS {
+            return false;
+        }
+        self.credit += self.admit;
+        if self.credit >= RAMP_STEPS {
+            self.credit -= RAMP_STEPS;
+            return false;
+        }
+        true
+    }
 }
 
 /// What `/metrics` reports of overload control.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct OverloadState {
     pub over: bool,
+    /// The share of new work admitted, per 1,000 (1,000 but while over or climbing
+    /// back after an episode).
+    pub admitted_per_mille: u16,
     /// The last input wait the shell reported.
     pub waited: Duration,
+}
+
+impl Default for OverloadState {
+    fn default() -> Self {
+        Self {
+            over: false,
+            admitted_per_mille: 1000,
+            waited: Duration::ZERO,
+        }
+    }
 }
 
 impl Proxy {
@@ -114,19 +188,17 @@ impl Proxy {
     pub fn overload_state(&self) -> OverloadState {
         OverloadState {
             over: self.overload.over,
+            admitted_per_mille: u16::from(self.overload.admit) * 1000 / u16::from(RAMP_STEPS),
             waited: self.overload.waited,
         }
     }
 
     /// Whether `msg` is new work to refuse now: an out-of-dialog INVITE or a REGISTER
-    /// while over capacity. Called only for requests that match no server transaction.
-    pub(super) fn refuses_for_load(&self, method: &Method, msg: &Message) -> bool {
-        self.overload.over
-            && match method {
-                Method::Invite => msg.to_tag().is_none(),
-                Method::Register => true,
-                _ => false,
-            }
+    /// while over capacity, or beyond the admitted share while the proxy climbs back
+    /// after an episode. Called once per request, only for requests that match no
+    /// server transaction.
+    pub(super) fn refuses_for_load(&mut self, method: &Method, msg: &Message) -> bool {
+        is_new_work(method, msg) && self.overload.refuses()
     }
 
     /// The 503 for new work while over capacity, sent without a transaction (as a
@@ -136,9 +208,8 @@ impl Proxy {
     pub(super) fn refuse_for_load(&mut self, msg: &Message, flow: Flow) {
         self.stats.overload_refused += 1;
         let mut h = std::hash::DefaultHasher::new();
-        msg.header(sip_core::message::HeaderName::CallId)
-            .hash(&mut h);
-        msg.header(sip_core::message::HeaderName::From).hash(&mut h);
+        msg.header(HeaderName::CallId).hash(&mut h);
+        msg.header(HeaderName::From).hash(&mut h);
         let tag = format!("{TAG_PREFIX}{:016x}", h.finish());
         let retry = self.cfg.overload.retry_after.as_secs().max(1).to_string();
         let mut b = ResponseBuilder::new(msg, 503, "Service Unavailable")
@@ -154,10 +225,65 @@ impl Proxy {
         self.send(dest, b.to_vec().into());
     }
 
+    /// While over capacity, what overload control answers itself takes a short path
+    /// from the parsed header lines, before the validation of every header that
+    /// admitted requests get (RFC 6357 §5: refusing has to cost far less than serving):
+    /// the ACK of one of our 503s is dropped, a new INVITE or REGISTER refused. `false`
+    /// hands the message to the full path: any other message, a request that matches a
+    /// transaction (a retransmission) or carries a To tag (in-dialog), and one without
+    /// the Via, From, To, Call-ID and CSeq a 503 echoes.
+    pub(super) fn refuse_early(&mut self, data: &Bytes, flow: Flow) -> bool {
+        const CANDIDATES: [&[u8]; 3] = [b"ACK ", b"INVITE ", b"REGISTER "];
+        if !self.overload.over || !CANDIDATES.iter().any(|m| data.starts_with(m)) {
+            return false;
+        }
+        let Ok(msg) = Message::parse(data.clone()) else {
+            return false;
+        };
+        let Some(method) = msg.method().cloned() else {
+            return false;
+        };
+        if method == Method::Ack {
+            if Self::is_overload_ack(&msg) {
+                self.stats.traffic.request(&method);
+                return true;
+            }
+            return false;
+        }
+        if !is_new_work(&method, &msg)
+            || msg.top_via().is_err()
+            || msg.cseq().is_err()
+            || [HeaderName::CallId, HeaderName::From, HeaderName::To]
+                .into_iter()
+                .any(|h| msg.header(h).is_none())
+        {
+            return false;
+        }
+        let key = TxKey {
+            branch: super::validate::tx_key(&msg, &flow),
+            kind: Kind::of(&method),
+        };
+        if self.server.contains_key(&key) || self.absorbs(&key) {
+            return false;
+        }
+        self.stats.traffic.request(&method);
+        self.refuse_for_load(&msg, flow);
+        true
+    }
+
     /// The ACK of one of our overload 503s (its To tag is ours): nothing to do.
     pub(super) fn is_overload_ack(msg: &Message) -> bool {
         msg.to_tag()
             .is_some_and(|t| t.starts_with(TAG_PREFIX.as_bytes()))
+    }
+}
+
+/// New work overload control may refuse: an out-of-dialog INVITE, a REGISTER.
+fn is_new_work(method: &Method, msg: &Message) -> bool {
+    match method {
+        Method::Invite => msg.to_tag().is_none(),
+        Method::Register => true,
+        _ => false,
     }
 }
 

@@ -202,9 +202,13 @@ fn under_the_mark_everything_passes_and_hysteresis_holds() {
         status(&h.recv(ALICE, &invite("bob", "z9hG4bKu3", 70))),
         vec![503]
     );
-    // At the low mark it is back: calls and REGISTERs pass again.
+    // At the low mark it is back, and once admission has climbed back (a step per
+    // `sustain`), calls and REGISTERs pass again.
     report_wait(&mut h, ms(10));
     assert!(!h.proxy.overload_state().over);
+    h.advance(Duration::from_secs(1));
+    report_wait(&mut h, ms(10));
+    assert_eq!(h.proxy.overload_state().admitted_per_mille, 1000);
     call(&mut h, "z9hG4bKu4", 180);
     assert_eq!(
         status(&h.register("dave", "127.0.0.1:5091", 600)),
@@ -242,4 +246,67 @@ fn over_the_mark_refusal_comes_before_the_challenge() {
     assert!(out[0].1.header(HeaderName::ProxyAuthenticate).is_none());
     assert_eq!(h.proxy.auth.lock().failures, 0);
     assert_eq!(h.proxy.stats.overload_refused, 2);
+}
+
+/// Refusals take a short path (no validation of every header), but only for requests
+/// a 503 can answer: one without a Call-ID still gets the full path's 400, and the
+/// ACK of a refusal is dropped without reaching the dialog checks.
+#[test]
+fn over_the_mark_the_short_path_keeps_to_what_a_503_can_answer() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    report_wait(&mut h, ms(40));
+    let no_call_id: String = invite("bob", "z9hG4bKo7", 70)
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("Call-ID:"))
+        .collect();
+    let out = h.recv(ALICE, &no_call_id);
+    assert_eq!(status(&out), vec![400]);
+    assert_eq!(h.proxy.stats.overload_refused, 0);
+    let out = h.recv(ALICE, &invite("bob", "z9hG4bKo8", 70));
+    assert_eq!(status(&out), vec![503]);
+    let tag = String::from_utf8_lossy(out[0].1.to_tag().unwrap()).into_owned();
+    let ack = invite("bob", "z9hG4bKo8", 70)
+        .replace("INVITE sip", "ACK sip")
+        .replace("1 INVITE", "1 ACK")
+        .replace(
+            "To: <sip:bob@localhost>",
+            &format!("To: <sip:bob@localhost>;tag={tag}"),
+        );
+    let before = h.proxy.stats.clone();
+    assert!(h.recv(ALICE, &ack).is_empty());
+    assert_eq!(h.proxy.stats.received, before.received + 1);
+    assert_eq!(h.proxy.stats.bad_requests, before.bad_requests);
+    assert_eq!(h.proxy.stats.forged_dialogs, 0);
+    assert_eq!(h.proxy.stats.overload_refused, 1);
+}
+
+/// After an episode, admission climbs back by an eighth per `sustain` rather than
+/// letting in at once everything refused meanwhile: right after the low mark one new
+/// INVITE in eight passes, after four steps one in two, after eight all.
+#[test]
+fn after_an_episode_admission_climbs_back_in_steps() {
+    let mut h = Harness::new();
+    h.register("bob", BOB, 600);
+    report_wait(&mut h, ms(40));
+    assert!(h.proxy.overload_state().over);
+    h.proxy.handle_load(h.now, ms(5));
+    assert!(!h.proxy.overload_state().over);
+    let passed = |h: &mut Harness, tag: &str, n: usize| {
+        (0..n)
+            .filter(|i| {
+                let out = h.recv(ALICE, &invite("bob", &format!("z9hG4bK{tag}{i}"), 70));
+                status(&out) == vec![100]
+            })
+            .count()
+    };
+    assert_eq!(passed(&mut h, "r0x", 16), 2, "an eighth");
+    let sustain = crate::engine::OverloadSettings::default().sustain;
+    h.advance(sustain * 3);
+    h.proxy.handle_load(h.now, ms(5));
+    assert_eq!(passed(&mut h, "r3x", 16), 8, "a half");
+    h.advance(sustain * 4);
+    h.proxy.handle_load(h.now, ms(5));
+    assert_eq!(passed(&mut h, "r7x", 16), 16, "all");
+    assert_eq!(h.proxy.stats.overload_refused, 14 + 8);
 }
