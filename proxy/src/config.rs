@@ -854,7 +854,7 @@ pub const REFERENCE: &[KeyDoc] = &[
     key(
         "overload.sustain_ms",
         Is("100"),
-        "Over capacity only once the wait has stayed at `high_ms` or above this long, milliseconds: a short stall of the proxy's thread is not overload.",
+        "Over capacity only once the wait has stayed at `high_ms` or above this long, milliseconds: a short stall of the proxy's thread is not overload. After an episode, admission of new work climbs back one eighth per this long.",
     ),
     key(
         "overload.retry_after_s",
