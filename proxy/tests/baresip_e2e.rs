@@ -602,13 +602,14 @@ impl Baresip {
                     .iter()
                     .find_map(|l| l.strip_prefix("CSeq:"))
                     .unwrap_or_default();
-                // The body runs to the line that resets the trace's colour.
-                let body: Vec<String> = lines[i + 2 + head.len()..]
-                    .iter()
-                    .skip(1)
-                    .take_while(|l| !l.contains("[;m"))
-                    .map(|l| (*l).to_string())
-                    .collect();
+                // The body runs to the line that resets the trace's colour. A
+                // message whose reset is not written yet is still being printed (its
+                // body may be cut short): it is read on a later pass.
+                let rest = &lines[i + 2 + head.len()..];
+                let Some(end) = rest.iter().skip(1).position(|l| l.contains("[;m")) else {
+                    continue;
+                };
+                let body: Vec<String> = rest[1..=end].iter().map(|l| (*l).to_string()).collect();
                 messages.push(Traced {
                     transport: transport.to_string(),
                     from: from.to_string(),
