@@ -45,6 +45,19 @@ fn retry_after(m: &Message) -> Option<String> {
         .find_map(|l| l.strip_prefix("Retry-After: ").map(str::to_owned))
 }
 
+/// The ACK of the 503 `resp` to alice's INVITE with branch `branch` (RFC 3261
+/// §17.1.1.3: the INVITE's Via and CSeq number, the 503's To tag).
+fn ack_of_503(branch: &str, resp: &Message) -> String {
+    let tag = String::from_utf8_lossy(resp.to_tag().unwrap()).into_owned();
+    invite("bob", branch, 70)
+        .replace("INVITE sip", "ACK sip")
+        .replace("1 INVITE", "1 ACK")
+        .replace(
+            "To: <sip:bob@localhost>",
+            &format!("To: <sip:bob@localhost>;tag={tag}"),
+        )
+}
+
 fn cancel_of(invite: &str) -> String {
     invite
         .replace("INVITE sip", "CANCEL sip")
@@ -101,15 +114,7 @@ fn over_the_mark_new_invite_and_register_get_503_with_retry_after() {
     assert_eq!(again[0].1.to_tag(), resp.to_tag());
     // Its ACK (hop-by-hop, RFC 3261 §17.1.1.3) is absorbed: nothing sent, nothing
     // counted as a forged dialog.
-    let tag = String::from_utf8_lossy(resp.to_tag().unwrap()).into_owned();
-    let ack = invite("bob", "z9hG4bKo1", 70)
-        .replace("INVITE sip", "ACK sip")
-        .replace("1 INVITE", "1 ACK")
-        .replace(
-            "To: <sip:bob@localhost>",
-            &format!("To: <sip:bob@localhost>;tag={tag}"),
-        );
-    assert!(h.recv(ALICE, &ack).is_empty());
+    assert!(h.recv(ALICE, &ack_of_503("z9hG4bKo1", resp)).is_empty());
     assert_eq!(h.proxy.stats.forged_dialogs, 0);
 
     // REGISTER: 503 before any store write; the binding is not added.
@@ -265,16 +270,11 @@ fn over_the_mark_the_short_path_keeps_to_what_a_503_can_answer() {
     assert_eq!(h.proxy.stats.overload_refused, 0);
     let out = h.recv(ALICE, &invite("bob", "z9hG4bKo8", 70));
     assert_eq!(status(&out), vec![503]);
-    let tag = String::from_utf8_lossy(out[0].1.to_tag().unwrap()).into_owned();
-    let ack = invite("bob", "z9hG4bKo8", 70)
-        .replace("INVITE sip", "ACK sip")
-        .replace("1 INVITE", "1 ACK")
-        .replace(
-            "To: <sip:bob@localhost>",
-            &format!("To: <sip:bob@localhost>;tag={tag}"),
-        );
     let before = h.proxy.stats.clone();
-    assert!(h.recv(ALICE, &ack).is_empty());
+    assert!(
+        h.recv(ALICE, &ack_of_503("z9hG4bKo8", &out[0].1))
+            .is_empty()
+    );
     assert_eq!(h.proxy.stats.received, before.received + 1);
     assert_eq!(h.proxy.stats.bad_requests, before.bad_requests);
     assert_eq!(h.proxy.stats.forged_dialogs, 0);
