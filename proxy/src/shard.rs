@@ -20,6 +20,8 @@
 
 use std::hash::{BuildHasher, RandomState};
 
+use sip_core::message::{HeaderName, param, split_commas};
+
 use crate::route::branch_shard;
 
 /// Picks the shard of a received message.
@@ -54,15 +56,17 @@ impl Steering {
             let Some((name, value)) = split_header(line) else {
                 continue;
             };
-            if response && !seen_via && (is_name(name, b"via") || is_name(name, b"v")) {
+            let name = HeaderName::from_bytes(name);
+            if response && !seen_via && name == HeaderName::Via {
                 seen_via = true;
-                if let Some(s) = top_branch(value).and_then(branch_shard) {
+                let top = split_commas(value).next();
+                if let Some(s) = top.and_then(|v| param(v, b"branch")).and_then(branch_shard) {
                     let s = usize::from(s);
                     if s < self.shards {
                         return s;
                     }
                 }
-            } else if call_id.is_none() && (is_name(name, b"call-id") || is_name(name, b"i")) {
+            } else if call_id.is_none() && name == HeaderName::CallId {
                 call_id = Some(value.trim_ascii());
                 if !response {
                     break;
@@ -94,24 +98,6 @@ fn header_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
 fn split_header(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let colon = line.iter().position(|&b| b == b':')?;
     Some((line[..colon].trim_ascii(), &line[colon + 1..]))
-}
-
-fn is_name(name: &[u8], want: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(want)
-}
-
-/// The `branch` parameter of the first Via value of a header line.
-fn top_branch(value: &[u8]) -> Option<&[u8]> {
-    let first = value.split(|&b| b == b',').next()?;
-    first.split(|&b| b == b';').skip(1).find_map(|p| {
-        let (k, v) = match p.iter().position(|&b| b == b'=') {
-            Some(i) => (&p[..i], &p[i + 1..]),
-            None => (p, &b""[..]),
-        };
-        k.trim_ascii()
-            .eq_ignore_ascii_case(b"branch")
-            .then(|| v.trim_ascii())
-    })
 }
 
 #[cfg(test)]
