@@ -798,6 +798,7 @@ impl Proxy {
                         if let Err(e) = self.location.lock().purge(unix) {
                             tracing::warn!(error = %e, "purging expired bindings failed");
                         }
+                        self.purge_mailbox(now);
                     }
                     self.purge_store(now);
                     self.relay_purge();

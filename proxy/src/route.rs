@@ -155,12 +155,18 @@ pub const BRANCH_PREFIX: &str = "z9hG4bK-pm";
 /// The branch prefix of engine shard `shard` carrying `hash`; branches are
 /// `{prefix}.{n}`. Every branch the proxy creates starts with [`BRANCH_PREFIX`] and two
 /// hex digits naming the shard that sent it, so that its responses are steered back to
-/// that shard ([`crate::shard::steer`]).
+/// that shard ([`crate::shard::Steering`]).
 pub fn branch_for(shard: u8, hash: u64) -> String {
     format!("{BRANCH_PREFIX}{shard:02x}{hash:016x}")
 }
 
-/// The shard named by a branch of ours (see [`branch_for`]).
+/// A branch of shard `shard` for a request the proxy makes itself: `tag` tells the
+/// use apart (`q` the load query, `s` NOTIFYs and deliveries), `n` makes it unique.
+pub fn own_branch_for(shard: u8, tag: char, n: u64) -> String {
+    format!("{BRANCH_PREFIX}{shard:02x}{tag}{n:016x}")
+}
+
+/// The shard named by a branch of ours (see [`branch_for`], [`own_branch_for`]).
 pub fn branch_shard(branch: &[u8]) -> Option<u8> {
     let digits = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?.get(..2)?;
     u8::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()

@@ -16,7 +16,7 @@ use super::{Answered, ClientEntry, ClientTx, Kind, Proxy, Purpose, Target, TxKey
 use crate::auth::{Decision, Role};
 use crate::gate::QueryOutcome;
 use crate::location::{AtAddress, aor_key};
-use crate::route::{BRANCH_PREFIX, Flow, Identity, loop_hash, resolve};
+use crate::route::{Flow, Identity, loop_hash, own_branch_for, resolve};
 
 /// What the admit stage lets through: the local callee (for dialog counting and the
 /// load query) and the parties the dialog's seal names.
@@ -180,11 +180,7 @@ impl Proxy {
             let Some(local) = self.cfg.identity.local_for(t.transport, t.dest) else {
                 continue;
             };
-            let branch = format!(
-                "{BRANCH_PREFIX}{:02x}q{:016x}",
-                self.shard,
-                self.rng.random::<u64>()
-            );
+            let branch = own_branch_for(self.shard, 'q', self.rng.random::<u64>());
             let tag = self.tag();
             let call_id = format!("{:032x}@permit", self.rng.random::<u128>());
             let uri = t

@@ -29,7 +29,7 @@ use super::{ClientEntry, ClientTx, Kind, Proxy, Purpose, Shared, Target, TxKey};
 use crate::auth::Role;
 use crate::location::aor_key;
 use crate::mailbox::{DepositError, Item, ItemId, Mailbox, Slot, hex, summary};
-use crate::route::{BRANCH_PREFIX, Flow, Identity};
+use crate::route::{Flow, Identity, own_branch_for};
 use crate::upload::{ANNOUNCE_TYPE, Announce, FILE_TYPE, Purpose as UrlPurpose, Tokens};
 
 /// The event package of a transfer request.
@@ -599,11 +599,7 @@ Permit-Item: {};sha256={};stored={};expires={}\r\n",
 
     /// A branch for a request of our own (its responses match our prefix).
     pub(super) fn own_branch(&mut self) -> String {
-        format!(
-            "{BRANCH_PREFIX}{:02x}s{:016x}",
-            self.shard,
-            self.rng.random::<u64>()
-        )
+        own_branch_for(self.shard, 's', self.rng.random::<u64>())
     }
 
     /// Starts a client transaction for a request of our own.
@@ -672,8 +668,8 @@ Permit-Item: {};sha256={};stored={};expires={}\r\n",
         }
     }
 
-    /// Expired items and subscriptions go; bookkeeping of finished transactions too.
-    pub(super) fn purge_store(&mut self, now: Instant) {
+    /// Expired items go from the mailbox (a shared table: the first shard purges it).
+    pub(super) fn purge_mailbox(&mut self, now: Instant) {
         let unix = self.unix(now);
         let outcome = self.sf.mailbox.lock().purge_expired(unix);
         match outcome {
@@ -681,6 +677,10 @@ Permit-Item: {};sha256={};stored={};expires={}\r\n",
             Ok(n) => tracing::info!(items = n, "expired items deleted"),
             Err(e) => tracing::warn!(error = %e, "purging expired items failed"),
         }
+    }
+
+    /// This shard's expired subscriptions go; bookkeeping of finished transactions too.
+    pub(super) fn purge_store(&mut self, now: Instant) {
         self.sf.subs.expire(now);
         self.check_uploads(now);
         let client = &self.client;
