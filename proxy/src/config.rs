@@ -506,7 +506,6 @@ impl Config {
         })
     }
 
-    /// The engine's configuration, given the addresses actually bound.
     /// The number of engine shards to run: `shards`, or one per core when 0.
     pub fn shard_count(&self) -> usize {
         let n = match self.shards {
@@ -516,6 +515,7 @@ impl Config {
         n.clamp(1, 256)
     }
 
+    /// The engine's configuration, given the addresses actually bound.
     pub fn proxy_config(&self, bound: &[Listen]) -> ProxyConfig {
         let identity = Identity {
             domain: self.domain.clone(),
