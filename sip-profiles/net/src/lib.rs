@@ -111,8 +111,7 @@ impl NetStats {
 }
 
 /// Picks the engine shard of a received message: given by the engine's crate (this
-/// crate reads no SIP); its answer is taken modulo nothing — an index past the last
-/// shard means the last one.
+/// crate reads no SIP). An index past the last shard means the last one.
 pub type Steer = Arc<dyn Fn(&[u8]) -> usize + Send + Sync>;
 
 /// Where received messages go: one bounded queue per engine shard, picked by a
