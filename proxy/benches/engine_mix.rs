@@ -48,6 +48,10 @@ use sip_core::digest::Algorithm;
 use sip_core::message::{HeaderName, Message};
 use sip_core::transport::{Received, Transmit, Transport};
 
+/// The allocator of the `permit-proxy` binary (main.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PROXY: &str = "127.0.0.1:5060";
 const USERS: usize = 1_000;
 const SDP: &str = "v=0\r\no=- 2890844526 2890844526 IN IP4 10.0.0.1\r\ns=-\r\n\

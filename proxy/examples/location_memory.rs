@@ -24,6 +24,11 @@ use permit_proxy::store::{LocationStore, StoreError};
 use sip_core::message::Message;
 use sip_core::transport::Transport;
 
+/// The allocator of the `permit-proxy` binary (main.rs), so that the figure is the one
+/// the running proxy has.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Resident set in KiB (VmRSS from /proc/self/status).
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

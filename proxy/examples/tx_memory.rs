@@ -50,6 +50,11 @@ use rand::SeedableRng;
 use sip_core::message::{HeaderName, Message};
 use sip_core::transport::{Received, Transmit, Transport};
 
+/// The allocator of the `permit-proxy` binary (main.rs), so that the figure is the one
+/// the running proxy has.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PROXY: &str = "127.0.0.1:5060";
 const ALICE: &str = "127.0.0.1:5070";
 const BOB: &str = "127.0.0.1:5080";
