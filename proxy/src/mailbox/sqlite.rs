@@ -15,6 +15,7 @@
 //! An optional size cap (`PRAGMA max_page_count`) makes the store answer "full"
 //! before the disk is: a write past it fails with `SQLITE_FULL`, like a full disk.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -61,6 +62,12 @@ pub const FILE: &str = "mailbox.sqlite";
 pub struct SqliteItems {
     conn: Connection,
     files: PathBuf,
+    /// Owners that may have items waiting, and the `data_version` of the file when the
+    /// set was read: [`StoredItems::waiting`] runs for every REGISTER, and most owners
+    /// have nothing waiting. Another connection's commit (the upload listener, the
+    /// operator's CLI) moves `data_version` and the set is read again; this
+    /// connection's own writes add their owner.
+    owners: Option<(i64, HashSet<Box<str>>)>,
 }
 
 fn int(v: u64) -> i64 {
@@ -96,7 +103,39 @@ impl SqliteItems {
         Ok(Self {
             conn,
             files: dir.join(FILES),
+            owners: None,
         })
+    }
+
+    /// Whether `owner` may have items waiting: `false` only when the set of owners
+    /// with items, current as of the file's `data_version`, lacks it.
+    fn may_have_items(&mut self, owner: &str, unix_now: u64) -> Result<bool, MailboxError> {
+        let version: i64 = self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        let fresh = matches!(&self.owners, Some((v, _)) if *v == version);
+        if !fresh {
+            let set = self
+                .conn
+                .prepare_cached("SELECT DISTINCT owner FROM item WHERE expires_at > ?1")?
+                .query_map([int(unix_now)], |r| r.get::<_, String>(0))?
+                .map(|o| o.map(String::into_boxed_str))
+                .collect::<Result<HashSet<_>, _>>()?;
+            self.owners = Some((version, set));
+        }
+        Ok(self
+            .owners
+            .as_ref()
+            .is_some_and(|(_, set)| set.contains(owner)))
+    }
+
+    /// This connection stored an item for `owner` (its own commits do not move
+    /// `data_version`).
+    fn owner_added(&mut self, owner: &str) {
+        if let Some((_, set)) = &mut self.owners {
+            set.insert(owner.into());
+        }
     }
 
     /// Where the file of a complete upload is.
@@ -172,7 +211,9 @@ impl StoredItems for SqliteItems {
         if slot {
             return Err(MailboxError::Duplicate);
         }
-        insert(&self.conn, item)
+        insert(&self.conn, item)?;
+        self.owner_added(&item.owner);
+        Ok(())
     }
 
     fn get(&mut self, id: &ItemId) -> Result<Option<Item>, MailboxError> {
@@ -248,6 +289,9 @@ impl StoredItems for SqliteItems {
     }
 
     fn waiting(&mut self, owner: &str, unix_now: u64) -> Result<Usage, MailboxError> {
+        if !self.may_have_items(owner, unix_now)? {
+            return Ok(Usage::default());
+        }
         // `+expires_at`: the owner index alone, so the plan does not depend on the
         // bound values and the statement is not prepared again for each REGISTER.
         let (items, bytes): (i64, i64) = self
@@ -259,6 +303,11 @@ impl StoredItems for SqliteItems {
             .query_row(params![owner, int(unix_now)], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
+        if items == 0
+            && let Some((_, set)) = &mut self.owners
+        {
+            set.remove(owner);
+        }
         Ok(Usage {
             items: uint(items),
             bytes: uint(bytes),
@@ -360,6 +409,7 @@ impl StoredItems for SqliteItems {
         }
         insert(&tx, item)?;
         tx.commit()?;
+        self.owner_added(&item.owner);
         Ok(true)
     }
 }

@@ -41,6 +41,14 @@ fn contract(s: &mut dyn StoredItems) {
         .collect();
     assert_eq!(listed, vec![a.id, b.id], "oldest first, only the owner's");
     assert_eq!(s.list("bob@x", 1050, 1).unwrap().len(), 1);
+    assert_eq!(
+        s.waiting("bob@x", 1050).unwrap(),
+        Usage {
+            items: 2,
+            bytes: 30
+        }
+    );
+    assert_eq!(s.waiting("alice@x", 1050).unwrap(), Usage::default());
     assert_eq!(s.list("bob@x", 1050, 10).unwrap()[1], b.meta());
     assert_eq!(
         s.usage_of_owner("bob@x", 1050).unwrap(),
@@ -64,7 +72,52 @@ fn contract(s: &mut dyn StoredItems) {
     assert!(s.delete(&b.id).unwrap());
     assert!(!s.delete(&b.id).unwrap(), "a second delete finds nothing");
     assert_eq!(s.list("bob@x", 0, 10).unwrap(), vec![]);
+    assert_eq!(s.waiting("bob@x", 0).unwrap(), Usage::default());
     assert_eq!(s.get(&c.id).unwrap().map(|i| i.sha256), Some(c.sha256));
+    // An owner seen empty, then given an item, has it waiting.
+    assert_eq!(s.waiting("erin@x", 1050).unwrap().items, 0);
+    s.put(&item(4, "erin@x", "alice@x", 7, 1003)).unwrap();
+    assert_eq!(s.waiting("erin@x", 1050).unwrap().items, 1);
+}
+
+/// The SQLite store answers `waiting` from its set of owners with items; what another
+/// connection to the same file commits (the upload listener completing a file, the
+/// operator's CLI deleting an item) is seen by the next call.
+#[test]
+fn sqlite_waiting_sees_the_writes_of_other_connections() {
+    let d = dir("waiting");
+    let mut engine_side = SqliteItems::open(&d, 0).unwrap();
+    let mut other = SqliteItems::open(&d, 0).unwrap();
+    assert_eq!(
+        engine_side.waiting("bob@x", 1050).unwrap(),
+        Usage::default()
+    );
+
+    other.put(&item(1, "bob@x", "alice@x", 10, 1000)).unwrap();
+    assert_eq!(
+        engine_side.waiting("bob@x", 1050).unwrap(),
+        Usage {
+            items: 1,
+            bytes: 10
+        }
+    );
+
+    // An upload slot completed by the other connection becomes an item waiting.
+    other.put_slot(&slot(2, 64, 5000)).unwrap();
+    assert_eq!(engine_side.waiting("dave@x", 1050).unwrap().items, 0);
+    let mut done = item(2, "dave@x", "alice@x", 3, 1001);
+    done.content_type = crate::upload::FILE_TYPE.into();
+    assert!(other.complete_slot(&done).unwrap());
+    assert_eq!(engine_side.waiting("dave@x", 1050).unwrap().items, 1);
+
+    assert!(other.delete(&ItemId([1; 16])).unwrap());
+    assert_eq!(
+        engine_side.waiting("bob@x", 1050).unwrap(),
+        Usage::default()
+    );
+    // Expired items are not waiting.
+    assert_eq!(engine_side.waiting("dave@x", 999_999).unwrap().items, 0);
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
