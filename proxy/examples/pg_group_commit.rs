@@ -44,7 +44,7 @@ fn main() {
                         q: 1000,
                         call_id: CallIdHash::of(&n.to_string()),
                         cseq: 1,
-                        path: Vec::new(),
+                        path: Vec::new().into(),
                         source: None,
                         max_calls: None,
                         load_query: true,

@@ -578,7 +578,7 @@ mod tests {
             q: 500,
             call_id: CallIdHash::of("c"),
             cseq: 1,
-            path: vec![],
+            path: crate::location::PathList::default(),
             source: None,
             max_calls: None,
             load_query: true,

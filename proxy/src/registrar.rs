@@ -145,7 +145,7 @@ pub fn handle_register(
             q,
             call_id: call_hash,
             cseq: cseq.seq,
-            path: path.clone(),
+            path: path.clone().into(),
             source: Some(source),
             max_calls: c
                 .param(crate::gate::MAX_CALLS_PARAM)

@@ -266,7 +266,7 @@ mod tests {
             q: 500,
             call_id: CallIdHash::of("c1"),
             cseq: 7,
-            path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()],
+            path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()].into(),
             source: Some((Transport::Tcp, "127.0.0.1:5099".parse().unwrap())),
             max_calls: Some(2),
             load_query: false,

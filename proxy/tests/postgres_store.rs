@@ -47,7 +47,7 @@ fn binding(contact: &str, expires_at: u64) -> Binding {
         q: 500,
         call_id: CallIdHash::of("c1"),
         cseq: 7,
-        path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()],
+        path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()].into(),
         source: Some((Transport::Tcp, "127.0.0.1:5099".parse().unwrap())),
         max_calls: Some(2),
         load_query: false,

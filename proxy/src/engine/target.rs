@@ -112,7 +112,7 @@ impl Proxy {
                 };
                 Some(Target {
                     uri: Some(b.contact.to_string()),
-                    route: b.path.clone(),
+                    route: b.path.to_vec(),
                     transport,
                     dest,
                     max_calls: b.max_calls,

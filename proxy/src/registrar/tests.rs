@@ -62,7 +62,7 @@ fn add_refresh_remove() {
     );
     let b = &l.bindings("bob@localhost")[0];
     assert_eq!(
-        (b.q, b.path.clone()),
+        (b.q, b.path.to_vec()),
         (500, vec!["<sip:edge.example;lr>".to_owned()])
     );
     // Refresh one, remove the other with expires=0.
