@@ -82,7 +82,7 @@ fn contract(s: &mut dyn StoredItems) {
 
 /// The SQLite store answers `waiting` from its set of owners with items; what another
 /// connection to the same file commits (the upload listener completing a file, the
-/// operator's CLI deleting an item) is seen by the next call.
+/// operator's CLI deleting an item) is seen from the next second on.
 #[test]
 fn sqlite_waiting_sees_the_writes_of_other_connections() {
     let d = dir("waiting");
@@ -95,7 +95,7 @@ fn sqlite_waiting_sees_the_writes_of_other_connections() {
 
     other.put(&item(1, "bob@x", "alice@x", 10, 1000)).unwrap();
     assert_eq!(
-        engine_side.waiting("bob@x", 1050).unwrap(),
+        engine_side.waiting("bob@x", 1051).unwrap(),
         Usage {
             items: 1,
             bytes: 10
@@ -104,15 +104,21 @@ fn sqlite_waiting_sees_the_writes_of_other_connections() {
 
     // An upload slot completed by the other connection becomes an item waiting.
     other.put_slot(&slot(2, 64, 5000)).unwrap();
-    assert_eq!(engine_side.waiting("dave@x", 1050).unwrap().items, 0);
+    assert_eq!(engine_side.waiting("dave@x", 1052).unwrap().items, 0);
     let mut done = item(2, "dave@x", "alice@x", 3, 1001);
     done.content_type = crate::upload::FILE_TYPE.into();
     assert!(other.complete_slot(&done).unwrap());
-    assert_eq!(engine_side.waiting("dave@x", 1050).unwrap().items, 1);
+    assert_eq!(engine_side.waiting("dave@x", 1053).unwrap().items, 1);
+
+    // This connection's own deposit is seen within the same second.
+    engine_side
+        .put(&item(3, "erin@x", "alice@x", 4, 1002))
+        .unwrap();
+    assert_eq!(engine_side.waiting("erin@x", 1053).unwrap().items, 1);
 
     assert!(other.delete(&ItemId([1; 16])).unwrap());
     assert_eq!(
-        engine_side.waiting("bob@x", 1050).unwrap(),
+        engine_side.waiting("bob@x", 1054).unwrap(),
         Usage::default()
     );
     // Expired items are not waiting.
