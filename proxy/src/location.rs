@@ -80,6 +80,14 @@ impl std::ops::Deref for PathList {
     }
 }
 
+/// The addresses a binding set is indexed under, sorted, each once.
+fn address_set(bindings: &[Binding]) -> Vec<SocketAddr> {
+    let mut all: Vec<SocketAddr> = bindings.iter().flat_map(Location::addresses).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// Bindings by AOR (`user@domain`, host lowercased). Known AORs without live bindings
 /// are kept so that "never registered" (404) and "not reachable now" (480) differ.
 pub struct Location {
@@ -477,10 +485,19 @@ impl Location {
 
     /// Makes stored bindings visible.
     fn commit(&mut self, key: Arc<str>, bindings: Box<[Binding]>) {
-        if let Some(old) = self.aors.remove(&key) {
-            self.unindex(&key, &old);
+        let old = self.aors.remove(&key);
+        // A refresh keeps its addresses: the index is right as it is (with thousands
+        // of AORs behind one address, re-indexing is a removal and an insertion in a
+        // large table per REGISTER).
+        let same = old
+            .as_deref()
+            .is_some_and(|old| address_set(old) == address_set(&bindings));
+        if !same {
+            if let Some(old) = &old {
+                self.unindex(&key, old);
+            }
+            self.index(&key, &bindings);
         }
-        self.index(&key, &bindings);
         self.aors.insert(key, bindings);
     }
 
@@ -657,6 +674,45 @@ mod tests {
         l.replace("u1@x", Vec::new()).unwrap();
         assert_eq!(l.at_address(addr), AtAddress::Nobody);
         assert!(!l.anyone_at(addr));
+    }
+
+    /// A refresh at the same addresses leaves the index as it is; one that moves the
+    /// contact or the source re-indexes the AOR under the new addresses only.
+    #[test]
+    fn a_refresh_keeps_or_moves_the_address_index() {
+        let mut l = Location::open(Box::new(MemoryStore::default())).unwrap();
+        let (a, b, nat) = ("192.0.2.5:5070", "192.0.2.6:5070", "203.0.113.1:40000");
+        let at = |l: &Location, x: &str| l.at_address(x.parse().unwrap());
+        let bob = || AtAddress::Aors(vec![Arc::from("bob@x")]);
+        l.replace("bob@x", vec![binding(&format!("sip:bob@{a}"), a)])
+            .unwrap();
+        l.replace("bob@x", vec![binding(&format!("sip:bob@{a}"), a)])
+            .unwrap();
+        assert_eq!(at(&l, a), bob());
+        // Same contact, new source (a NAT binding changed): both addresses, then only
+        // the contact's once the source is the contact's again.
+        l.replace("bob@x", vec![binding(&format!("sip:bob@{a}"), nat)])
+            .unwrap();
+        assert_eq!((at(&l, a), at(&l, nat)), (bob(), bob()));
+        l.replace("bob@x", vec![binding(&format!("sip:bob@{b}"), b)])
+            .unwrap();
+        assert_eq!(at(&l, a), AtAddress::Nobody);
+        assert_eq!(at(&l, nat), AtAddress::Nobody);
+        assert_eq!(at(&l, b), bob());
+        // Two bindings at one address, then one of them gone: still indexed there.
+        l.replace(
+            "bob@x",
+            vec![
+                binding(&format!("sip:bob@{b}"), b),
+                binding(&format!("sip:bob2@{b}"), b),
+            ],
+        )
+        .unwrap();
+        l.replace("bob@x", vec![binding(&format!("sip:bob2@{b}"), b)])
+            .unwrap();
+        assert_eq!(at(&l, b), bob());
+        l.replace("bob@x", Vec::new()).unwrap();
+        assert_eq!(at(&l, b), AtAddress::Nobody);
     }
 
     #[test]
