@@ -221,6 +221,14 @@ impl LocationStore for SqliteStore {
     }
 }
 
+/// SQLite's `data_version` of `conn`'s database file: it moves when another connection
+/// commits (this connection's own commits leave it), so a cache kept beside a
+/// connection (users, permit lists, owners with items) knows when to read again.
+pub(crate) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
+}
+
 /// Replaces the bindings of `aor` inside `tx`.
 fn put_in(tx: &Transaction<'_>, aor: &str, bindings: &[Binding]) -> Result<(), StoreError> {
     tx.prepare_cached("INSERT OR IGNORE INTO aor (aor) VALUES (?1)")?

@@ -271,9 +271,7 @@ impl SqliteUsers {
     /// Reloads the cache if the table changed since it was filled (SQLite's
     /// `data_version` moves on writes by other connections: one cheap pragma read).
     fn reload_if_changed(&mut self) -> Result<(), StoreError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let version = crate::store::data_version(&self.conn)?;
         if self.seen_version == Some(version) {
             return Ok(());
         }

@@ -126,10 +126,7 @@ impl SqliteItems {
             .as_ref()
             .is_some_and(|o| o.checked_at == unix_now);
         if !checked {
-            let version: i64 = self
-                .conn
-                .prepare_cached("PRAGMA data_version")?
-                .query_row([], |r| r.get(0))?;
+            let version = crate::store::data_version(&self.conn)?;
             match &mut self.owners {
                 Some(o) if o.version == version => o.checked_at = unix_now,
                 _ => {

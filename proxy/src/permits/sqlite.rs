@@ -92,10 +92,7 @@ impl SqlitePermitStore {
     }
 
     fn data_version(&self) -> Result<i64, PermitError> {
-        Ok(self
-            .conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?)
+        Ok(crate::store::data_version(&self.conn)?)
     }
 
     /// Runs `edit` on `callee`'s list inside one immediate transaction after checking
