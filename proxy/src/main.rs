@@ -129,13 +129,13 @@ enum UserCommand {
     /// Add a user (the password is read from stdin when --password is not given).
     Add {
         name: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         password: Option<String>,
     },
     /// Change a user's password.
     Passwd {
         name: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         password: Option<String>,
     },
     /// Delete a user.

@@ -42,7 +42,7 @@ struct Global {
     #[arg(long, global = true)]
     user: Option<String>,
     /// Your password (or the environment variable PERMIT_UA_PASSWORD).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_hyphen_values = true)]
     password: Option<String>,
     /// Your domain (default: the proxy's host).
     #[arg(long, global = true)]
@@ -164,7 +164,12 @@ struct InboxArgs {
 struct SendArgs {
     aor: String,
     /// The text to send.
-    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    #[arg(
+        long,
+        conflicts_with = "file",
+        required_unless_present = "file",
+        allow_hyphen_values = true
+    )]
     text: Option<String>,
     /// The file to send.
     #[arg(long)]
@@ -173,7 +178,8 @@ struct SendArgs {
     #[arg(long, requires = "to_key")]
     secret: bool,
     /// The callee's public key (`permit-ua key` prints it), or a file holding it.
-    #[arg(long)]
+    /// Keys are base64url, so one in 64 starts with `-`: taken as a value here.
+    #[arg(long, allow_hyphen_values = true)]
     to_key: Option<String>,
     /// Through the proxy even when the callee is free (no direct mode).
     #[arg(long)]
@@ -438,4 +444,37 @@ async fn run_send(driver: Driver, out: Output, args: SendArgs) -> u8 {
         ephemeral: rand::random(),
     };
     send::run_send(driver, out, &args.aor, payload, opts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Cli, Command};
+    use clap::Parser;
+
+    /// Values that start with `-` are values, not flags: a base64url public key
+    /// does one time in 64, and a password or a text may.
+    #[test]
+    fn values_that_start_with_a_dash_parse() {
+        let key = "-iXb1kTqN0p3J5cQm2Yd7s8uVwA4eR6tFgHjKlZxC9o";
+        let cli = Cli::try_parse_from([
+            "permit-ua",
+            "--password",
+            "-pw",
+            "send",
+            "bob",
+            "--text",
+            "-- a note",
+            "--secret",
+            "--to-key",
+            key,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.global.password.as_deref(), Some("-pw"));
+        let Command::Send(args) = cli.command else {
+            panic!("not send")
+        };
+        assert_eq!(args.to_key.as_deref(), Some(key));
+        assert_eq!(args.text.as_deref(), Some("-- a note"));
+        assert!(args.secret);
+    }
 }
