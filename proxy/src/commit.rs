@@ -7,6 +7,9 @@
 //! The engine sends a REGISTER's 200 only after the group holding its write committed
 //! (engine `settle_writes`), so kill -9 loses no binding that was answered 200; a group
 //! that fails is reported as failed and its REGISTERs get 500.
+//!
+//! [`PermitWorker`] does the same for the callees' own list changes (management
+//! PUBLISH): written on its thread, answered by the engine once committed.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -15,6 +18,8 @@ use std::thread::JoinHandle;
 use tokio::sync::Notify;
 
 use crate::location::{QueueFull, Settled, WriteBehind};
+use crate::manage::{self, ManageReply, PermitWriter, PublishJob};
+use crate::permits::Permits;
 use crate::store::{LocationStore, Write};
 
 /// Limits of the store worker.
@@ -126,6 +131,77 @@ fn worker(
         for w in wake {
             w.notify_one();
         }
+    }
+}
+
+/// The permit writer of the running proxy (shell side of [`PermitWriter`]): one
+/// thread that applies management PUBLISHes to the permit lists through its own
+/// connection (a `Permits` opened for administration, as the CLI's), one at a time,
+/// each committed before its reply goes back. The engine's table learns of the change
+/// through the store's change log (`Permits::refresh_now`) before the engine answers.
+pub struct PermitWorker {
+    to_worker: SyncSender<PermitJob>,
+}
+
+struct PermitJob {
+    publish: PublishJob,
+    reply: mpsc::Sender<(u64, ManageReply)>,
+    wake: Arc<Notify>,
+}
+
+/// PUBLISHes queued for the permit writer (all shards together); more get 503.
+const PERMIT_QUEUE: usize = 1_024;
+
+impl PermitWorker {
+    /// Starts the writer thread on `permits`.
+    pub fn spawn(mut permits: Permits) -> std::io::Result<Self> {
+        let (to_worker, jobs) = mpsc::sync_channel::<PermitJob>(PERMIT_QUEUE);
+        std::thread::Builder::new()
+            .name("permit-lists".into())
+            .spawn(move || {
+                while let Ok(job) = jobs.recv() {
+                    let PublishJob { id, owner, msg } = job.publish;
+                    let r = manage::handle_publish(&mut permits, &owner, &msg);
+                    if job.reply.send((id, r)).is_ok() {
+                        job.wake.notify_one();
+                    }
+                }
+            })?;
+        Ok(Self { to_worker })
+    }
+
+    /// A handle for one engine shard, woken through `wake` when a reply is ready.
+    pub fn handle(&self, wake: Arc<Notify>) -> PermitHandle {
+        let (reply, done) = mpsc::channel();
+        PermitHandle {
+            to_worker: self.to_worker.clone(),
+            reply,
+            done,
+            wake,
+        }
+    }
+}
+
+/// One shard's [`PermitWriter`].
+pub struct PermitHandle {
+    to_worker: SyncSender<PermitJob>,
+    reply: mpsc::Sender<(u64, ManageReply)>,
+    done: Receiver<(u64, ManageReply)>,
+    wake: Arc<Notify>,
+}
+
+impl PermitWriter for PermitHandle {
+    fn submit(&mut self, publish: PublishJob) -> Result<(), QueueFull> {
+        let job = PermitJob {
+            publish,
+            reply: self.reply.clone(),
+            wake: self.wake.clone(),
+        };
+        self.to_worker.try_send(job).map_err(|_| QueueFull)
+    }
+
+    fn poll_done(&mut self) -> Option<(u64, ManageReply)> {
+        self.done.try_recv().ok()
     }
 }
 
@@ -269,5 +345,45 @@ mod tests {
         drop(held);
         let s = wait(&mut gc);
         assert!(s.ok);
+    }
+
+    #[test]
+    fn the_permit_worker_commits_a_publish_then_replies_and_wakes_its_shard() {
+        use crate::permits::Aor;
+        use crate::store::Durability;
+        use sip_core::message::Message;
+
+        let dir = std::env::temp_dir().join(format!("permit-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let worker =
+            PermitWorker::spawn(Permits::open_admin(&dir, Durability::Normal).unwrap()).unwrap();
+        let wake = Arc::new(Notify::new());
+        let mut handle = worker.handle(wake.clone());
+        let body = r#"{"add":["alice@localhost"]}"#;
+        let publish = format!(
+            "PUBLISH sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKw1\r\n\
+From: <sip:bob@localhost>;tag=1\r\nTo: <sip:bob@localhost>\r\nCall-ID: w1\r\n\
+CSeq: 1 PUBLISH\r\nEvent: permit-list\r\nContent-Type: application/permit-list+json\r\n\
+Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let msg = Message::parse(bytes::Bytes::from(publish)).unwrap();
+        let owner = Aor::parse("bob@localhost").unwrap();
+        handle.submit(PublishJob { id: 7, owner, msg }).unwrap();
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let woken = rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified()).await
+        });
+        assert!(woken.is_ok(), "the shard was not woken");
+        let (id, reply) = handle.poll_done().expect("a reply once woken");
+        assert_eq!((id, reply.status), (7, 200));
+        // Committed before the reply: a fresh connection reads it.
+        let mut reread = Permits::open(&dir, Durability::Normal).unwrap();
+        assert!(reread.is_permitted("bob@localhost", "alice@localhost"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -240,6 +240,10 @@ pub struct Proxy {
     relay: Option<relay::RelayHook>,
     /// REGISTERs whose 200 waits for the store worker (oldest first).
     held: VecDeque<local::HeldRegister>,
+    /// Where management PUBLISHes are written (`None`: on this thread, at once).
+    publisher: Option<Box<dyn crate::manage::PermitWriter>>,
+    /// Management PUBLISHes waiting for their write, by job id.
+    publishing: HashMap<u64, (TxKey, Message)>,
     /// The operator's commands (engine::control), when an admin API runs.
     control: Option<crate::control::Control>,
     /// Over capacity or not, from the shell's measure of how long input waits.
@@ -295,6 +299,8 @@ impl Proxy {
             heap: BinaryHeap::new(),
             out: VecDeque::new(),
             held: VecDeque::new(),
+            publisher: None,
+            publishing: HashMap::new(),
             rng,
             control: None,
             overload: overload::Overload::default(),
@@ -341,6 +347,8 @@ impl Proxy {
             sf: self.sf.for_shard(),
             relay: None,
             held: VecDeque::new(),
+            publisher: None,
+            publishing: HashMap::new(),
             control: None,
             overload: overload::Overload::default(),
             board: self.board.clone(),
@@ -402,6 +410,9 @@ impl Proxy {
         self.stats.received += 1;
         if !self.held.is_empty() {
             self.settle_writes(now);
+        }
+        if !self.publishing.is_empty() {
+            self.settle_publishes(now);
         }
         let flow = Flow {
             transport: rx.transport,
@@ -816,6 +827,7 @@ impl Proxy {
     /// Work finished outside the engine: the store worker settled writes.
     pub fn handle_wake(&mut self, now: Instant) {
         self.settle_writes(now);
+        self.settle_publishes(now);
         self.handle_control(now);
     }
 
@@ -891,6 +903,8 @@ mod hole_tests;
 mod overload_tests;
 #[cfg(test)]
 mod permit_tests;
+#[cfg(test)]
+mod publish_tests;
 #[cfg(test)]
 mod relay_tests;
 #[cfg(test)]

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use clap::{Parser, Subcommand};
 use permit_proxy::auth::{Auth, UserDirectory};
-use permit_proxy::commit::{GroupCommit, GroupLimits};
+use permit_proxy::commit::{GroupCommit, GroupLimits, PermitWorker};
 use permit_proxy::config::{Backend, Config, DEFAULT_DOMAIN, Overrides};
 use permit_proxy::engine::Proxy;
 use permit_proxy::location::Location;
@@ -583,6 +583,26 @@ fn open_permits(
     }
 }
 
+/// The permit writer: list changes from management PUBLISH are written on its own
+/// thread and connection (administration mode, as the CLI's), off the engine shards.
+fn start_permit_writer(
+    cfg: &Config,
+    node: &pg::NodeId,
+    heard: &pg::listen::Heard,
+) -> Result<PermitWorker, String> {
+    let permits = match &cfg.backend {
+        Backend::Sqlite => {
+            Permits::open_admin(&cfg.data, cfg.durability).map_err(|e| e.to_string())?
+        }
+        Backend::Postgres(url) => {
+            let store = pg::PgPermitStore::open(url, node.clone(), heard.permits.clone())
+                .map_err(|e| e.to_string())?;
+            Permits::admin_with_store(Box::new(store))
+        }
+    };
+    PermitWorker::spawn(permits).map_err(|e| format!("permit writer thread: {e}"))
+}
+
 /// The TLS listeners' certificate and peer checks, when configured.
 fn tls_settings(cfg: &Config) -> Result<Option<sip_net::TlsSettings>, String> {
     let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
@@ -677,8 +697,16 @@ fn run(cfg: &Config) -> ExitCode {
         let mut proxy_cfg = cfg.proxy_config(&net.bound);
         proxy_cfg.route_keys = Some(route_keys);
         proxy_cfg.token_keys = Some(token_keys);
+        let permit_writer = match start_permit_writer(cfg, &node, &heard) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("permit-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
         proxy.set_mailbox(mailbox, cfg.store.enabled);
+        proxy.set_permit_writer(Box::new(permit_writer.handle(wake.clone())));
         let relay = match start_relay(cfg, seed) {
             Ok(r) => r,
             Err(e) => {
@@ -697,6 +725,7 @@ fn run(cfg: &Config) -> ExitCode {
             .map(|(i, (net, wake))| {
                 let index = u8::try_from(i + 1).unwrap_or(u8::MAX);
                 let mut shard = proxy.new_shard(index, now, seed.rotate_left(7) ^ (i as u64 + 1));
+                shard.set_permit_writer(Box::new(permit_writer.handle(wake.clone())));
                 if let Some((table, audio)) = &relay {
                     shard.set_relay(Box::new(table.clone()), *audio);
                 }

@@ -7,6 +7,7 @@
 use serde::Deserialize;
 use sip_core::message::{HeaderName, Message, trim};
 
+use crate::location::QueueFull;
 use crate::permits::{Aor, PermitEntry, PermitError, Permits};
 
 /// The event package of list management (RFC 3903 §4: PUBLISH names a package).
@@ -43,6 +44,27 @@ fn reply(status: u16, reason: &'static str) -> ManageReply {
         headers: vec![],
         body: None,
     }
+}
+
+/// An authorised management PUBLISH, handed to a [`PermitWriter`].
+#[derive(Debug)]
+pub struct PublishJob {
+    /// The engine's number for the request (returned with its reply).
+    pub id: u64,
+    /// The list's owner, authenticated.
+    pub owner: Aor,
+    pub msg: Message,
+}
+
+/// Where the engine sends management PUBLISHes, so that a list's write (a committed
+/// transaction, an fsync with `durability = "full"`) runs off the engine's thread. The
+/// engine answers a PUBLISH only with the reply for it, which comes after the write
+/// committed (or failed): an answered change survives kill -9, as before.
+pub trait PermitWriter: Send {
+    /// Queues `job`; [`QueueFull`] when too many wait (the engine answers 503).
+    fn submit(&mut self, job: PublishJob) -> Result<(), QueueFull>;
+    /// A finished job's reply, if any (in no particular order).
+    fn poll_done(&mut self) -> Option<(u64, ManageReply)>;
 }
 
 /// Whether `msg` is a list-management request (by its Event header).

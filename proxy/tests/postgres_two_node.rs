@@ -1,6 +1,7 @@
 //! Two `permit-proxy` nodes on one PostgreSQL database (docs/operations.md
 //! "PostgreSQL"): a UA registered at node A is reachable by a caller at node B; a
-//! permit added with node A's CLI gates calls at node B without a restart; an item
+//! permit added with node A's CLI gates calls at node B without a restart, one a callee
+//! adds by PUBLISH at node A gates calls at A at once and at B soon after; an item
 //! deposited at A is fetched at B exactly once; after kill -9 of A, B keeps serving
 //! and nothing A answered is lost.
 //!
@@ -514,6 +515,30 @@ fn two_nodes_share_registrations_permits_and_stored_items() {
     );
     eprintln!("node B gated with the new permit {waited:?} after the CLI returned");
     assert_eq!(callee.invites(), before + 1, "carol's INVITE reached bob");
+
+    // 3. bob adds erin himself (management PUBLISH at A, written by A's permit writer
+    //    on its own connection): a call right after the 200 passes A's gate; B's gate
+    //    follows.
+    let body = format!(r#"{{"add":["erin@{DOMAIN}"]}}"#);
+    let got = Ua::new("bob").request(
+        a,
+        "PUBLISH",
+        &format!("sip:bob@{DOMAIN}"),
+        "Event: permit-list\r\nContent-Type: application/permit-list+json\r\n",
+        body.as_bytes(),
+    );
+    assert_eq!(Ua::final_status(&got), Some(200), "PUBLISH: {got:?}");
+    assert_eq!(
+        call("erin", a, "bob"),
+        Some(486),
+        "erin -> bob at A right after the PUBLISH's 200"
+    );
+    until_status(
+        Duration::from_secs(10),
+        "erin -> bob through node B after bob's PUBLISH at A",
+        486,
+        || call("erin", b, "bob"),
+    );
 
     let (mut alice, mut dave) = (Ua::new("alice"), Ua::new("dave"));
     fetched_once_at_b(&bed, (a, b), &mut alice, &mut dave);

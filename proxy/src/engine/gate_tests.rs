@@ -22,15 +22,20 @@ fn gated(load_query: bool) -> Harness {
     })
 }
 
-pub(super) fn gated_with(gate: GateSettings) -> Harness {
+/// alice and bob (`users()`), and mallory (password `evil`).
+pub(super) fn gate_users() -> crate::users::MemoryUsers {
     let mut users = users();
     users.users.insert(
         "mallory".into(),
         crate::users::UserRecord::new("mallory", "localhost", "evil"),
     );
+    users
+}
+
+pub(super) fn gated_with(gate: GateSettings) -> Harness {
     Harness::with(
         AuthSettings::default(),
-        users,
+        gate_users(),
         gate,
         permits(&[("bob@localhost", &["alice@localhost"])]),
     )
@@ -78,7 +83,7 @@ Content-Length: 0
 }
 
 /// An INVITE from `user` (password `pw`) to `to`, authenticated after its 407.
-fn authed_invite(
+pub(super) fn authed_invite(
     h: &mut Harness,
     user: &str,
     pw: &str,
@@ -268,7 +273,14 @@ fn full_callee_gets_486_without_a_query() {
     assert_eq!(h.proxy.stats.busy, 1);
 }
 
-fn publish(user: &str, owner: &str, n: u32, auth: Option<&str>, extra: &str, body: &str) -> String {
+pub(super) fn publish(
+    user: &str,
+    owner: &str,
+    n: u32,
+    auth: Option<&str>,
+    extra: &str,
+    body: &str,
+) -> String {
     let auth = auth
         .map(|a| format!("Authorization: {a}\n"))
         .unwrap_or_default();

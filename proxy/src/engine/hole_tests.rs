@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 
 use sip_core::message::{HeaderName, Message, Method};
 
-use super::auth_tests::{challenges, credentials, register, users};
+use super::auth_tests::{challenges, credentials, register};
+use super::gate_tests::gate_users;
 use super::tests::{Harness, addr, permits, status};
 use crate::auth::AuthSettings;
 use crate::gate::GateSettings;
@@ -19,11 +20,7 @@ const MALLORY: &str = "127.0.0.1:5090";
 
 /// alice, bob and mallory; bob's list holds alice, alice's list holds mallory.
 fn harness() -> Harness {
-    let mut users = users();
-    users.users.insert(
-        "mallory".into(),
-        crate::users::UserRecord::new("mallory", "localhost", "evil"),
-    );
+    let users = gate_users();
     let gate = GateSettings {
         load_query: false,
         ..GateSettings::default()

@@ -16,6 +16,12 @@ use crate::registrar::{Registered, handle_register};
 pub(super) const ALLOW: &[u8] = b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH";
 
 impl Proxy {
+    /// Writes management PUBLISHes through `writer` (off this thread) instead of on
+    /// this thread; each shard gets its own handle.
+    pub fn set_permit_writer(&mut self, writer: Box<dyn manage::PermitWriter>) {
+        self.publisher = Some(writer);
+    }
+
     /// PUBLISH of a callee's own list (docs/profile.md "Managing the list"): the
     /// request is authenticated as for the registrar (401) and only the owner of the
     /// AOR may change it (403 otherwise, and without authentication).
@@ -43,7 +49,54 @@ impl Proxy {
         if who.username != user {
             return self.reply(now, &key, msg, 403, "Forbidden", &[]);
         }
+        if let Some(writer) = self.publisher.as_mut() {
+            self.next_id += 1;
+            let id = self.next_id;
+            let job = manage::PublishJob {
+                id,
+                owner,
+                msg: msg.clone(),
+            };
+            if writer.submit(job).is_err() {
+                // RFC 3261 §21.5.4: a 503 may say when to try again.
+                return self.reply(
+                    now,
+                    &key,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    &[("Retry-After", b"1")],
+                );
+            }
+            self.publishing.insert(id, (key, msg.clone()));
+            return;
+        }
         let r = manage::handle_publish(&mut self.permits.lock(), &owner, msg);
+        self.answer_manage(now, &key, msg, &r);
+    }
+
+    /// Management PUBLISHes whose write finished on the permit writer: the table takes
+    /// in what the writer committed (another connection's write), then each is answered.
+    pub(super) fn settle_publishes(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        if let Some(writer) = self.publisher.as_mut() {
+            while let Some(d) = writer.poll_done() {
+                done.push(d);
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        self.permits.lock().refresh_now();
+        for (id, r) in done {
+            if let Some((key, msg)) = self.publishing.remove(&id) {
+                self.answer_manage(now, &key, &msg, &r);
+            }
+        }
+    }
+
+    /// Sends the management reply `r` to `msg`.
+    fn answer_manage(&mut self, now: Instant, key: &TxKey, msg: &Message, r: &manage::ManageReply) {
         let tag = self.tag();
         let mut b = ResponseBuilder::new(msg, r.status, r.reason).to_tag(tag.as_bytes());
         for (n, v) in &r.headers {
@@ -55,7 +108,7 @@ impl Proxy {
             b = b.body(manage::CONTENT_TYPE.as_bytes(), body.as_bytes());
         }
         let bytes = b.to_vec();
-        self.respond(now, &key, r.status, bytes.into());
+        self.respond(now, key, r.status, bytes.into());
     }
 
     /// Requests addressed to the proxy itself: REGISTER and OPTIONS.

@@ -119,11 +119,29 @@ impl Permits {
         }
     }
 
+    /// Applies every change committed so far by other writers, without waiting to be
+    /// told of them (a PostgreSQL node otherwise learns of a change from its NOTIFY):
+    /// after another connection's write was reported committed, reads see it.
+    pub fn refresh_now(&mut self) {
+        if let Err(e) = self.try_refresh_with(true) {
+            tracing::warn!(error = %e, "permit table not refreshed");
+        }
+    }
+
     fn try_refresh(&mut self) -> Result<(), PermitError> {
+        self.try_refresh_with(false)
+    }
+
+    fn try_refresh_with(&mut self, now: bool) -> Result<(), PermitError> {
         let Some(table) = self.table.as_mut() else {
             return Ok(());
         };
-        match self.store.poll_changes()? {
+        let changes = if now {
+            self.store.poll_changes_now()?
+        } else {
+            self.store.poll_changes()?
+        };
+        match changes {
             Changes::None => {}
             Changes::Lists(lists) => {
                 for (callee, list) in lists {

@@ -76,6 +76,12 @@ pub trait PermitStore: Send {
     /// last call, `load_all` or own write. Cheap when nothing changed: the proxy calls
     /// it before every lookup.
     fn poll_changes(&mut self) -> Result<Changes, PermitError>;
+
+    /// Like [`Self::poll_changes`], but reads the change log even when no notice of a
+    /// change arrived yet (a store told of changes asynchronously overrides this).
+    fn poll_changes_now(&mut self) -> Result<Changes, PermitError> {
+        self.poll_changes()
+    }
 }
 
 /// RFC 3903 §6 step 2: a conditional write needs the current tag to be the one named.

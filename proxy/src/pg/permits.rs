@@ -324,10 +324,16 @@ impl PermitStore for PgPermitStore {
     }
 
     fn poll_changes(&mut self) -> Result<Changes, PermitError> {
-        let heard = self.heard.load(Ordering::Acquire);
-        if heard == self.seen {
+        if self.heard.load(Ordering::Acquire) == self.seen {
             return Ok(Changes::None);
         }
+        self.poll_changes_now()
+    }
+
+    /// Reads the log even before the NOTIFY of a change this node knows was committed
+    /// (its own permit writer's, on another connection) has been heard.
+    fn poll_changes_now(&mut self) -> Result<Changes, PermitError> {
+        let heard = self.heard.load(Ordering::Acquire);
         let cursor = self.cursor;
         let (max, changes) = self.db.run(move |c| poll_in(c, cursor))?;
         if changes != Changes::All {
