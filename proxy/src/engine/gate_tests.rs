@@ -315,6 +315,22 @@ fn authed_publish(
     extra: &str,
     body: &str,
 ) -> Message {
+    let signed = signed_publish(h, (user, pw), owner, n, extra, body);
+    let out = h.recv(ALICE, &signed);
+    assert_eq!(out.len(), 1);
+    out[0].1.clone()
+}
+
+/// PUBLISH number `n` as `user` to `owner`'s list: sent once for its 401, then
+/// returned with credentials (number `n + 1`), not yet sent.
+pub(super) fn signed_publish(
+    h: &mut Harness,
+    (user, pw): (&str, &str),
+    owner: &str,
+    n: u32,
+    extra: &str,
+    body: &str,
+) -> String {
     let out = h.recv(ALICE, &publish(user, owner, n, None, extra, body));
     assert_eq!(status(&out), vec![401]);
     let ch = challenges(&out[0].1, HeaderName::WwwAuthenticate);
@@ -327,12 +343,7 @@ fn authed_publish(
         &format!("sip:{owner}@localhost"),
         1,
     );
-    let out = h.recv(
-        ALICE,
-        &publish(user, owner, n + 1, Some(&creds), extra, body),
-    );
-    assert_eq!(out.len(), 1);
-    out[0].1.clone()
+    publish(user, owner, n + 1, Some(&creds), extra, body)
 }
 
 #[test]

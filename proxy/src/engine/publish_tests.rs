@@ -7,10 +7,9 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sip_core::message::{HeaderName, Message};
+use sip_core::message::Message;
 
-use super::auth_tests::{challenges, credentials};
-use super::gate_tests::{authed_invite, gate_users, publish, register_bob, requests_to};
+use super::gate_tests::{authed_invite, gate_users, register_bob, requests_to, signed_publish};
 use super::tests::{Harness, status};
 use crate::auth::AuthSettings;
 use crate::gate::GateSettings;
@@ -145,21 +144,9 @@ fn harness(dir: &Path, capacity: usize) -> (Harness, Deferred) {
     (h, writer)
 }
 
-/// Bob's PUBLISH number `n` with credentials (after its 401), as sent.
-fn signed_publish(h: &mut Harness, n: u32, body: &str) -> String {
-    let out = h.recv(ALICE, &publish("bob", "bob", n, None, "", body));
-    assert_eq!(status(&out), vec![401]);
-    let ch = challenges(&out[0].1, HeaderName::WwwAuthenticate);
-    let creds = credentials(
-        "bob",
-        "builder",
-        "MD5",
-        &ch[0].1,
-        "PUBLISH",
-        "sip:bob@localhost",
-        1,
-    );
-    publish("bob", "bob", n + 1, Some(&creds), "", body)
+/// Bob's PUBLISH number `n` of `body` to his own list, signed after its 401.
+fn bob_signed(h: &mut Harness, n: u32, body: &str) -> String {
+    signed_publish(h, ("bob", "builder"), "bob", n, "", body)
 }
 
 fn woken(h: &mut Harness) -> Vec<(std::net::SocketAddr, Message)> {
@@ -177,7 +164,7 @@ fn a_publish_is_answered_only_once_its_write_is_done_and_the_gate_sees_it() {
         vec![100, 403]
     );
 
-    let signed = signed_publish(&mut h, 10, r#"{"add":["mallory@localhost"]}"#);
+    let signed = bob_signed(&mut h, 10, r#"{"add":["mallory@localhost"]}"#);
     assert!(
         h.recv(ALICE, &signed).is_empty(),
         "no answer before the write"
@@ -202,9 +189,9 @@ fn a_publish_is_answered_only_once_its_write_is_done_and_the_gate_sees_it() {
 fn a_full_writer_queue_answers_503_and_writes_nothing() {
     let dir = scratch("full");
     let (mut h, writer) = harness(&dir, 1);
-    let first = signed_publish(&mut h, 10, r#"{"add":["mallory@localhost"]}"#);
+    let first = bob_signed(&mut h, 10, r#"{"add":["mallory@localhost"]}"#);
     assert!(h.recv(ALICE, &first).is_empty());
-    let second = signed_publish(&mut h, 20, r#"{"replace":[]}"#);
+    let second = bob_signed(&mut h, 20, r#"{"replace":[]}"#);
     let out = h.recv(ALICE, &second);
     assert_eq!(status(&out), vec![503]);
     assert_eq!(
