@@ -520,6 +520,13 @@ impl Proxy {
         self.route_request(now, key, msg);
     }
 
+    /// `503 Service Unavailable` with `Retry-After: <retry_after>` seconds (RFC 3261
+    /// §21.5.4, §20.33): a queue or a table of the proxy is full for now.
+    fn unavailable(&mut self, now: Instant, key: &TxKey, req: &Message, retry_after: &[u8]) {
+        let headers: [(&str, &[u8]); 1] = [("Retry-After", retry_after)];
+        self.reply(now, key, req, 503, "Service Unavailable", &headers);
+    }
+
     /// A locally generated final response to the request of server transaction `key`.
     fn reply(
         &mut self,

@@ -49,7 +49,11 @@ impl Proxy {
         if who.username != user {
             return self.reply(now, &key, msg, 403, "Forbidden", &[]);
         }
-        if let Some(writer) = self.publisher.as_mut() {
+        // A change leaves this thread for the permit writer; a read (no body) is
+        // answered from the table the gate uses, here and now.
+        if let Some(writer) = self.publisher.as_mut()
+            && !msg.body().is_empty()
+        {
             self.next_id += 1;
             let id = self.next_id;
             let job = manage::PublishJob {
@@ -58,15 +62,7 @@ impl Proxy {
                 msg: msg.clone(),
             };
             if writer.submit(job).is_err() {
-                // RFC 3261 §21.5.4: a 503 may say when to try again.
-                return self.reply(
-                    now,
-                    &key,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    &[("Retry-After", b"1")],
-                );
+                return self.unavailable(now, &key, msg, b"1");
             }
             self.publishing.insert(id, (key, msg.clone()));
             return;

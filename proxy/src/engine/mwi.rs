@@ -164,14 +164,7 @@ impl Proxy {
                 return self.reply(now, &key, msg, 400, "Missing Contact", &[]);
             };
             if !self.make_room(&owner, now) {
-                return self.reply(
-                    now,
-                    &key,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    &[("Retry-After", b"60")],
-                );
+                return self.unavailable(now, &key, msg, b"60");
             }
             let local_tag = self.tag();
             self.sf.subs.map.insert(

@@ -182,6 +182,12 @@ fn a_publish_is_answered_only_once_its_write_is_done_and_the_gate_sees_it() {
     // write before the 200 went out, with no notice of the change needed.
     let out = authed_invite(&mut h, "mallory", "evil", "bob", 20);
     assert_eq!(requests_to(&out, BOB).len(), 1, "mallory is now permitted");
+    // A read (no body) writes nothing: the engine answers it from that table at once.
+    let read = bob_signed(&mut h, 30, "");
+    let out = h.recv(ALICE, &read);
+    assert_eq!(status(&out), vec![200]);
+    assert!(String::from_utf8_lossy(out[0].1.body()).contains("mallory@localhost"));
+    assert_eq!(writer.waiting(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

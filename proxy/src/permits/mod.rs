@@ -114,7 +114,7 @@ impl Permits {
     /// Applies other writers' changes. A storage failure is logged and the table kept
     /// as it was (the gate keeps answering from the last good state).
     pub fn refresh(&mut self) {
-        if let Err(e) = self.try_refresh() {
+        if let Err(e) = self.try_refresh(false) {
             tracing::warn!(error = %e, "permit table not refreshed");
         }
     }
@@ -123,16 +123,13 @@ impl Permits {
     /// told of them (a PostgreSQL node otherwise learns of a change from its NOTIFY):
     /// after another connection's write was reported committed, reads see it.
     pub fn refresh_now(&mut self) {
-        if let Err(e) = self.try_refresh_with(true) {
+        if let Err(e) = self.try_refresh(true) {
             tracing::warn!(error = %e, "permit table not refreshed");
         }
     }
 
-    fn try_refresh(&mut self) -> Result<(), PermitError> {
-        self.try_refresh_with(false)
-    }
-
-    fn try_refresh_with(&mut self, now: bool) -> Result<(), PermitError> {
+    /// `now`: read the change log even without a notice of a change.
+    fn try_refresh(&mut self, now: bool) -> Result<(), PermitError> {
         let Some(table) = self.table.as_mut() else {
             return Ok(());
         };
