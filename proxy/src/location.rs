@@ -192,7 +192,14 @@ impl CallIdHash {
 
     /// The stored form.
     pub fn to_text(self) -> String {
-        format!("h:{:016x}", self.0)
+        // By hand: `format!` was a tenth of the store thread's time under REGISTER load.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(18);
+        s.push_str("h:");
+        for shift in (0..16).rev() {
+            s.push(char::from(HEX[(self.0 >> (shift * 4)) as usize & 0xf]));
+        }
+        s
     }
 
     /// From the stored form; a plain Call-ID (stored by an older version) is hashed.
