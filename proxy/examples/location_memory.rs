@@ -17,6 +17,7 @@
 #![allow(clippy::cast_precision_loss)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use permit_proxy::location::{Binding, Location};
 use permit_proxy::registrar::{Registered, RegistrarConfig, handle_register};
@@ -49,7 +50,7 @@ impl LocationStore for Discard {
     fn put(&mut self, _: &str, _: &[Binding]) -> Result<(), StoreError> {
         Ok(())
     }
-    fn purge_expired(&mut self, _: u64) -> Result<(), StoreError> {
+    fn purge_expired(&mut self, _: u64, _: &[Arc<str>]) -> Result<(), StoreError> {
         Ok(())
     }
 }

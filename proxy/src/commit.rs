@@ -226,8 +226,8 @@ mod tests {
         fn put(&mut self, aor: &str, bindings: &[Binding]) -> Result<(), StoreError> {
             self.inner.put(aor, bindings)
         }
-        fn purge_expired(&mut self, unix_now: u64) -> Result<(), StoreError> {
-            self.inner.purge_expired(unix_now)
+        fn purge_expired(&mut self, unix_now: u64, aors: &[Arc<str>]) -> Result<(), StoreError> {
+            self.inner.purge_expired(unix_now, aors)
         }
         fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
             if *self.fail.lock().unwrap() {
@@ -311,7 +311,7 @@ mod tests {
         fn put(&mut self, _: &str, _: &[Binding]) -> Result<(), StoreError> {
             Ok(())
         }
-        fn purge_expired(&mut self, _: u64) -> Result<(), StoreError> {
+        fn purge_expired(&mut self, _: u64, _: &[Arc<str>]) -> Result<(), StoreError> {
             Ok(())
         }
         fn apply(&mut self, _: &[Write]) -> Result<(), StoreError> {

@@ -575,10 +575,12 @@ impl Location {
     pub fn purge(&mut self, unix_now: u64) -> Result<usize, StoreError> {
         let mut n = 0;
         let mut gone = Vec::new();
+        let mut lapsed: Vec<Arc<str>> = Vec::new();
         for (aor, list) in &mut self.aors {
             if list.iter().all(|b| b.expires_at > unix_now) {
                 continue;
             }
+            lapsed.push(aor.clone());
             let (live, dead): (Vec<Binding>, Vec<Binding>) = std::mem::take(list)
                 .into_iter()
                 .partition(|b| b.expires_at > unix_now);
@@ -599,13 +601,17 @@ impl Location {
                 self.unindex_addr(a, &aor);
             }
         }
+        if lapsed.is_empty() {
+            return Ok(n);
+        }
+        let aors = lapsed.into_boxed_slice();
         match &mut self.sink {
-            Sink::Through(store) => store.purge_expired(unix_now)?,
+            Sink::Through(store) => store.purge_expired(unix_now, &aors)?,
             // Nothing waits for this one: a failed purge is repeated by the next.
             Sink::Behind(b) => {
                 let seq = b.first + b.queue.len() as u64;
                 if b.worker
-                    .submit(seq, Write::PurgeExpired { unix_now })
+                    .submit(seq, Write::PurgeExpired { unix_now, aors })
                     .is_ok()
                 {
                     b.queue.push_back(Pending::Purge);

@@ -120,8 +120,12 @@ impl LocationStore for PgLocationStore {
         }])
     }
 
-    fn purge_expired(&mut self, unix_now: u64) -> Result<(), StoreError> {
-        self.apply(&[Write::PurgeExpired { unix_now }])
+    /// Every lapsed binding goes, listed or not: one statement on the expiry index.
+    fn purge_expired(&mut self, unix_now: u64, aors: &[Arc<str>]) -> Result<(), StoreError> {
+        self.apply(&[Write::PurgeExpired {
+            unix_now,
+            aors: aors.into(),
+        }])
     }
 
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
@@ -151,7 +155,7 @@ fn apply_in(c: &mut postgres::Client, writes: &[Write], node: &str) -> Result<()
                     order.push(aor);
                 }
             }
-            Write::PurgeExpired { unix_now } => {
+            Write::PurgeExpired { unix_now, .. } => {
                 purge = Some(purge.map_or(*unix_now, |p| p.max(*unix_now)));
             }
         }
