@@ -101,6 +101,9 @@ pub struct Location {
     by_addr: HashMap<u64, AddrAors>,
     addr_hasher: RandomState,
     sink: Sink,
+    /// AORs whose lapsed bindings a purge left in the store (its write failed or found
+    /// the queue full); the next purge names them again.
+    unpurged: Vec<Arc<str>>,
 }
 
 /// Where the location service's changes go.
@@ -124,7 +127,7 @@ struct Behind {
 
 enum Pending {
     Put(Arc<str>, Box<[Binding]>),
-    Purge,
+    Purge(Box<[Arc<str>]>),
 }
 
 /// A store worker that commits writes in groups, off the engine's thread.
@@ -333,6 +336,7 @@ impl Location {
             by_addr: HashMap::new(),
             addr_hasher: RandomState::new(),
             sink,
+            unpurged: Vec::new(),
         };
         for (aor, bindings) in loaded {
             let aor: Arc<str> = aor.into();
@@ -532,13 +536,17 @@ impl Location {
             let Some(p) = b.queue.pop_front() else { break };
             let seq = b.first;
             b.first += 1;
-            if let Pending::Put(aor, list) = p {
-                if b.newest.get(&aor) == Some(&seq) {
-                    b.newest.remove(&aor);
+            match p {
+                Pending::Put(aor, list) => {
+                    if b.newest.get(&aor) == Some(&seq) {
+                        b.newest.remove(&aor);
+                    }
+                    if settled.ok {
+                        committed.push((aor, list));
+                    }
                 }
-                if settled.ok {
-                    committed.push((aor, list));
-                }
+                Pending::Purge(aors) if !settled.ok => self.unpurged.extend(aors),
+                Pending::Purge(_) => {}
             }
         }
         for (aor, list) in committed {
@@ -601,20 +609,31 @@ impl Location {
                 self.unindex_addr(a, &aor);
             }
         }
+        lapsed.append(&mut self.unpurged);
         if lapsed.is_empty() {
             return Ok(n);
         }
+        lapsed.sort_unstable();
+        lapsed.dedup();
         let aors = lapsed.into_boxed_slice();
         match &mut self.sink {
-            Sink::Through(store) => store.purge_expired(unix_now, &aors)?,
-            // Nothing waits for this one: a failed purge is repeated by the next.
+            Sink::Through(store) => {
+                if let Err(e) = store.purge_expired(unix_now, &aors) {
+                    self.unpurged = aors.into_vec();
+                    return Err(e);
+                }
+            }
+            // Nothing waits for this one: what it does not store, the next one names again.
             Sink::Behind(b) => {
                 let seq = b.first + b.queue.len() as u64;
-                if b.worker
-                    .submit(seq, Write::PurgeExpired { unix_now, aors })
-                    .is_ok()
-                {
-                    b.queue.push_back(Pending::Purge);
+                let write = Write::PurgeExpired {
+                    unix_now,
+                    aors: aors.clone(),
+                };
+                if b.worker.submit(seq, write).is_ok() {
+                    b.queue.push_back(Pending::Purge(aors));
+                } else {
+                    self.unpurged = aors.into_vec();
                 }
             }
         }
@@ -726,6 +745,79 @@ mod tests {
         assert_eq!(at(&l, b), bob());
         l.replace("bob@x", Vec::new()).unwrap();
         assert_eq!(at(&l, b), AtAddress::Nobody);
+    }
+
+    /// A worker that settles each write as it comes: failed while `fail`, refused
+    /// while `full`.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        writes: Arc<std::sync::Mutex<Vec<Write>>>,
+        done: Arc<std::sync::Mutex<VecDeque<Settled>>>,
+        fail: Arc<std::sync::Mutex<bool>>,
+        full: Arc<std::sync::Mutex<bool>>,
+    }
+
+    impl WriteBehind for Scripted {
+        fn submit(&mut self, seq: u64, write: Write) -> Result<(), QueueFull> {
+            if *self.full.lock().unwrap() {
+                return Err(QueueFull);
+            }
+            self.writes.lock().unwrap().push(write);
+            let ok = !*self.fail.lock().unwrap();
+            self.done
+                .lock()
+                .unwrap()
+                .push_back(Settled { through: seq, ok });
+            Ok(())
+        }
+        fn poll_done(&mut self) -> Option<Settled> {
+            self.done.lock().unwrap().pop_front()
+        }
+    }
+
+    /// A purge the store did not take (its group failed, or the queue was full) is
+    /// named again by the next one, although memory no longer holds what lapsed.
+    #[test]
+    fn a_purge_that_was_not_stored_is_named_again() {
+        let w = Scripted::default();
+        let loaded = vec![(
+            "bob@x".to_owned(),
+            vec![binding("sip:bob@192.0.2.5:5070", "192.0.2.5:5070")],
+        )];
+        let mut l = Location::open_behind(loaded, Box::new(w.clone()));
+        // The AORs of the purge `purge` submits, if it submits one.
+        let named = |l: &mut Location| {
+            let before = w.writes.lock().unwrap().len();
+            l.purge(3_000).unwrap();
+            let writes = w.writes.lock().unwrap();
+            match writes.last() {
+                Some(Write::PurgeExpired { aors, .. }) if writes.len() > before => aors.to_vec(),
+                _ => Vec::new(),
+            }
+        };
+        let bob = vec![Arc::<str>::from("bob@x")];
+        *w.fail.lock().unwrap() = true;
+        assert_eq!(named(&mut l), bob);
+        l.settle();
+        *w.fail.lock().unwrap() = false;
+        assert_eq!(
+            named(&mut l),
+            bob,
+            "memory holds nothing lapsed, the store may"
+        );
+        l.settle();
+        assert_eq!(named(&mut l), Vec::new(), "stored: not named again");
+
+        l.replace(
+            "bob@x",
+            vec![binding("sip:bob@192.0.2.5:5070", "192.0.2.5:5070")],
+        )
+        .unwrap();
+        l.settle();
+        *w.full.lock().unwrap() = true;
+        assert_eq!(named(&mut l), Vec::new(), "the queue was full");
+        *w.full.lock().unwrap() = false;
+        assert_eq!(named(&mut l), bob);
     }
 
     #[test]
