@@ -50,6 +50,7 @@ fn main() {
                         load_query: true,
                     }]
                     .into(),
+                    in_place: false,
                 }
             })
             .collect();

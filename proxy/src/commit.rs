@@ -235,7 +235,7 @@ mod tests {
             }
             self.groups.lock().unwrap().push(writes.len());
             for w in writes {
-                if let Write::Put { aor, bindings } = w {
+                if let Write::Put { aor, bindings, .. } = w {
                     self.inner.put(aor, bindings)?;
                 }
             }
@@ -247,6 +247,7 @@ mod tests {
         Write::Put {
             aor: Arc::from(aor),
             bindings: Box::new([]),
+            in_place: false,
         }
     }
 

@@ -466,9 +466,19 @@ impl Location {
             Sink::Behind(b) => {
                 let list = bindings.into_boxed_slice();
                 let seq = b.first + b.queue.len() as u64;
+                // Same Contacts as stored, and nothing pending for the AOR that could
+                // fail and leave the store holding other rows than `aors` says.
+                let in_place = !b.newest.contains_key(aor)
+                    && self.aors.get(aor).is_some_and(|stored| {
+                        stored.len() == list.len()
+                            && list
+                                .iter()
+                                .all(|n| stored.iter().any(|s| s.contact == n.contact))
+                    });
                 let write = Write::Put {
                     aor: key.clone(),
                     bindings: list.clone(),
+                    in_place,
                 };
                 b.worker
                     .submit(seq, write)
@@ -773,6 +783,33 @@ mod tests {
         fn poll_done(&mut self) -> Option<Settled> {
             self.done.lock().unwrap().pop_front()
         }
+    }
+
+    /// A refresh of the stored Contacts with nothing pending for its AOR may be
+    /// updated in place; a new AOR, other Contacts or a pending change may not.
+    #[test]
+    fn only_a_refresh_of_what_is_stored_is_marked_in_place() {
+        let w = Scripted::default();
+        let mut l = Location::open_behind(Vec::new(), Box::new(w.clone()));
+        let last_in_place = |w: &Scripted| match w.writes.lock().unwrap().last() {
+            Some(Write::Put { in_place, .. }) => *in_place,
+            _ => panic!("no put"),
+        };
+        let b1 = || binding("sip:bob@192.0.2.5:5070", "192.0.2.5:5070");
+        let b2 = || binding("sip:bob@192.0.2.6:5070", "192.0.2.6:5070");
+        l.replace("bob@x", vec![b1()]).unwrap();
+        assert!(!last_in_place(&w), "a new AOR");
+        l.replace("bob@x", vec![b1()]).unwrap();
+        assert!(!last_in_place(&w), "the first is still pending");
+        l.settle();
+        l.replace("bob@x", vec![b1()]).unwrap();
+        assert!(last_in_place(&w), "a refresh of what is stored");
+        l.settle();
+        l.replace("bob@x", vec![b2()]).unwrap();
+        assert!(!last_in_place(&w), "another Contact");
+        l.settle();
+        l.replace("bob@x", vec![b2(), b1()]).unwrap();
+        assert!(!last_in_place(&w), "one more Contact");
     }
 
     /// A purge the store did not take (its group failed, or the queue was full) is

@@ -133,10 +133,12 @@ fn location_round_trip_purge_and_groups_all_or_nothing() {
         Write::Put {
             aor: Arc::from("carol@localhost"),
             bindings: vec![binding("sip:c@127.0.0.1:5071", 900)].into(),
+            in_place: false,
         },
         Write::Put {
             aor: Arc::from("dave@localhost"),
             bindings: vec![binding("sip:d\0@bad", 900)].into(),
+            in_place: false,
         },
     ];
     assert!(s.apply(&group).is_err());
@@ -153,6 +155,7 @@ fn location_round_trip_purge_and_groups_all_or_nothing() {
     let put = |contact: &str, expires_at: u64| Write::Put {
         aor: Arc::from("erin@localhost"),
         bindings: vec![binding(contact, expires_at)].into(),
+        in_place: false,
     };
     s.apply(&[
         put("sip:e1@127.0.0.1:5072", 20_000),

@@ -91,7 +91,7 @@ fn register_is_answered_only_after_its_write_commits() {
     {
         let sub = w.submitted.lock().unwrap();
         assert_eq!(sub.len(), 1);
-        let (seq, Write::Put { aor, bindings }) = &sub[0] else {
+        let (seq, Write::Put { aor, bindings, .. }) = &sub[0] else {
             panic!("a put expected, got {:?}", sub[0]);
         };
         assert_eq!((*seq, &**aor, bindings.len()), (1, "bob@localhost", 1));

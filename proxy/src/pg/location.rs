@@ -117,6 +117,7 @@ impl LocationStore for PgLocationStore {
         self.apply(&[Write::Put {
             aor: Arc::from(aor),
             bindings: bindings.into(),
+            in_place: false,
         }])
     }
 
@@ -150,7 +151,7 @@ fn apply_in(c: &mut postgres::Client, writes: &[Write], node: &str) -> Result<()
     let mut purge: Option<u64> = None;
     for w in writes {
         match w {
-            Write::Put { aor, bindings } => {
+            Write::Put { aor, bindings, .. } => {
                 if last.insert(aor, bindings).is_none() {
                     order.push(aor);
                 }
