@@ -457,10 +457,10 @@ impl Location {
     /// Replaces the bindings of `aor`. Visible to routing once stored: at once when
     /// written through, after [`Location::poll_settled`] reports it when behind.
     pub fn replace(&mut self, aor: &str, bindings: Vec<Binding>) -> Result<Stored, ReplaceError> {
-        let key = self
-            .aors
-            .get_key_value(aor)
-            .map_or_else(|| Arc::from(aor), |(k, _)| k.clone());
+        let (key, stored) = match self.aors.get_key_value(aor) {
+            Some((k, v)) => (k.clone(), Some(v)),
+            None => (Arc::from(aor), None),
+        };
         match &mut self.sink {
             Sink::Through(store) => store.put(aor, &bindings)?,
             Sink::Behind(b) => {
@@ -469,7 +469,7 @@ impl Location {
                 // Same Contacts as stored, and nothing pending for the AOR that could
                 // fail and leave the store holding other rows than `aors` says.
                 let in_place = !b.newest.contains_key(aor)
-                    && self.aors.get(aor).is_some_and(|stored| {
+                    && stored.is_some_and(|stored| {
                         stored.len() == list.len()
                             && list
                                 .iter()

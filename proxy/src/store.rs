@@ -170,6 +170,7 @@ pub(crate) fn source_to_text(s: Option<(Transport, SocketAddr)>) -> Option<Strin
     let SocketAddr::V4(v4) = a else {
         return Some(format!("{} {a}", t.via_token()));
     };
+    let mut num = itoa::Buffer::new();
     let mut out = String::with_capacity(25);
     out.push_str(t.via_token());
     out.push(' ');
@@ -177,25 +178,11 @@ pub(crate) fn source_to_text(s: Option<(Transport, SocketAddr)>) -> Option<Strin
         if i > 0 {
             out.push('.');
         }
-        push_decimal(&mut out, o.into());
+        out.push_str(num.format(o));
     }
     out.push(':');
-    push_decimal(&mut out, v4.port().into());
+    out.push_str(num.format(v4.port()));
     Some(out)
-}
-
-fn push_decimal(out: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 pub(crate) fn source_from_text(s: Option<String>) -> Option<(Transport, SocketAddr)> {
