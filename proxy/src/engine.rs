@@ -403,7 +403,9 @@ impl Proxy {
     }
 
     fn tag(&mut self) -> String {
-        format!("{:08x}", self.rng.random::<u32>())
+        let mut s = String::with_capacity(8);
+        crate::route::push_hex(&mut s, u64::from(self.rng.random::<u32>()), 8);
+        s
     }
 
     pub fn handle_received(&mut self, now: Instant, rx: Received) {
@@ -553,6 +555,19 @@ impl Proxy {
         self.respond(now, key, status, bytes.into());
     }
 
+    /// §16.3 item 4: our own Via with this request's loop hash means it came back
+    /// unchanged. The hash is taken only for a Via of ours: a request straight from a
+    /// UA (every REGISTER to us) has none.
+    fn looped(&self, msg: &Message) -> bool {
+        msg.vias().filter_map(Result::ok).any(|v| {
+            v.branch().is_some_and(|b| {
+                b.starts_with(BRANCH_PREFIX.as_bytes())
+                    && self.cfg.identity.is_own_sent_by(v.host, v.port)
+                    && b.starts_with(branch_for(self.shard, loop_hash(msg)).as_bytes())
+            })
+        })
+    }
+
     fn route_request(&mut self, now: Instant, key: TxKey, msg: Message) {
         let method = msg.method().cloned().unwrap_or(Method::Options);
         let mf = msg.max_forwards().ok().flatten().unwrap_or(70);
@@ -569,14 +584,7 @@ impl Proxy {
         if mf == 0 && !(for_proxy_itself && method == Method::Options) {
             return self.reply(now, &key, &msg, 483, "Too Many Hops", &[]);
         }
-        // §16.3 item 4: our own Via with this request's loop hash means it came back unchanged.
-        let hash = loop_hash(&msg);
-        let prefix = branch_for(self.shard, hash);
-        let looped = msg.vias().filter_map(Result::ok).any(|v| {
-            v.branch().is_some_and(|b| b.starts_with(prefix.as_bytes()))
-                && self.cfg.identity.is_own_sent_by(v.host, v.port)
-        });
-        if looped {
+        if self.looped(&msg) {
             return self.reply(now, &key, &msg, 482, "Loop Detected", &[]);
         }
         if for_proxy_itself || (ruri_is_us && method == Method::Register && remaining.is_empty()) {
@@ -628,6 +636,7 @@ impl Proxy {
             return;
         };
         let grant = self.grant_for(now, (caller.as_deref(), callee.as_deref()), &msg, query);
+        let hash = loop_hash(&msg);
         let ctx_id = self.id();
         if let Some(e) = self.server.get_mut(&key) {
             e.ctx = Some(ctx_id);

@@ -80,6 +80,16 @@ impl std::ops::Deref for PathList {
     }
 }
 
+/// Whether two binding lists hold the same Contacts from the same sources, in order:
+/// then they are indexed under the same addresses.
+fn same_places(old: &[Binding], new: &[Binding]) -> bool {
+    old.len() == new.len()
+        && old
+            .iter()
+            .zip(new)
+            .all(|(o, n)| o.contact == n.contact && o.source == n.source)
+}
+
 /// The addresses a binding set is indexed under, sorted, each once.
 fn address_set(bindings: &[Binding]) -> Vec<SocketAddr> {
     let mut all: Vec<SocketAddr> = bindings.iter().flat_map(Location::addresses).collect();
@@ -196,12 +206,9 @@ impl CallIdHash {
     /// The stored form.
     pub fn to_text(self) -> String {
         // By hand: `format!` was a tenth of the store thread's time under REGISTER load.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(18);
         s.push_str("h:");
-        for shift in (0..16).rev() {
-            s.push(char::from(HEX[(self.0 >> (shift * 4)) as usize & 0xf]));
-        }
+        crate::route::push_hex(&mut s, self.0, 16);
         s
     }
 
@@ -506,6 +513,14 @@ impl Location {
 
     /// Makes stored bindings visible.
     fn commit(&mut self, key: Arc<str>, bindings: Box<[Binding]>) {
+        // A refresh (the same Contacts from the same sources) replaces the list in
+        // place: one lookup, and no Contact parsed to compare address sets.
+        if let Some(slot) = self.aors.get_mut(&key)
+            && same_places(slot, &bindings)
+        {
+            *slot = bindings;
+            return;
+        }
         let old = self.aors.remove(&key);
         // A refresh keeps its addresses: the index is right as it is (with thousands
         // of AORs behind one address, re-indexing is a removal and an insertion in a

@@ -1,6 +1,7 @@
 //! The registrar (RFC 3261 §10.3): adds, refreshes and removes bindings of an AOR and
 //! answers with the complete current set. Path (RFC 3327) is stored with each binding.
 
+use std::mem::take;
 use std::net::SocketAddr;
 
 use sip_core::message::{HeaderName, Message, NameAddr, trim};
@@ -139,8 +140,10 @@ pub fn handle_register(
             }
             continue;
         }
+        // A refresh keeps the stored Contact's text (the same bytes): no new copy.
+        let contact = existing.map_or_else(|| uri.into(), |i| take(&mut bindings[i].contact));
         let binding = Binding {
-            contact: uri.into(),
+            contact,
             expires_at: unix_now + u64::from(expires.min(cfg.max_expires)),
             q,
             call_id: call_hash,

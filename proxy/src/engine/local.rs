@@ -221,19 +221,18 @@ impl Proxy {
         aor: &str,
         contacts: Vec<(String, u64)>,
     ) {
-        let lines: Vec<(String, Vec<u8>)> = contacts
+        let lines: Vec<Vec<u8>> = contacts
             .into_iter()
             .map(|(c, left)| {
-                (
-                    "Contact".to_owned(),
-                    format!("<{c}>;expires={left}").into_bytes(),
-                )
+                let mut v = Vec::with_capacity(c.len() + 22);
+                v.push(b'<');
+                v.extend_from_slice(c.as_bytes());
+                v.extend_from_slice(b">;expires=");
+                v.extend_from_slice(itoa::Buffer::new().format(left).as_bytes());
+                v
             })
             .collect();
-        let headers: Vec<(&str, &[u8])> = lines
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect();
+        let headers: Vec<(&str, &[u8])> = lines.iter().map(|v| ("Contact", v.as_slice())).collect();
         self.reply(now, key, msg, 200, "OK", &headers);
         self.after_register(now, aor, msg);
     }
