@@ -117,10 +117,17 @@ impl GroupCommit {
     /// Unparks the worker if it is idle. The queued write and the flag are ordered
     /// against the worker's raising of the flag and its look at the queue (both sides
     /// fence), so either the worker sees the write or this sees the flag.
+    ///
+    /// Only the worker writes the flag. (When this cleared it, a ring that read the
+    /// flag of one idle spell could clear it in the next, after the worker had raised
+    /// it again: the worker then slept with the flag down and no write woke it again,
+    /// while the queue filled and every REGISTER got 503. Seen in a benchmark after an
+    /// overload step.) An unpark of a worker that is not parked costs one atomic
+    /// operation, so the few rings between the worker's waking and its lowering of the
+    /// flag are cheap.
     fn ring(&self) {
         fence(Ordering::SeqCst);
         if self.idle.load(Ordering::Relaxed)
-            && self.idle.swap(false, Ordering::SeqCst)
             && let Some(t) = &self.thread
         {
             t.thread().unpark();
@@ -186,9 +193,9 @@ impl Queue {
     /// flag, looks at the queue once more (a write that came before the flag was up did
     /// not ring), then parks until a write rings.
     fn wait(&self, group: &mut Vec<Write>) -> Took {
-        self.idle.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
         loop {
+            self.idle.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
             match self.take(group) {
                 Took::Nothing => std::thread::park(),
                 took => {
@@ -440,6 +447,43 @@ mod tests {
             );
         }
         assert_eq!(groups.lock().unwrap().iter().sum::<usize>(), 300);
+    }
+
+    /// Many idle spells in a row, as fast as the worker goes idle: no write is left
+    /// waiting in the queue by a lost ring.
+    #[test]
+    fn rapid_idle_spells_lose_no_write() {
+        let store = Flaky {
+            inner: MemoryStore::default(),
+            fail: Arc::new(Mutex::new(false)),
+            groups: Arc::new(Mutex::new(Vec::new())),
+        };
+        let mut gc = GroupCommit::spawn(
+            Box::new(store),
+            GroupLimits {
+                queue: 1_000,
+                max_group: 64,
+            },
+            vec![Arc::new(Notify::new())],
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        for seq in 1..=3_000u64 {
+            gc.submit(seq, put("a@x")).unwrap();
+            loop {
+                match gc.poll_done() {
+                    Some(s) if s.through == seq => break,
+                    Some(_) => {}
+                    None => {
+                        assert!(
+                            started.elapsed() < std::time::Duration::from_secs(60),
+                            "write {seq} never settled"
+                        );
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
     }
 
     /// A store whose groups wait for a lock the test holds.
