@@ -15,7 +15,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Instant;
 
@@ -104,10 +104,45 @@ fn lane(timer: Timer) -> usize {
     }
 }
 
+/// Sub-tables the entries are spread over, by bits 32..36 of their fingerprint. A hash
+/// table grows and shrinks by rehashing all its entries at once: under 80,000
+/// REGISTER/s, Timer J (32 s) keeps 2.5 million of them, and one rehash held the engine
+/// for tens of milliseconds, long enough for the queue-wait overload check to refuse
+/// work. Each part rehashes a sixteenth of that.
+const PARTS: usize = 16;
+
+/// The fingerprints are keyed hashes already: the sub-tables use them as they are
+/// (bucket from the low bits, control byte from the top ones, part from the middle).
+#[derive(Debug, Default, Clone, Copy)]
+struct AsIs(u64);
+
+impl Hasher for AsIs {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; any other input is folded in, never dropped.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Part = HashMap<u64, Absorbed, BuildHasherDefault<AsIs>>;
+
+fn part_of(fp: u64) -> usize {
+    (fp >> 32) as usize % PARTS
+}
+
 /// The absorbing server transactions of an engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct AbsorbTable {
-    entries: HashMap<u64, Absorbed>,
+    parts: Box<[Part; PARTS]>,
+    /// Entries over all parts.
+    count: usize,
     /// The key of the fingerprint hash (random per engine, so peers cannot aim
     /// collisions at it).
     hasher: std::hash::RandomState,
@@ -118,9 +153,30 @@ pub(super) struct AbsorbTable {
     scheduled: Option<Instant>,
 }
 
+impl Default for AbsorbTable {
+    fn default() -> Self {
+        Self {
+            parts: Box::new(std::array::from_fn(|_| Part::default())),
+            count: 0,
+            hasher: std::hash::RandomState::default(),
+            lanes: Default::default(),
+            scheduled: None,
+        }
+    }
+}
+
 impl AbsorbTable {
     pub(super) fn len(&self) -> usize {
-        self.entries.len()
+        self.count
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.parts.iter().map(HashMap::capacity).sum()
+    }
+
+    fn entry(&self, fp: u64) -> Option<&Absorbed> {
+        self.parts[part_of(fp)].get(&fp)
     }
 
     fn fingerprint(&self, key: &TxKey) -> u64 {
@@ -128,16 +184,14 @@ impl AbsorbTable {
     }
 
     fn get(&self, key: &TxKey) -> Option<&Absorbed> {
-        self.entries
-            .get(&self.fingerprint(key))
-            .filter(|a| a.is(key))
+        self.entry(self.fingerprint(key)).filter(|a| a.is(key))
     }
 
     /// Whether `key` can be kept here: its fingerprint is free (two keys of one 64-bit
     /// keyed hash are not told apart by the table, so the second stays a full
     /// transaction) and its length fits.
     fn can_take(&self, key: &TxKey) -> bool {
-        key.branch.len() < u32::MAX as usize && !self.entries.contains_key(&self.fingerprint(key))
+        key.branch.len() < u32::MAX as usize && self.entry(self.fingerprint(key)).is_none()
     }
 
     /// Keeps `tx` with its reply flow and final response (the caller checked
@@ -174,7 +228,7 @@ impl AbsorbTable {
         let fp = self.fingerprint(key);
         let until = tx.poll_timeout();
         let lane = lane(tx.timer());
-        self.entries.insert(
+        let old = self.parts[part_of(fp)].insert(
             fp,
             Absorbed {
                 buf: buf.into_boxed_slice(),
@@ -184,6 +238,9 @@ impl AbsorbTable {
                 tx,
             },
         );
+        if old.is_none() {
+            self.count += 1;
+        }
         self.lanes[lane].push_back((until, fp));
         if self.scheduled.is_some_and(|s| s <= until) {
             return None;
@@ -203,9 +260,11 @@ impl AbsorbTable {
                 lane.pop_front();
                 // Only if its own timer is due: the fingerprint may belong to a later
                 // transaction by now (the same request again, after its first one ended).
-                if self.entries.get(&fp).is_some_and(|a| a.tx.is_over(now))
-                    && let Some(a) = self.entries.remove(&fp)
+                let part = &mut self.parts[part_of(fp)];
+                if part.get(&fp).is_some_and(|a| a.tx.is_over(now))
+                    && let Some(a) = part.remove(&fp)
                 {
+                    self.count -= 1;
                     freed.extend(a.ctx());
                 }
             }
@@ -215,8 +274,10 @@ impl AbsorbTable {
         }
         // After a burst the table gives its memory back as it empties (amortised: a
         // shrink halves the capacity at least, and comes after a quarter is left).
-        if self.entries.capacity() > 64 && self.entries.len() < self.entries.capacity() / 4 {
-            self.entries.shrink_to(self.entries.len() * 2);
+        for part in self.parts.iter_mut() {
+            if part.capacity() > 64 && part.len() < part.capacity() / 4 {
+                part.shrink_to(part.len() * 2);
+            }
         }
         self.lanes
             .iter()
@@ -447,7 +508,7 @@ mod tests {
     use sip_core::message::HeaderName;
 
     use super::super::tests::{Harness, invite, status};
-    use super::{Flow, decode_flow, encode_flow};
+    use super::{Flow, PARTS, Part, decode_flow, encode_flow};
     use sip_core::transport::Transport;
 
     const ALICE: &str = "127.0.0.1:5070";
@@ -529,22 +590,32 @@ Call-ID: {}\nCSeq: 1 INVITE\nContact: <sip:bob@{BOB}>\nContent-Length: 0\n\n",
             table.insert(&key, a, flow, &response, None);
             assert!(!table.can_take(&key), "one transaction per fingerprint");
         }
-        let full = table.entries.capacity();
+        let full = table.capacity();
         assert!(full >= 10_000);
+        // Spread over every part (a part rehashes alone), none holding most of them.
+        assert!(
+            table
+                .parts
+                .iter()
+                .all(|p| p.len() > 10_000 / PARTS / 2 && p.len() < 10_000 / 4),
+            "{:?}",
+            table.parts.iter().map(Part::len).collect::<Vec<_>>()
+        );
         // Timer J of the first 9,500 (inserted 1 ms apart) has fired.
         let mut freed = Vec::new();
         let next = table.expire(t0 + Duration::from_millis(32_000 + 9_499), &mut freed);
         assert_eq!(table.len(), 500);
         assert_eq!(next, Some(t0 + Duration::from_millis(32_000 + 9_500)));
+        // Each part shrinks on its own to about twice what it holds (500 in all).
         assert!(
-            table.entries.capacity() <= full / 8,
-            "{}",
-            table.entries.capacity()
+            table.capacity() <= full / 3,
+            "{} of {full}",
+            table.capacity()
         );
         assert!(table.lanes[0].capacity() < 10_000 / 8);
         assert_eq!(table.expire(t0 + Duration::from_mins(1), &mut freed), None);
         assert!(freed.is_empty(), "no context held");
-        assert_eq!((table.len(), table.entries.capacity() <= 64), (0, true));
+        assert_eq!((table.len(), table.capacity() <= PARTS * 64), (0, true));
     }
 
     #[test]
@@ -588,7 +659,13 @@ Content-Length: 0
         assert_eq!(status(&first), vec![200]);
         assert_eq!(h.proxy.absorbing.len(), 1, "moved to the compact table");
         assert_eq!(h.proxy.live(), (1, 0, 0));
-        let kept = h.proxy.absorbing.entries.values().next().unwrap();
+        let kept = h
+            .proxy
+            .absorbing
+            .parts
+            .iter()
+            .find_map(|p| p.values().next())
+            .unwrap();
         assert!(kept.coded, "kept as edits of the REGISTER");
         let ok_len = first[0].1.as_bytes().len();
         assert!(
