@@ -16,7 +16,6 @@ use std::io::ErrorKind;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -101,25 +100,13 @@ pub fn program_available(program: &str, arg: &str, hint: &str, suite: &str) -> b
 /// RTP echo sockets on port and port + 2 (on [`CALLEE_HOST`] for a gate
 /// test's callee), baresip listens for TLS on its SIP port + 1.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    for _ in 0..200 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind an ephemeral UDP port");
-        let port = udp.local_addr().unwrap().port();
-        let Some(plus_two) = port.checked_add(2) else {
-            continue;
-        };
-        let free = TcpListener::bind((HOST, port)).is_ok()
+    sip_testkit::free_port_with(HOST, 2, |port| {
+        TcpListener::bind((HOST, port)).is_ok()
             && TcpListener::bind((HOST, port + 1)).is_ok()
-            && UdpSocket::bind((HOST, plus_two)).is_ok()
+            && UdpSocket::bind((HOST, port + 2)).is_ok()
             && UdpSocket::bind((CALLEE_HOST, port)).is_ok()
-            && UdpSocket::bind((CALLEE_HOST, plus_two)).is_ok();
-        let mut given = GIVEN.lock().unwrap();
-        if free && !given.iter().any(|&g| g.abs_diff(port) <= 2) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no free loopback port found");
+            && UdpSocket::bind((CALLEE_HOST, port + 2)).is_ok()
+    })
 }
 
 /// `true` once some process holds `port` on `host` for `transport`: our own

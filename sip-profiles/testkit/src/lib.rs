@@ -9,12 +9,15 @@
 //! - [`seeded_rng`]: a [`StdRng`] from a `u64` seed.
 //! - [`SimNetwork`]: datagrams between two endpoints with per-direction delay, jitter
 //!   (which reorders), duplication and seeded loss, driven by the virtual clock.
+//! - [`free_port_with`]: loopback ports for the end-to-end suites that start real peers.
 
 mod clock;
 mod net;
+mod ports;
 
 pub use clock::{VirtualClock, earliest};
 pub use net::{Datagram, Endpoint, LinkConfig, LinkStats, SimNetwork};
+pub use ports::free_port_with;
 /// The rand version the seeded rng comes from, for `Rng` methods in tests.
 pub use rand;
 pub use rand::rngs::StdRng;

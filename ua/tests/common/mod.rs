@@ -20,24 +20,11 @@ pub const DOMAIN: &str = "localhost";
 /// A loopback port free for UDP and TCP, with TCP free on the next port too, never
 /// handed out twice by this process.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    for _ in 0..200 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind an ephemeral UDP port");
-        let port = udp.local_addr().unwrap().port();
-        let Some(next) = port.checked_add(1) else {
-            continue;
-        };
-        // baresip 1.0 listens for TLS on its SIP port + 1 (testbeds/baresip): that one
-        // must be free too, and is never handed out as a port of its own.
-        let free =
-            TcpListener::bind((HOST, port)).is_ok() && TcpListener::bind((HOST, next)).is_ok();
-        let mut given = GIVEN.lock().unwrap();
-        if free && !given.iter().any(|&g| g.abs_diff(port) <= 1) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no free loopback port found");
+    // baresip 1.0 listens for TLS on its SIP port + 1 (testbeds/baresip): that one
+    // must be free too, and is never handed out as a port of its own.
+    sip_testkit::free_port_with(HOST, 1, |port| {
+        TcpListener::bind((HOST, port)).is_ok() && TcpListener::bind((HOST, port + 1)).is_ok()
+    })
 }
 
 /// `target/tmp/<crate>/<test>/`, emptied.
