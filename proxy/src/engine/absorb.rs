@@ -107,8 +107,9 @@ fn lane(timer: Timer) -> usize {
 /// Sub-tables the entries are spread over, by bits 32..36 of their fingerprint. A hash
 /// table grows and shrinks by rehashing all its entries at once: under 80,000
 /// REGISTER/s, Timer J (32 s) keeps 2.5 million of them, and the one insert that grows
-/// such a table takes 115–118 ms (`examples/rehash_stall.rs`), past the 50 ms input
-/// wait at which overload control refuses work. With 16 parts it takes 7.2–7.4 ms.
+/// such a table takes 115–118 ms (`examples/rehash_stall.rs`): input waits that long,
+/// against the 40 ms (held 100 ms) at which overload control refuses new work. With 16
+/// parts it takes 7.2–7.4 ms.
 const PARTS: usize = 16;
 
 /// The fingerprints are keyed hashes already: the sub-tables use them as they are
