@@ -361,6 +361,28 @@ mod tests {
         }
     }
 
+    type Switch = Arc<Mutex<bool>>;
+    type Groups = Arc<Mutex<Vec<usize>>>;
+
+    /// A worker on a [`Flaky`] store (queue 1,000, groups of at most 64), with the
+    /// store's failure switch and its record of committed group sizes.
+    fn flaky_worker() -> (GroupCommit, Switch, Groups) {
+        let fail = Arc::new(Mutex::new(false));
+        let groups = Arc::new(Mutex::new(Vec::new()));
+        let store = Flaky {
+            inner: MemoryStore::default(),
+            fail: fail.clone(),
+            groups: groups.clone(),
+        };
+        let limits = GroupLimits {
+            queue: 1_000,
+            max_group: 64,
+        };
+        let gc =
+            GroupCommit::spawn(Box::new(store), limits, vec![Arc::new(Notify::new())]).unwrap();
+        (gc, fail, groups)
+    }
+
     fn wait(gc: &mut GroupCommit) -> Settled {
         for _ in 0..5_000 {
             if let Some(s) = gc.poll_done() {
@@ -373,22 +395,7 @@ mod tests {
 
     #[test]
     fn every_write_is_settled_in_order_and_a_failed_group_says_so() {
-        let fail = Arc::new(Mutex::new(false));
-        let groups = Arc::new(Mutex::new(Vec::new()));
-        let store = Flaky {
-            inner: MemoryStore::default(),
-            fail: fail.clone(),
-            groups: groups.clone(),
-        };
-        let mut gc = GroupCommit::spawn(
-            Box::new(store),
-            GroupLimits {
-                queue: 1_000,
-                max_group: 64,
-            },
-            vec![Arc::new(Notify::new())],
-        )
-        .unwrap();
+        let (mut gc, fail, groups) = flaky_worker();
         for seq in 1..=500 {
             gc.submit(seq, put(&format!("u{seq}@x"))).unwrap();
         }
@@ -417,21 +424,7 @@ mod tests {
     /// it, whether it lands before, during or after the worker raising its idle flag.
     #[test]
     fn a_write_after_the_worker_went_idle_is_committed() {
-        let groups = Arc::new(Mutex::new(Vec::new()));
-        let store = Flaky {
-            inner: MemoryStore::default(),
-            fail: Arc::new(Mutex::new(false)),
-            groups: groups.clone(),
-        };
-        let mut gc = GroupCommit::spawn(
-            Box::new(store),
-            GroupLimits {
-                queue: 1_000,
-                max_group: 64,
-            },
-            vec![Arc::new(Notify::new())],
-        )
-        .unwrap();
+        let (mut gc, _, groups) = flaky_worker();
         for seq in 1..=300u64 {
             // Pauses around GATHER and beyond it: the write meets the worker gathering,
             // raising its flag, or parked.
@@ -453,20 +446,7 @@ mod tests {
     /// waiting in the queue by a lost ring.
     #[test]
     fn rapid_idle_spells_lose_no_write() {
-        let store = Flaky {
-            inner: MemoryStore::default(),
-            fail: Arc::new(Mutex::new(false)),
-            groups: Arc::new(Mutex::new(Vec::new())),
-        };
-        let mut gc = GroupCommit::spawn(
-            Box::new(store),
-            GroupLimits {
-                queue: 1_000,
-                max_group: 64,
-            },
-            vec![Arc::new(Notify::new())],
-        )
-        .unwrap();
+        let (mut gc, _, _) = flaky_worker();
         let started = std::time::Instant::now();
         for seq in 1..=3_000u64 {
             gc.submit(seq, put("a@x")).unwrap();
