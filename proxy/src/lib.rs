@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod gate;
+mod keyed;
 pub mod keys;
 pub mod limiter;
 pub mod location;

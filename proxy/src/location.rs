@@ -14,16 +14,19 @@
 /// one range, so this bounds distinct failure episodes, not writes.
 const FAILED_RANGES: usize = 256;
 
-use std::collections::hash_map::{Entry, RandomState};
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use sip_core::message::SipUri;
 use sip_core::transport::Transport;
 
 use crate::engine::dialog::{PartyHash, party_hash};
+use crate::keyed::Keyed;
 use crate::store::{LocationStore, StoreError, Write};
 
 /// One registered contact of an address-of-record.
@@ -41,7 +44,7 @@ pub struct Binding {
     /// Path header values from the REGISTER (RFC 3327), in order.
     pub path: PathList,
     /// Where the REGISTER came from (transport and source address).
-    pub source: Option<(Transport, SocketAddr)>,
+    pub source: Option<Source>,
     /// Simultaneous calls the UA takes (`max-calls` Contact parameter), if it said.
     pub max_calls: Option<u32>,
     /// Whether the proxy asks this UA with OPTIONS before routing a call to it
@@ -80,6 +83,63 @@ impl std::ops::Deref for PathList {
     }
 }
 
+/// Where a REGISTER came from: its transport and source address, in 24 bytes. As a
+/// `(Transport, SocketAddr)` it took 36 and made [`Binding`] 96 bytes, one allocator size
+/// class above the 80 it is now (docs/benchmarks.md, "Memory per registration binding").
+/// An IPv6 source keeps its scope (a link-local address needs it), not its flow label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source {
+    /// The IPv4 address in the first four bytes, or the IPv6 address.
+    ip: [u8; 16],
+    scope: u32,
+    port: u16,
+    transport: Transport,
+    v6: bool,
+}
+
+impl From<(Transport, SocketAddr)> for Source {
+    fn from((transport, addr): (Transport, SocketAddr)) -> Self {
+        let mut ip = [0; 16];
+        let (scope, v6) = match addr {
+            SocketAddr::V4(a) => {
+                ip[..4].copy_from_slice(&a.ip().octets());
+                (0, false)
+            }
+            SocketAddr::V6(a) => {
+                ip = a.ip().octets();
+                (a.scope_id(), true)
+            }
+        };
+        Self {
+            ip,
+            scope,
+            port: addr.port(),
+            transport,
+            v6,
+        }
+    }
+}
+
+impl Source {
+    pub fn transport(self) -> Transport {
+        self.transport
+    }
+
+    pub fn addr(self) -> SocketAddr {
+        if self.v6 {
+            SocketAddrV6::new(Ipv6Addr::from(self.ip), self.port, 0, self.scope).into()
+        } else {
+            let [a, b, c, d, ..] = self.ip;
+            SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), self.port).into()
+        }
+    }
+
+    /// Both parts, as the transport layer names a peer.
+    pub fn get(self) -> (Transport, SocketAddr) {
+        (self.transport, self.addr())
+    }
+}
+
 /// Whether two binding lists hold the same Contacts from the same sources, in order:
 /// then they are indexed under the same addresses.
 fn same_places(old: &[Binding], new: &[Binding]) -> bool {
@@ -98,18 +158,45 @@ fn address_set(bindings: &[Binding]) -> Vec<SocketAddr> {
     all
 }
 
+/// An AOR and its bindings. Exact-size slices: a Vec grown by the registrar's push
+/// would keep room for four.
+struct Aor {
+    key: Arc<str>,
+    bindings: Box<[Binding]>,
+}
+
+/// The by-address index's mark for an address where AORs of more than one hash are
+/// bound: they are in [`Location::shared`]. No AOR hashes to it ([`aor_hash`]).
+const MANY: u64 = 0;
+
+/// The hash an AOR is kept under in [`Location::aors`] and named by in
+/// [`Location::by_addr`]: a keyed hash, never [`MANY`].
+fn aor_hash(hasher: &RandomState, aor: &str) -> u64 {
+    hasher.hash_one(aor).max(1)
+}
+
 /// Bindings by AOR (`user@domain`, host lowercased). Known AORs without live bindings
 /// are kept so that "never registered" (404) and "not reachable now" (480) differ.
 pub struct Location {
-    /// Exact-size slices: a Vec grown by the registrar's push would keep room for four.
-    aors: HashMap<Arc<str>, Box<[Binding]>>,
+    /// By [`aor_hash`]: the by-address index names an AOR by its hash alone.
+    aors: HashTable<Aor>,
     /// Which AORs have a binding at an address (its Contact's or its REGISTER's
     /// source): a request aimed at a registered address, not at the AOR, is still
     /// gated as a request to that AOR.
-    /// Keyed by a keyed hash of the address (8 bytes, not 32): candidates are checked
-    /// against the bindings on lookup, so a collision never names a wrong AOR.
-    by_addr: HashMap<u64, AddrAors>,
-    addr_hasher: RandomState,
+    ///
+    /// Keyed by a keyed hash of the address, valued by the [`aor_hash`] of the AORs
+    /// bound there (almost always one), or [`MANY`]: 16 bytes a slot, where an
+    /// address and an `Arc<str>` AOR took 24 (docs/benchmarks.md, "Memory per
+    /// registration binding"). Candidates are checked against the bindings on lookup,
+    /// so a collision of either hash never names a wrong AOR.
+    by_addr: HashMap<u64, u64, Keyed>,
+    /// The AORs at an address marked [`MANY`] (behind an SBC, a PBX trunk or one NAT
+    /// address there may be thousands), by their party hash
+    /// (`engine::dialog::party_hash`), so that adding, removing and "is this party
+    /// here?" stay O(1) whatever their number.
+    shared: HashMap<u64, HashMap<PartyHash, Arc<str>>, Keyed>,
+    /// Keys [`aor_hash`] and the address hashes.
+    hasher: RandomState,
     sink: Sink,
     /// AORs whose lapsed bindings a purge left in the store (its write failed or found
     /// the queue full); the next purge names them again.
@@ -221,82 +308,6 @@ impl CallIdHash {
     }
 }
 
-/// The AORs bound at one address: almost always one, kept without a second allocation;
-/// behind an SBC, a PBX trunk or one NAT address there may be thousands, kept by their
-/// party hash (`engine::dialog::party_hash`) so that adding, removing and "is this party
-/// here?" stay O(1) whatever their number.
-///
-/// 16 bytes (the `Arc`'s pointer and length, the rare table boxed), so the index costs
-/// 24 bytes a slot: 100,000 bindings measured 42 bytes less each than with the table
-/// inline (docs/benchmarks.md, `examples/location_memory.rs`).
-#[derive(Debug)]
-// The box is the point: one pointer in every slot instead of a whole table.
-#[allow(clippy::box_collection)]
-enum AddrAors {
-    One(Arc<str>),
-    Many(Box<HashMap<PartyHash, Arc<str>>>),
-}
-
-impl AddrAors {
-    fn len(&self) -> usize {
-        match self {
-            Self::One(_) => 1,
-            Self::Many(m) => m.len(),
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
-        let (one, many) = match self {
-            Self::One(a) => (Some(a), None),
-            Self::Many(m) => (None, Some(m.values())),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
-    }
-
-    fn add(&mut self, aor: &Arc<str>) {
-        match self {
-            Self::One(a) if **a == **aor => {}
-            Self::One(a) => {
-                let mut m = HashMap::with_capacity(2);
-                m.insert(party_hash(a), a.clone());
-                m.insert(party_hash(aor), aor.clone());
-                *self = Self::Many(Box::new(m));
-            }
-            Self::Many(m) => {
-                m.insert(party_hash(aor), aor.clone());
-            }
-        }
-    }
-
-    /// Removes `aor`; `true` when none is left.
-    fn remove(&mut self, aor: &str) -> bool {
-        match self {
-            Self::One(a) => **a == *aor,
-            Self::Many(m) => {
-                let h = party_hash(aor);
-                if m.get(&h).is_some_and(|a| **a == *aor) {
-                    m.remove(&h);
-                }
-                let empty = m.is_empty();
-                if m.len() == 1
-                    && let Some(only) = m.values().next().cloned()
-                {
-                    *self = Self::One(only);
-                }
-                empty
-            }
-        }
-    }
-
-    /// The AOR with party hash `h`, if it is one of these.
-    fn by_party(&self, h: PartyHash) -> Option<&Arc<str>> {
-        match self {
-            Self::One(a) => (party_hash(a) == h).then_some(a),
-            Self::Many(m) => m.get(&h),
-        }
-    }
-}
-
 /// Who is registered at an address, as the gate asks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AtAddress {
@@ -339,47 +350,111 @@ impl Location {
 
     fn with(loaded: Vec<(String, Vec<Binding>)>, sink: Sink) -> Self {
         let mut l = Self {
-            aors: HashMap::with_capacity(loaded.len()),
-            by_addr: HashMap::new(),
-            addr_hasher: RandomState::new(),
+            aors: HashTable::with_capacity(loaded.len()),
+            by_addr: HashMap::default(),
+            shared: HashMap::default(),
+            hasher: RandomState::new(),
             sink,
             unpurged: Vec::new(),
         };
         for (aor, bindings) in loaded {
-            let aor: Arc<str> = aor.into();
-            l.index(&aor, &bindings);
-            l.aors.insert(aor, bindings.into_boxed_slice());
+            l.commit(aor.into(), bindings.into_boxed_slice());
         }
         l
+    }
+
+    /// The entry of `aor`.
+    fn get(&self, aor: &str) -> Option<&Aor> {
+        self.aors
+            .find(aor_hash(&self.hasher, aor), |e| *e.key == *aor)
+    }
+
+    /// The entries whose AOR hashes to `h`: one, but for a collision.
+    fn hashed(&self, h: u64) -> impl Iterator<Item = &Aor> {
+        self.aors
+            .iter_hash(h)
+            .filter(move |e| aor_hash(&self.hasher, &e.key) == h)
     }
 
     /// The addresses a binding can be reached at: its Contact's host:port (an IP
     /// literal or `localhost`) and the source of its REGISTER.
     fn addresses(b: &Binding) -> impl Iterator<Item = SocketAddr> {
         let contact = crate::route::resolve(b.contact.as_bytes()).map(|(_, a)| a);
-        let source = b.source.map(|(_, a)| a);
+        let source = b.source.map(Source::addr);
         contact
             .into_iter()
             .chain(source.filter(|s| Some(*s) != contact))
     }
 
+    /// Whether `e` has a binding at an address whose index key is `key`.
+    fn keyed_at(&self, e: &Aor, key: u64) -> bool {
+        e.bindings
+            .iter()
+            .flat_map(Self::addresses)
+            .any(|a| self.hasher.hash_one(a) == key)
+    }
+
     fn index(&mut self, aor: &Arc<str>, bindings: &[Binding]) {
+        let h = aor_hash(&self.hasher, aor);
         for a in bindings.iter().flat_map(Self::addresses) {
-            match self.by_addr.entry(self.addr_hasher.hash_one(a)) {
-                Entry::Vacant(v) => {
-                    v.insert(AddrAors::One(aor.clone()));
+            let key = self.hasher.hash_one(a);
+            match self.by_addr.get(&key).copied() {
+                None => {
+                    self.by_addr.insert(key, h);
                 }
-                Entry::Occupied(mut o) => o.get_mut().add(aor),
+                Some(named) if named == h => {}
+                Some(MANY) => {
+                    if let Some(m) = self.shared.get_mut(&key) {
+                        m.insert(party_hash(aor), aor.clone());
+                    }
+                }
+                Some(named) => {
+                    // A second AOR at the address: from now on they are listed.
+                    let mut m: HashMap<PartyHash, Arc<str>> = self
+                        .hashed(named)
+                        .filter(|e| self.keyed_at(e, key))
+                        .map(|e| (party_hash(&e.key), e.key.clone()))
+                        .collect();
+                    m.insert(party_hash(aor), aor.clone());
+                    self.shared.insert(key, m);
+                    self.by_addr.insert(key, MANY);
+                }
             }
         }
     }
 
     fn unindex_addr(&mut self, a: SocketAddr, aor: &str) {
-        let key = self.addr_hasher.hash_one(a);
-        if let Some(list) = self.by_addr.get_mut(&key)
-            && list.remove(aor)
-        {
-            self.by_addr.remove(&key);
+        let key = self.hasher.hash_one(a);
+        match self.by_addr.get(&key).copied() {
+            Some(MANY) => {
+                let Some(m) = self.shared.get_mut(&key) else {
+                    return;
+                };
+                let p = party_hash(aor);
+                if m.get(&p).is_some_and(|a| **a == *aor) {
+                    m.remove(&p);
+                }
+                if m.len() > 1 {
+                    return;
+                }
+                let only = m.values().next().cloned();
+                self.shared.remove(&key);
+                match only {
+                    Some(only) => self.by_addr.insert(key, aor_hash(&self.hasher, &only)),
+                    None => self.by_addr.remove(&key),
+                };
+            }
+            Some(named) if named == aor_hash(&self.hasher, aor) => {
+                // Another AOR of the same hash may still be bound there.
+                let others = self
+                    .hashed(named)
+                    .any(|e| *e.key != *aor && self.keyed_at(e, key));
+                if !others {
+                    self.by_addr.remove(&key);
+                }
+            }
+            // Not indexed there, or under another AOR.
+            None | Some(_) => {}
         }
     }
 
@@ -389,31 +464,45 @@ impl Location {
         }
     }
 
-    /// Whether `aor` has a binding at `addr` (the index is keyed by a hash of the
-    /// address, so its candidates are checked against the bindings).
-    fn bound_at(&self, aor: &str, addr: SocketAddr) -> bool {
-        self.aors
-            .get(aor)
-            .is_some_and(|bs| bs.iter().flat_map(Self::addresses).any(|x| x == addr))
+    /// Whether `e` has a binding at `addr` (the index is keyed by hashes, so its
+    /// candidates are checked against the bindings).
+    fn bound_at(e: &Aor, addr: SocketAddr) -> bool {
+        e.bindings
+            .iter()
+            .flat_map(Self::addresses)
+            .any(|x| x == addr)
     }
 
-    fn candidates(&self, addr: SocketAddr) -> Option<&AddrAors> {
-        self.by_addr.get(&self.addr_hasher.hash_one(addr))
+    /// The entries indexed at `addr` (candidates, unchecked) and how many AORs the
+    /// index lists there.
+    fn candidates(&self, addr: SocketAddr) -> (impl Iterator<Item = &Aor>, usize) {
+        let key = self.hasher.hash_one(addr);
+        let (one, many) = match self.by_addr.get(&key).copied() {
+            None => (None, None),
+            Some(MANY) => (None, self.shared.get(&key)),
+            Some(h) => (Some(h), None),
+        };
+        let n = many.map_or(usize::from(one.is_some()), HashMap::len);
+        let listed = many
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter_map(|aor| self.get(aor));
+        (
+            one.into_iter().flat_map(|h| self.hashed(h)).chain(listed),
+            n,
+        )
     }
 
     /// The AORs with a binding (live or not yet purged) at `addr`, or `Shared` when
     /// more than [`SHARED_ADDRESS`] share it.
     pub fn at_address(&self, addr: SocketAddr) -> AtAddress {
-        let Some(c) = self.candidates(addr) else {
-            return AtAddress::Nobody;
-        };
-        if c.len() > SHARED_ADDRESS {
+        let (candidates, n) = self.candidates(addr);
+        if n > SHARED_ADDRESS {
             return AtAddress::Shared;
         }
-        let aors: Vec<Arc<str>> = c
-            .iter()
-            .filter(|a| self.bound_at(a, addr))
-            .cloned()
+        let aors: Vec<Arc<str>> = candidates
+            .filter(|e| Self::bound_at(e, addr))
+            .map(|e| e.key.clone())
             .collect();
         if aors.is_empty() {
             AtAddress::Nobody
@@ -424,26 +513,35 @@ impl Location {
 
     /// Whether anyone is registered at `addr`.
     pub fn anyone_at(&self, addr: SocketAddr) -> bool {
-        self.candidates(addr)
-            .is_some_and(|c| c.iter().any(|a| self.bound_at(a, addr)))
+        self.candidates(addr).0.any(|e| Self::bound_at(e, addr))
     }
 
     /// Whether the AOR with party hash `h` is registered at `addr`. O(1).
     pub fn party_at(&self, addr: SocketAddr, h: PartyHash) -> bool {
-        self.candidates(addr)
-            .and_then(|c| c.by_party(h))
-            .is_some_and(|a| self.bound_at(a, addr))
+        let key = self.hasher.hash_one(addr);
+        match self.by_addr.get(&key).copied() {
+            None => false,
+            Some(MANY) => self
+                .shared
+                .get(&key)
+                .and_then(|m| m.get(&h))
+                .and_then(|aor| self.get(aor))
+                .is_some_and(|e| Self::bound_at(e, addr)),
+            Some(named) => self
+                .hashed(named)
+                .any(|e| party_hash(&e.key) == h && Self::bound_at(e, addr)),
+        }
     }
 
     /// The AORs indexed at `addr` (candidates, unchecked), for a lookup that stops at
     /// its first match.
     pub fn indexed_at(&self, addr: SocketAddr) -> impl Iterator<Item = &Arc<str>> {
-        self.candidates(addr).into_iter().flat_map(AddrAors::iter)
+        self.candidates(addr).0.map(|e| &e.key)
     }
 
     /// Live bindings of `aor`, highest q first; `None` if the AOR was never registered.
     pub fn lookup(&self, aor: &str, unix_now: u64) -> Option<Vec<&Binding>> {
-        let all = self.aors.get(aor)?;
+        let all = &self.get(aor)?.bindings;
         let mut live: Vec<&Binding> = all.iter().filter(|b| b.expires_at > unix_now).collect();
         live.sort_by_key(|b| std::cmp::Reverse(b.q));
         Some(live)
@@ -458,14 +556,17 @@ impl Location {
         {
             return list;
         }
-        self.aors.get(aor).map_or(&[], |b| b)
+        self.get(aor).map_or(&[], |e| &e.bindings)
     }
 
     /// Replaces the bindings of `aor`. Visible to routing once stored: at once when
     /// written through, after [`Location::poll_settled`] reports it when behind.
     pub fn replace(&mut self, aor: &str, bindings: Vec<Binding>) -> Result<Stored, ReplaceError> {
-        let (key, stored) = match self.aors.get_key_value(aor) {
-            Some((k, v)) => (k.clone(), Some(v)),
+        let found = self
+            .aors
+            .find(aor_hash(&self.hasher, aor), |e| *e.key == *aor);
+        let (key, stored) = match found {
+            Some(e) => (e.key.clone(), Some(&e.bindings)),
             None => (Arc::from(aor), None),
         };
         match &mut self.sink {
@@ -505,9 +606,8 @@ impl Location {
     /// visible over this one when it settles.
     pub fn apply_stored(&mut self, aor: &str, bindings: Vec<Binding>) {
         let key = self
-            .aors
-            .get_key_value(aor)
-            .map_or_else(|| Arc::from(aor), |(k, _)| k.clone());
+            .get(aor)
+            .map_or_else(|| Arc::from(aor), |e| e.key.clone());
         self.commit(key, bindings.into_boxed_slice());
     }
 
@@ -515,13 +615,18 @@ impl Location {
     fn commit(&mut self, key: Arc<str>, bindings: Box<[Binding]>) {
         // A refresh (the same Contacts from the same sources) replaces the list in
         // place: one lookup, and no Contact parsed to compare address sets.
-        if let Some(slot) = self.aors.get_mut(&key)
-            && same_places(slot, &bindings)
+        let h = aor_hash(&self.hasher, &key);
+        if let Some(e) = self.aors.find_mut(h, |e| e.key == key)
+            && same_places(&e.bindings, &bindings)
         {
-            *slot = bindings;
+            e.bindings = bindings;
             return;
         }
-        let old = self.aors.remove(&key);
+        let old = self
+            .aors
+            .find_entry(h, |e| e.key == key)
+            .ok()
+            .map(|e| e.remove().0.bindings);
         // A refresh keeps its addresses: the index is right as it is (with thousands
         // of AORs behind one address, re-indexing is a removal and an insertion in a
         // large table per REGISTER).
@@ -534,7 +639,9 @@ impl Location {
             }
             self.index(&key, &bindings);
         }
-        self.aors.insert(key, bindings);
+        let hasher = &self.hasher;
+        self.aors
+            .insert_unique(h, Aor { key, bindings }, |e| aor_hash(hasher, &e.key));
     }
 
     /// The next outcome of the write-behind worker, applied: committed changes become
@@ -609,7 +716,11 @@ impl Location {
         let mut n = 0;
         let mut gone = Vec::new();
         let mut lapsed: Vec<Arc<str>> = Vec::new();
-        for (aor, list) in &mut self.aors {
+        for Aor {
+            key: aor,
+            bindings: list,
+        } in &mut self.aors
+        {
             if list.iter().all(|b| b.expires_at > unix_now) {
                 continue;
             }
@@ -624,10 +735,9 @@ impl Location {
         for (aor, b) in gone {
             // An address still used by another live binding of the same AOR stays.
             let kept: Vec<SocketAddr> = self
-                .aors
                 .get(&aor)
                 .into_iter()
-                .flatten()
+                .flat_map(|e| &e.bindings)
                 .flat_map(Self::addresses)
                 .collect();
             for a in Self::addresses(&b).filter(|a| !kept.contains(a)) {
@@ -667,7 +777,10 @@ impl Location {
 
     /// Number of AORs and of bindings held.
     pub fn counts(&self) -> (usize, usize) {
-        (self.aors.len(), self.aors.values().map(|b| b.len()).sum())
+        (
+            self.aors.len(),
+            self.aors.iter().map(|e| e.bindings.len()).sum(),
+        )
     }
 }
 
@@ -684,15 +797,34 @@ mod tests {
             call_id: CallIdHash::of("c"),
             cseq: 1,
             path: PathList::default(),
-            source: Some((Transport::Udp, source.parse().unwrap())),
+            source: Some((Transport::Udp, source.parse().unwrap()).into()),
             max_calls: None,
             load_query: true,
         }
     }
 
     #[test]
-    fn an_index_slot_is_small() {
-        assert_eq!(std::mem::size_of::<AddrAors>(), 16);
+    fn a_binding_and_an_index_slot_are_small() {
+        assert_eq!(std::mem::size_of::<Binding>(), 80);
+        assert_eq!(std::mem::size_of::<Option<Source>>(), 24);
+    }
+
+    #[test]
+    fn a_source_keeps_its_address_and_transport() {
+        for (t, a) in [
+            (Transport::Udp, "192.0.2.1:5060"),
+            (Transport::Tls, "[2001:db8::1]:5061"),
+            (Transport::Tcp, "[fe80::1%3]:5060"),
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(Source::from((t, addr)).get(), (t, addr), "{a}");
+        }
+        let v4: SocketAddr = "192.0.2.1:5060".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5060".parse().unwrap();
+        assert_ne!(
+            Source::from((Transport::Udp, v4)),
+            Source::from((Transport::Udp, mapped))
+        );
     }
 
     #[test]
@@ -727,6 +859,19 @@ mod tests {
         };
         left.sort();
         assert_eq!(left, vec![Arc::from("u0@x"), Arc::from("u1@x")]);
+        // One left, then a second one back: the index names one, then lists both.
+        l.replace("u0@x", Vec::new()).unwrap();
+        assert_eq!(l.at_address(addr), AtAddress::Aors(vec![Arc::from("u1@x")]));
+        assert!(l.party_at(addr, party_hash("u1@x")));
+        assert!(!l.party_at(addr, party_hash("u0@x")));
+        l.replace("u0@x", vec![binding(&format!("sip:u0@{sbc}"), sbc)])
+            .unwrap();
+        let AtAddress::Aors(mut back) = l.at_address(addr) else {
+            panic!("two AORs expected");
+        };
+        back.sort();
+        assert_eq!(back, vec![Arc::from("u0@x"), Arc::from("u1@x")]);
+        assert!(l.party_at(addr, party_hash("u0@x")));
         l.replace("u0@x", Vec::new()).unwrap();
         l.replace("u1@x", Vec::new()).unwrap();
         assert_eq!(l.at_address(addr), AtAddress::Nobody);

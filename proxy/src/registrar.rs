@@ -149,7 +149,7 @@ pub fn handle_register(
             call_id: call_hash,
             cseq: cseq.seq,
             path: path.clone().into(),
-            source: Some(source),
+            source: Some(source.into()),
             max_calls: c
                 .param(crate::gate::MAX_CALLS_PARAM)
                 .and_then(|v| std::str::from_utf8(trim(v)).ok()?.parse().ok()),

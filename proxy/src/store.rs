@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, Transaction, params};
 use sip_core::transport::Transport;
 
-use crate::location::{Binding, CallIdHash};
+use crate::location::{Binding, CallIdHash, Source};
 
 /// Storage failures are I/O faults: the request that needed the write gets a 500.
 #[derive(Debug, thiserror::Error)]
@@ -165,8 +165,8 @@ impl SqliteStore {
 
 /// `UDP 192.0.2.1:5060`. An IPv4 address is written by hand: `format!` was a tenth of
 /// the store thread's time under REGISTER load (with the Call-ID hash's text).
-pub(crate) fn source_to_text(s: Option<(Transport, SocketAddr)>) -> Option<String> {
-    let (t, a) = s?;
+pub(crate) fn source_to_text(s: Option<Source>) -> Option<String> {
+    let (t, a) = s?.get();
     let SocketAddr::V4(v4) = a else {
         return Some(format!("{} {a}", t.via_token()));
     };
@@ -185,10 +185,11 @@ pub(crate) fn source_to_text(s: Option<(Transport, SocketAddr)>) -> Option<Strin
     Some(out)
 }
 
-pub(crate) fn source_from_text(s: Option<String>) -> Option<(Transport, SocketAddr)> {
+pub(crate) fn source_from_text(s: Option<String>) -> Option<Source> {
     let s = s?;
     let (t, a) = s.split_once(' ')?;
-    Some((Transport::from_token(t.as_bytes())?, a.parse().ok()?))
+    let a: SocketAddr = a.parse().ok()?;
+    Some((Transport::from_token(t.as_bytes())?, a).into())
 }
 
 impl LocationStore for SqliteStore {
@@ -346,7 +347,13 @@ mod tests {
             call_id: CallIdHash::of("c1"),
             cseq: 7,
             path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()].into(),
-            source: Some((Transport::Tcp, "127.0.0.1:5099".parse().unwrap())),
+            source: Some(
+                (
+                    Transport::Tcp,
+                    "127.0.0.1:5099".parse::<SocketAddr>().unwrap(),
+                )
+                    .into(),
+            ),
             max_calls: Some(2),
             load_query: false,
         }
@@ -361,9 +368,9 @@ mod tests {
             (Transport::Udp, "[2001:db8::1]:5060"),
         ] {
             let a: SocketAddr = a.parse().unwrap();
-            let text = source_to_text(Some((t, a))).unwrap();
+            let text = source_to_text(Some((t, a).into())).unwrap();
             assert_eq!(text, format!("{} {a}", t.via_token()));
-            assert_eq!(source_from_text(Some(text)), Some((t, a)));
+            assert_eq!(source_from_text(Some(text)).map(Source::get), Some((t, a)));
         }
         assert_eq!(source_to_text(None), None);
         for h in [0, 1, 0xfedc_ba98_7654_3210, u64::MAX] {

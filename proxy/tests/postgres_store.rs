@@ -48,7 +48,13 @@ fn binding(contact: &str, expires_at: u64) -> Binding {
         call_id: CallIdHash::of("c1"),
         cseq: 7,
         path: vec!["<sip:edge1;lr>".into(), "<sip:edge2;lr>".into()].into(),
-        source: Some((Transport::Tcp, "127.0.0.1:5099".parse().unwrap())),
+        source: Some(
+            (
+                Transport::Tcp,
+                "127.0.0.1:5099".parse::<std::net::SocketAddr>().unwrap(),
+            )
+                .into(),
+        ),
         max_calls: Some(2),
         load_query: false,
     }

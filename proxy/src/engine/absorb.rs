@@ -15,7 +15,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Instant;
 
@@ -25,6 +25,7 @@ use sip_core::transport::{Transmit, Transport};
 
 use super::tx::{Kind, TxKey};
 use super::{Proxy, Wake};
+use crate::keyed::Keyed;
 use crate::route::Flow;
 
 /// One absorbing transaction: `buf` is the kind, the branch key, the reply flow
@@ -112,27 +113,9 @@ fn lane(timer: Timer) -> usize {
 /// parts it takes 7.2–7.4 ms.
 const PARTS: usize = 16;
 
-/// The fingerprints are keyed hashes already: the sub-tables use them as they are
-/// (bucket from the low bits, control byte from the top ones, part from the middle).
-#[derive(Debug, Default, Clone, Copy)]
-struct AsIs(u64);
-
-impl Hasher for AsIs {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed; any other input is folded in, never dropped.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type Part = HashMap<u64, Absorbed, BuildHasherDefault<AsIs>>;
+// The fingerprints are keyed hashes already: the sub-tables use them as they are
+// (bucket from the low bits, control byte from the top ones, part from the middle).
+type Part = HashMap<u64, Absorbed, Keyed>;
 
 fn part_of(fp: u64) -> usize {
     (fp >> 32) as usize % PARTS

@@ -31,7 +31,7 @@ pub(super) struct Target {
 pub(super) fn registered_flow(
     b: &crate::location::Binding,
 ) -> Option<(Transport, std::net::SocketAddr)> {
-    let (transport, src) = b.source?;
+    let (transport, src) = b.source?.get();
     let ob = SipUri::parse(b.contact.as_bytes()).is_some_and(|u| u.param(b"ob").is_some());
     match transport {
         Transport::Tls => Some((transport, src)),
