@@ -16,7 +16,8 @@
 //! that fails is reported as failed and its REGISTERs get 500.
 //!
 //! [`PermitWorker`] does the same for the callees' own list changes (management
-//! PUBLISH): written on its thread, answered by the engine once committed.
+//! PUBLISH), and [`DepositWorker`] for stored items (deposits): written on their
+//! thread, answered by the engine once committed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
@@ -26,7 +27,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::engine::{Proxy, Shared};
 use crate::location::{QueueFull, Settled, WriteBehind};
+use crate::mailbox::{DepositError, DepositJob, DepositWriter, Mailbox};
 use crate::manage::{self, ManageReply, PermitWriter, PublishJob};
 use crate::permits::Permits;
 use crate::store::{LocationStore, Write};
@@ -244,46 +247,44 @@ fn worker(
     }
 }
 
-/// The permit writer of the running proxy (shell side of [`PermitWriter`]): one
-/// thread that applies management PUBLISHes to the permit lists through its own
-/// connection (a `Permits` opened for administration, as the CLI's), one at a time,
-/// each committed before its reply goes back. The engine's table learns of the change
-/// through the store's change log (`Permits::refresh_now`) before the engine answers.
-pub struct PermitWorker {
-    to_worker: SyncSender<PermitJob>,
+/// A thread that runs the jobs of every shard one at a time, each written (committed)
+/// before its outcome goes back to the shard that sent it, woken through its `Notify`.
+/// The shell side of [`PermitWriter`] ([`PermitWorker`]) and of [`DepositWriter`]
+/// ([`DepositWorker`]).
+pub struct JobWorker<J, R> {
+    to_worker: SyncSender<Queued<J, R>>,
 }
 
-struct PermitJob {
-    publish: PublishJob,
-    reply: mpsc::Sender<(u64, ManageReply)>,
+struct Queued<J, R> {
+    work: J,
+    reply: mpsc::Sender<R>,
     wake: Arc<Notify>,
 }
 
-/// PUBLISHes queued for the permit writer (all shards together); more get 503.
-const PERMIT_QUEUE: usize = 1_024;
+/// Jobs queued for one worker (all shards together); more get 503.
+const JOB_QUEUE: usize = 1_024;
 
-impl PermitWorker {
-    /// Starts the writer thread on `permits`.
-    pub fn spawn(mut permits: Permits) -> std::io::Result<Self> {
-        let (to_worker, jobs) = mpsc::sync_channel::<PermitJob>(PERMIT_QUEUE);
+impl<J: Send + 'static, R: Send + 'static> JobWorker<J, R> {
+    /// Starts the thread `name`, which runs each job through `run`.
+    fn start(name: &str, mut run: impl FnMut(J) -> R + Send + 'static) -> std::io::Result<Self> {
+        let (to_worker, jobs) = mpsc::sync_channel::<Queued<J, R>>(JOB_QUEUE);
         std::thread::Builder::new()
-            .name("permit-lists".into())
+            .name(name.into())
             .spawn(move || {
-                while let Ok(job) = jobs.recv() {
-                    let PublishJob { id, owner, msg } = job.publish;
-                    let r = manage::handle_publish(&mut permits, &owner, &msg);
-                    if job.reply.send((id, r)).is_ok() {
-                        job.wake.notify_one();
+                while let Ok(queued) = jobs.recv() {
+                    let r = run(queued.work);
+                    if queued.reply.send(r).is_ok() {
+                        queued.wake.notify_one();
                     }
                 }
             })?;
         Ok(Self { to_worker })
     }
 
-    /// A handle for one engine shard, woken through `wake` when a reply is ready.
-    pub fn handle(&self, wake: Arc<Notify>) -> PermitHandle {
+    /// A handle for one engine shard, woken through `wake` when an outcome is ready.
+    pub fn handle(&self, wake: Arc<Notify>) -> JobHandle<J, R> {
         let (reply, done) = mpsc::channel();
-        PermitHandle {
+        JobHandle {
             to_worker: self.to_worker.clone(),
             reply,
             done,
@@ -292,26 +293,90 @@ impl PermitWorker {
     }
 }
 
-/// One shard's [`PermitWriter`].
-pub struct PermitHandle {
-    to_worker: SyncSender<PermitJob>,
-    reply: mpsc::Sender<(u64, ManageReply)>,
-    done: Receiver<(u64, ManageReply)>,
+/// One shard's handle on a [`JobWorker`].
+pub struct JobHandle<J, R> {
+    to_worker: SyncSender<Queued<J, R>>,
+    reply: mpsc::Sender<R>,
+    done: Receiver<R>,
     wake: Arc<Notify>,
+}
+
+impl<J, R> JobHandle<J, R> {
+    fn queue(&self, work: J) -> Result<(), QueueFull> {
+        let queued = Queued {
+            work,
+            reply: self.reply.clone(),
+            wake: self.wake.clone(),
+        };
+        self.to_worker.try_send(queued).map_err(|_| QueueFull)
+    }
+
+    fn next_done(&self) -> Option<R> {
+        self.done.try_recv().ok()
+    }
+}
+
+/// The permit writer of the running proxy: management PUBLISHes applied to the permit
+/// lists through its own connection (a `Permits` opened for administration, as the
+/// CLI's), one at a time, each committed before its reply goes back. The engine's table
+/// learns of the change through the store's change log (`Permits::refresh_now`) before
+/// the engine answers.
+pub type PermitWorker = JobWorker<PublishJob, (u64, ManageReply)>;
+
+/// One shard's [`PermitWriter`].
+pub type PermitHandle = JobHandle<PublishJob, (u64, ManageReply)>;
+
+impl PermitWorker {
+    /// Starts the writer thread on `permits`.
+    pub fn spawn(mut permits: Permits) -> std::io::Result<Self> {
+        Self::start("permit-lists", move |job: PublishJob| {
+            let PublishJob { id, owner, msg } = job;
+            (id, manage::handle_publish(&mut permits, &owner, &msg))
+        })
+    }
 }
 
 impl PermitWriter for PermitHandle {
     fn submit(&mut self, publish: PublishJob) -> Result<(), QueueFull> {
-        let job = PermitJob {
-            publish,
-            reply: self.reply.clone(),
-            wake: self.wake.clone(),
-        };
-        self.to_worker.try_send(job).map_err(|_| QueueFull)
+        self.queue(publish)
     }
 
     fn poll_done(&mut self) -> Option<(u64, ManageReply)> {
-        self.done.try_recv().ok()
+        self.next_done()
+    }
+}
+
+/// The deposit writer of the running proxy: stored items (store-and-forward deposits)
+/// written into the mailbox every shard uses, one at a time, each durable (SQLite
+/// commits them with an fsync) before its outcome goes back. While it writes it holds
+/// the mailbox's lock: a shard's transfer or message-summary read waits for it, the
+/// rest of the engine does not.
+pub type DepositWorker = JobWorker<DepositJob, (u64, Result<(), DepositError>)>;
+
+/// One shard's [`DepositWriter`].
+pub type DepositHandle = JobHandle<DepositJob, (u64, Result<(), DepositError>)>;
+
+impl DepositWorker {
+    /// Starts the writer thread on `proxy`'s mailbox (shared with its shards).
+    pub fn spawn(proxy: &Proxy) -> std::io::Result<Self> {
+        Self::on(proxy.shared_mailbox())
+    }
+
+    fn on(mailbox: Shared<Mailbox>) -> std::io::Result<Self> {
+        Self::start("mailbox-writer", move |job: DepositJob| {
+            let outcome = mailbox.lock().deposit(&job.item, job.unix_now);
+            (job.ticket, outcome)
+        })
+    }
+}
+
+impl DepositWriter for DepositHandle {
+    fn submit(&mut self, job: DepositJob) -> Result<(), QueueFull> {
+        self.queue(job)
+    }
+
+    fn poll_done(&mut self) -> Option<(u64, Result<(), DepositError>)> {
+        self.next_done()
     }
 }
 
@@ -548,6 +613,69 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{body}",
         // Committed before the reply: a fresh connection reads it.
         let mut reread = Permits::open(&dir, Durability::Normal).unwrap();
         assert!(reread.is_permitted("bob@localhost", "alice@localhost"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_deposit_worker_stores_an_item_then_replies_and_wakes_its_shard() {
+        use crate::mailbox::sqlite::SqliteItems;
+        use crate::mailbox::{Item, ItemId, Quotas, StoredItems};
+
+        let dir = std::env::temp_dir().join(format!("deposit-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let items = SqliteItems::open(&dir, u64::MAX).unwrap();
+        let quotas = Quotas {
+            callee_items: 1,
+            ..Quotas::default()
+        };
+        let worker = DepositWorker::on(Shared::new(Mailbox::new(Box::new(items), quotas))).unwrap();
+        let wake = Arc::new(Notify::new());
+        let mut handle = worker.handle(wake.clone());
+        let item = |n: u8| {
+            let body = vec![b'x'; 10];
+            Item::new(
+                ItemId([n; 16]),
+                "bob@localhost",
+                "alice@localhost",
+                "text/plain",
+                "",
+                body,
+                1_000,
+                2_000,
+            )
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let outcome = |handle: &mut DepositHandle, ticket: u64, n: u8| {
+            let job = DepositJob {
+                ticket,
+                item: item(n),
+                unix_now: 1_000,
+            };
+            handle.submit(job).unwrap();
+            let woken = rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified()).await
+            });
+            assert!(woken.is_ok(), "the shard was not woken");
+            let (t, r) = handle.poll_done().expect("an outcome once woken");
+            assert_eq!(t, ticket);
+            r
+        };
+        assert!(outcome(&mut handle, 7, 1).is_ok());
+        // Durable before the reply: a fresh connection reads it.
+        let mut reread = SqliteItems::open(&dir, u64::MAX).unwrap();
+        assert_eq!(
+            reread.get(&ItemId([1; 16])).unwrap().map(|i| i.body),
+            Some(vec![b'x'; 10])
+        );
+        // The quotas are the mailbox's: a second item for bob is refused.
+        assert!(matches!(
+            outcome(&mut handle, 8, 2),
+            Err(DepositError::Refused(_))
+        ));
+        assert!(reread.get(&ItemId([2; 16])).unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

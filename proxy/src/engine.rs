@@ -416,6 +416,9 @@ impl Proxy {
         if !self.publishing.is_empty() {
             self.settle_publishes(now);
         }
+        if self.deposits_writing() {
+            self.settle_deposits(now);
+        }
         let flow = Flow {
             transport: rx.transport,
             local: rx.local,
@@ -840,10 +843,12 @@ impl Proxy {
         self.out.pop_front()
     }
 
-    /// Work finished outside the engine: the store worker settled writes.
+    /// Work finished outside the engine: the store worker settled writes, the permit
+    /// or the deposit writer finished a job.
     pub fn handle_wake(&mut self, now: Instant) {
         self.settle_writes(now);
         self.settle_publishes(now);
+        self.settle_deposits(now);
         self.handle_control(now);
     }
 

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use clap::{Parser, Subcommand};
 use permit_proxy::auth::{Auth, UserDirectory};
-use permit_proxy::commit::{GroupCommit, GroupLimits, PermitWorker};
+use permit_proxy::commit::{DepositWorker, GroupCommit, GroupLimits, PermitWorker};
 use permit_proxy::config::{Backend, Config, DEFAULT_DOMAIN, Overrides};
 use permit_proxy::engine::Proxy;
 use permit_proxy::location::Location;
@@ -707,6 +707,14 @@ fn run(cfg: &Config) -> ExitCode {
         let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
         proxy.set_mailbox(mailbox, cfg.store.enabled);
         proxy.set_permit_writer(Box::new(permit_writer.handle(wake.clone())));
+        let deposit_writer = match DepositWorker::spawn(&proxy) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("permit-proxy: deposit writer thread: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        proxy.set_deposit_writer(Box::new(deposit_writer.handle(wake.clone())));
         let relay = match start_relay(cfg, seed) {
             Ok(r) => r,
             Err(e) => {
@@ -726,6 +734,7 @@ fn run(cfg: &Config) -> ExitCode {
                 let index = u8::try_from(i + 1).unwrap_or(u8::MAX);
                 let mut shard = proxy.new_shard(index, now, seed.rotate_left(7) ^ (i as u64 + 1));
                 shard.set_permit_writer(Box::new(permit_writer.handle(wake.clone())));
+                shard.set_deposit_writer(Box::new(deposit_writer.handle(wake.clone())));
                 if let Some((table, audio)) = &relay {
                     shard.set_relay(Box::new(table.clone()), *audio);
                 }

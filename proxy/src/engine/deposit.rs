@@ -28,7 +28,9 @@ use super::mwi::Subscriptions;
 use super::{ClientEntry, ClientTx, Kind, Proxy, Purpose, Shared, Target, TxKey};
 use crate::auth::Role;
 use crate::location::aor_key;
-use crate::mailbox::{DepositError, Item, ItemId, Mailbox, Slot, hex, summary};
+use crate::mailbox::{
+    DepositError, DepositJob, DepositWriter, Item, ItemId, Mailbox, Slot, hex, summary,
+};
 use crate::route::{Flow, Identity, own_branch_for};
 use crate::upload::{ANNOUNCE_TYPE, Announce, FILE_TYPE, Purpose as UrlPurpose, Tokens};
 
@@ -59,6 +61,20 @@ pub(super) struct StoreForward {
     upload: Option<(Tokens, u64)>,
     /// Announced uploads whose owner is told once they complete (checked each purge).
     pending_uploads: HashMap<ItemId, String>,
+    /// Where deposits are written when not on this thread (each shard its own handle).
+    writer: Option<Box<dyn DepositWriter>>,
+    /// Deposits handed to `writer`, by ticket, waiting for their outcome.
+    writing: HashMap<u64, HeldDeposit>,
+}
+
+/// A deposit whose write is under way: what its answer needs.
+struct HeldDeposit {
+    key: TxKey,
+    msg: Message,
+    owner: String,
+    id: ItemId,
+    expires_at: u64,
+    size: usize,
 }
 
 impl StoreForward {
@@ -136,6 +152,37 @@ impl Proxy {
     }
 
     /// Turns on large uploads: the listener's URL signer and the upload window.
+    /// Writes deposits through `writer` (off this thread) instead of on this thread;
+    /// each shard gets its own handle.
+    pub fn set_deposit_writer(&mut self, writer: Box<dyn DepositWriter>) {
+        self.sf.writer = Some(writer);
+    }
+
+    /// The mailbox every shard uses, for the deposit writer of the running proxy.
+    pub(crate) fn shared_mailbox(&self) -> Shared<Mailbox> {
+        self.sf.mailbox.clone()
+    }
+
+    /// Deposits whose write finished on the deposit writer, answered.
+    pub(super) fn settle_deposits(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        if let Some(writer) = self.sf.writer.as_mut() {
+            while let Some(d) = writer.poll_done() {
+                done.push(d);
+            }
+        }
+        for (ticket, outcome) in done {
+            if let Some(h) = self.sf.writing.remove(&ticket) {
+                self.deposited(now, &h, outcome);
+            }
+        }
+    }
+
+    /// Deposits handed to the deposit writer and not answered yet.
+    pub(super) fn deposits_writing(&self) -> bool {
+        !self.sf.writing.is_empty()
+    }
+
     pub fn set_uploads(&mut self, tokens: Tokens, window_secs: u64) {
         self.sf.upload = Some((tokens, window_secs));
     }
@@ -262,12 +309,43 @@ impl Proxy {
             unix,
             expires_at,
         );
+        let held = HeldDeposit {
+            key: key.clone(),
+            msg: msg.clone(),
+            owner: owner.to_owned(),
+            id,
+            expires_at,
+            size: body.len(),
+        };
+        // The write leaves this thread when a writer is set (the running proxy); the
+        // answer waits for its outcome.
+        if let Some(writer) = self.sf.writer.as_mut() {
+            self.next_id += 1;
+            let ticket = self.next_id;
+            let job = DepositJob {
+                ticket,
+                item,
+                unix_now: unix,
+            };
+            if writer.submit(job).is_err() {
+                return self.unavailable(now, key, msg, b"1");
+            }
+            self.sf.writing.insert(ticket, held);
+            return;
+        }
         let outcome = self.sf.mailbox.lock().deposit(&item, unix);
+        self.deposited(now, &held, outcome);
+    }
+
+    /// Answers a deposit by the outcome of its write: 202 once stored (and the owner's
+    /// subscriptions told), the refusal or the storage failure otherwise.
+    fn deposited(&mut self, now: Instant, h: &HeldDeposit, outcome: Result<(), DepositError>) {
+        let (key, msg) = (&h.key, &h.msg);
         match outcome {
             Ok(()) => {
                 self.stats.deposits += 1;
-                tracing::debug!(item = %id, size = body.len(), "deposit stored");
-                let value = format!("{id};expires={expires_at}");
+                tracing::debug!(item = %h.id, size = h.size, "deposit stored");
+                let value = format!("{};expires={}", h.id, h.expires_at);
                 self.reply(
                     now,
                     key,
@@ -276,7 +354,7 @@ impl Proxy {
                     "Accepted",
                     &[("Permit-Item", value.as_bytes())],
                 );
-                self.notify_owner(now, owner);
+                self.notify_owner(now, &h.owner);
             }
             Err(DepositError::Refused(r)) => {
                 let (status, reason) = r.status();

@@ -836,3 +836,96 @@ fn an_upload_gets_a_signed_url_and_once_complete_is_announced_and_delivered_as_a
     let token = download[prefix.len()..].trim_end_matches('>');
     assert!(tokens.check(Purpose::Download, &slot.id, token, slot.created_at));
 }
+
+/// A deposit writer that holds jobs until released (the running proxy's is a thread):
+/// each released job is written into `mailbox` as the thread would.
+#[derive(Clone)]
+struct DeferredDeposits(std::sync::Arc<std::sync::Mutex<Deferring>>);
+
+struct Deferring {
+    mailbox: Mailbox,
+    capacity: usize,
+    waiting: std::collections::VecDeque<crate::mailbox::DepositJob>,
+    done: std::collections::VecDeque<(u64, Result<(), crate::mailbox::DepositError>)>,
+}
+
+impl DeferredDeposits {
+    fn release(&self) {
+        let mut s = self.0.lock().unwrap();
+        while let Some(job) = s.waiting.pop_front() {
+            let outcome = s.mailbox.deposit(&job.item, job.unix_now);
+            s.done.push_back((job.ticket, outcome));
+        }
+    }
+}
+
+impl crate::mailbox::DepositWriter for DeferredDeposits {
+    fn submit(
+        &mut self,
+        job: crate::mailbox::DepositJob,
+    ) -> Result<(), crate::location::QueueFull> {
+        let mut s = self.0.lock().unwrap();
+        if s.waiting.len() >= s.capacity {
+            return Err(crate::location::QueueFull);
+        }
+        s.waiting.push_back(job);
+        Ok(())
+    }
+
+    fn poll_done(&mut self) -> Option<(u64, Result<(), crate::mailbox::DepositError>)> {
+        self.0.lock().unwrap().done.pop_front()
+    }
+}
+
+/// With a deposit writer (the running proxy), a deposit is answered only once its
+/// write is done: 202 when stored, the storage failure when not, and 503 while the
+/// writer's queue is full. Nothing is written on the engine's thread.
+#[test]
+fn a_deposit_is_answered_only_once_the_writer_stored_it() {
+    let mut h = gated_with(GateSettings::default());
+    let items = MemoryItems::default();
+    h.proxy.set_mailbox(
+        Mailbox::new(Box::new(MemoryItems::default()), Quotas::default()),
+        true,
+    );
+    let writer = DeferredDeposits(std::sync::Arc::new(std::sync::Mutex::new(Deferring {
+        mailbox: Mailbox::new(Box::new(items.clone()), Quotas::default()),
+        capacity: 1,
+        waiting: std::collections::VecDeque::new(),
+        done: std::collections::VecDeque::new(),
+    })));
+    h.proxy.set_deposit_writer(Box::new(writer.clone()));
+    let woken = |h: &mut Harness| {
+        h.proxy.handle_wake(h.now);
+        h.drain()
+    };
+
+    let out = deposit(&mut h, "bob", "", "hello bob");
+    assert_eq!(final_status(&out), None, "no answer before the write");
+    assert!(items.all().is_empty());
+    // The queue holds one: the next deposit is refused for now.
+    let out = deposit(&mut h, "bob", "", "second");
+    assert_eq!(final_status(&out), Some(503));
+    assert!(header(&out.last().unwrap().1, "Retry-After").is_some());
+    assert!(woken(&mut h).is_empty(), "nothing is done yet");
+
+    writer.release();
+    let out = woken(&mut h);
+    assert_eq!(final_status(&out), Some(202));
+    let stored = items.all();
+    assert_eq!(stored.len(), 1, "the writer's store, not the engine's");
+    assert_eq!(stored[0].body, b"hello bob");
+    assert_eq!(
+        header(&out.last().unwrap().1, "Permit-Item").unwrap(),
+        format!("{};expires={}", stored[0].id, stored[0].expires_at)
+    );
+    assert_eq!(h.proxy.stats.deposits, 1);
+
+    // A write that fails is answered with the failure, and stores nothing.
+    items.fail_writes(Some(Failure::Full));
+    assert_eq!(final_status(&deposit(&mut h, "bob", "", "x")), None);
+    writer.release();
+    assert_eq!(final_status(&woken(&mut h)), Some(507));
+    assert_eq!(items.all().len(), 1);
+    assert_eq!(h.proxy.stats.deposits, 1);
+}

@@ -372,6 +372,26 @@ pub enum DepositError {
     Store(#[from] MailboxError),
 }
 
+/// Where the engine sends deposits, so that their write (a committed transaction with
+/// an fsync, `synchronous=FULL`, or a PostgreSQL round trip) runs off the engine's
+/// thread. The engine answers a deposit only with its outcome, which comes after the
+/// item is durable (or was refused): a 202 still means the item survives kill -9.
+pub trait DepositWriter: Send {
+    /// Queues `job`; [`QueueFull`](crate::location::QueueFull) when too many wait (the
+    /// engine answers 503).
+    fn submit(&mut self, job: DepositJob) -> Result<(), crate::location::QueueFull>;
+    /// A finished job's outcome, if any (in no particular order), by its ticket.
+    fn poll_done(&mut self) -> Option<(u64, Result<(), DepositError>)>;
+}
+
+/// One deposit for a [`DepositWriter`]: [`Mailbox::deposit`] of `item` at `unix_now`.
+#[derive(Debug)]
+pub struct DepositJob {
+    pub ticket: u64,
+    pub item: Item,
+    pub unix_now: u64,
+}
+
 /// The store with its policy.
 pub struct Mailbox {
     store: Box<dyn StoredItems>,
