@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::engine::{Proxy, Shared};
 use crate::location::{QueueFull, Settled, WriteBehind};
 use crate::mailbox::{DepositError, DepositJob, DepositWriter, Mailbox};
 use crate::manage::{self, ManageReply, PermitWriter, PublishJob};
@@ -347,24 +346,21 @@ impl PermitWriter for PermitHandle {
 }
 
 /// The deposit writer of the running proxy: stored items (store-and-forward deposits)
-/// written into the mailbox every shard uses, one at a time, each durable (SQLite
-/// commits them with an fsync) before its outcome goes back. While it writes it holds
-/// the mailbox's lock: a shard's transfer or message-summary read waits for it, the
-/// rest of the engine does not.
+/// written through its own connection to the store (a `Mailbox` of its own, with the
+/// same quotas, as the CLI's), one at a time, each durable (SQLite commits it with an
+/// fsync) before its outcome goes back. It takes no lock of the engine's: the engine's
+/// own connection goes on reading (every REGISTER asks whether items wait) while it
+/// writes. Its quota check sees what the engine's connection committed.
 pub type DepositWorker = JobWorker<DepositJob, (u64, Result<(), DepositError>)>;
 
 /// One shard's [`DepositWriter`].
 pub type DepositHandle = JobHandle<DepositJob, (u64, Result<(), DepositError>)>;
 
 impl DepositWorker {
-    /// Starts the writer thread on `proxy`'s mailbox (shared with its shards).
-    pub fn spawn(proxy: &Proxy) -> std::io::Result<Self> {
-        Self::on(proxy.shared_mailbox())
-    }
-
-    fn on(mailbox: Shared<Mailbox>) -> std::io::Result<Self> {
+    /// Starts the writer thread on `mailbox`, a connection of its own.
+    pub fn spawn(mut mailbox: Mailbox) -> std::io::Result<Self> {
         Self::start("mailbox-writer", move |job: DepositJob| {
-            let outcome = mailbox.lock().deposit(&job.item, job.unix_now);
+            let outcome = mailbox.deposit(&job.item, job.unix_now);
             (job.ticket, outcome)
         })
     }
@@ -628,7 +624,7 @@ Max-Forwards: 70\r\nContent-Length: {}\r\n\r\n{body}",
             callee_items: 1,
             ..Quotas::default()
         };
-        let worker = DepositWorker::on(Shared::new(Mailbox::new(Box::new(items), quotas))).unwrap();
+        let worker = DepositWorker::spawn(Mailbox::new(Box::new(items), quotas)).unwrap();
         let wake = Arc::new(Notify::new());
         let mut handle = worker.handle(wake.clone());
         let item = |n: u8| {

@@ -375,6 +375,18 @@ fn engine_keys(
     .map_err(|e| format!("route key: {e}"))?;
     let tokens = permit_proxy::keys::token_ring(&cfg.data, |k| rand::rng().fill_bytes(k))
         .map_err(|e| format!("token key: {e}"))?;
+    let mut mailbox = open_mailbox(cfg, node)?;
+    mailbox.uploads = start_uploads(cfg)?;
+    Ok((
+        permit_proxy::engine::dialog::RouteKeys::new(1, route),
+        tokens,
+        mailbox,
+    ))
+}
+
+/// A connection to the store of deposited items, with the configured quotas: the
+/// engine's, and the deposit writer's own.
+fn open_mailbox(cfg: &Config, node: &pg::NodeId) -> Result<permit_proxy::mailbox::Mailbox, String> {
     let items: Box<dyn permit_proxy::mailbox::StoredItems> = match &cfg.backend {
         Backend::Sqlite => Box::new(
             permit_proxy::mailbox::SqliteItems::open(&cfg.data, cfg.store.max_file_bytes)
@@ -384,13 +396,7 @@ fn engine_keys(
             Box::new(pg::PgItems::open(url, &cfg.data, node.clone()).map_err(|e| e.to_string())?)
         }
     };
-    let mut mailbox = permit_proxy::mailbox::Mailbox::new(items, cfg.store.quotas);
-    mailbox.uploads = start_uploads(cfg)?;
-    Ok((
-        permit_proxy::engine::dialog::RouteKeys::new(1, route),
-        tokens,
-        mailbox,
-    ))
+    Ok(permit_proxy::mailbox::Mailbox::new(items, cfg.store.quotas))
 }
 
 /// The HTTP listener for large uploads when `[store] http_listen` is set (a task on
@@ -707,10 +713,12 @@ fn run(cfg: &Config) -> ExitCode {
         let mut proxy = Proxy::new(proxy_cfg, location, auth, permits, Instant::now(), unix, seed);
         proxy.set_mailbox(mailbox, cfg.store.enabled);
         proxy.set_permit_writer(Box::new(permit_writer.handle(wake.clone())));
-        let deposit_writer = match DepositWorker::spawn(&proxy) {
+        let deposit_writer = match open_mailbox(cfg, &node).and_then(|m| {
+            DepositWorker::spawn(m).map_err(|e| format!("deposit writer thread: {e}"))
+        }) {
             Ok(w) => w,
             Err(e) => {
-                eprintln!("permit-proxy: deposit writer thread: {e}");
+                eprintln!("permit-proxy: {e}");
                 return ExitCode::FAILURE;
             }
         };

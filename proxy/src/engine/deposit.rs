@@ -151,16 +151,10 @@ impl Proxy {
         self.sf.disabled = !enabled;
     }
 
-    /// Turns on large uploads: the listener's URL signer and the upload window.
     /// Writes deposits through `writer` (off this thread) instead of on this thread;
     /// each shard gets its own handle.
     pub fn set_deposit_writer(&mut self, writer: Box<dyn DepositWriter>) {
         self.sf.writer = Some(writer);
-    }
-
-    /// The mailbox every shard uses, for the deposit writer of the running proxy.
-    pub(crate) fn shared_mailbox(&self) -> Shared<Mailbox> {
-        self.sf.mailbox.clone()
     }
 
     /// Deposits whose write finished on the deposit writer, answered.
@@ -173,6 +167,11 @@ impl Proxy {
         }
         for (ticket, outcome) in done {
             if let Some(h) = self.sf.writing.remove(&ticket) {
+                if outcome.is_ok() {
+                    // Stored through the writer's connection: this one's summary
+                    // (asked for every REGISTER) learns of it now.
+                    self.sf.mailbox.lock().learn_owner(&h.owner);
+                }
                 self.deposited(now, &h, outcome);
             }
         }
@@ -183,6 +182,7 @@ impl Proxy {
         !self.sf.writing.is_empty()
     }
 
+    /// Turns on large uploads: the listener's URL signer and the upload window.
     pub fn set_uploads(&mut self, tokens: Tokens, window_secs: u64) {
         self.sf.upload = Some((tokens, window_secs));
     }

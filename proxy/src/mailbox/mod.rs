@@ -263,6 +263,10 @@ pub trait StoredItems: Send {
     /// Replaces the slot of `item.id` by `item` in one transaction; `false` when the
     /// slot is gone (expired, or completed before).
     fn complete_slot(&mut self, item: &Item) -> Result<bool, MailboxError>;
+    /// Another connection of this proxy (the deposit writer's) committed an item for
+    /// `owner`: a store that keeps which owners have items waiting adds it now, not
+    /// when it next notices the other connection's commit.
+    fn learn_owner(&mut self, _owner: &str) {}
 }
 
 /// Limits of the store (config `[store]`, docs/operations.md).
@@ -414,6 +418,12 @@ impl Mailbox {
             quotas,
             uploads: None,
         }
+    }
+
+    /// The deposit writer's connection stored an item for `owner` (see
+    /// [`StoredItems::learn_owner`]).
+    pub fn learn_owner(&mut self, owner: &str) {
+        self.store.learn_owner(owner);
     }
 
     /// Checks the quotas and stores `item`; `Ok` only once it is durable.

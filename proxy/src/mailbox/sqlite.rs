@@ -429,4 +429,8 @@ impl StoredItems for SqliteItems {
         self.owner_added(&item.owner);
         Ok(true)
     }
+
+    fn learn_owner(&mut self, owner: &str) {
+        self.owner_added(owner);
+    }
 }

@@ -357,3 +357,30 @@ fn sqlite_slots_keep_the_contract_and_their_files_go_with_them() {
     assert!(!part.exists());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The deposit writer stores through a second connection: within the second in which
+/// the engine's connection last checked the file, its owner set does not know of the
+/// new item until it is told (`learn_owner`), and then every REGISTER of the owner
+/// sees it waiting.
+#[test]
+fn an_item_stored_through_another_connection_is_learned_at_once() {
+    let d = dir("learn");
+    let mut engine = SqliteItems::open(&d, 0).unwrap();
+    let mut writer = SqliteItems::open(&d, 0).unwrap();
+    assert_eq!(engine.waiting("bob@x", 1000).unwrap(), Usage::default());
+    writer.put(&item(1, "bob@x", "alice@x", 10, 1000)).unwrap();
+    assert_eq!(
+        engine.waiting("bob@x", 1000).unwrap(),
+        Usage::default(),
+        "checked at most once a second"
+    );
+    engine.learn_owner("bob@x");
+    assert_eq!(
+        engine.waiting("bob@x", 1000).unwrap(),
+        Usage {
+            items: 1,
+            bytes: 10
+        }
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
