@@ -87,7 +87,7 @@ impl std::ops::Deref for PathList {
 /// `(Transport, SocketAddr)` it took 36 and made [`Binding`] 96 bytes, one allocator size
 /// class above the 80 it is now (docs/benchmarks.md, "Memory per registration binding").
 /// An IPv6 source keeps its scope (a link-local address needs it), not its flow label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
     /// The IPv4 address in the first four bytes, or the IPv6 address.
     ip: [u8; 16],
@@ -121,10 +121,6 @@ impl From<(Transport, SocketAddr)> for Source {
 }
 
 impl Source {
-    pub fn transport(self) -> Transport {
-        self.transport
-    }
-
     pub fn addr(self) -> SocketAddr {
         if self.v6 {
             SocketAddrV6::new(Ipv6Addr::from(self.ip), self.port, 0, self.scope).into()
